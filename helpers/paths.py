@@ -1,0 +1,88 @@
+"""Where things live: the project root, ``outputs/``, and the artifacts notebooks hand to each other.
+
+Every notebook runs in its own kernel, so state passes through files under ``outputs/``. Each
+artifact is registered in :data:`ARTIFACTS` with the notebook that writes it, so a notebook run out of
+order can say exactly which notebook to run first (:func:`require`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT_ENV_VAR = "CPT_ROOT"
+
+# artifact name -> (path relative to outputs/, notebook that writes it)
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "model_info": ("01_model_info.json", "01_load_quantized_model"),
+    "dataset": ("02_dataset", "02_data_prep"),
+    "data_stats": ("02_data_stats.json", "02_data_prep"),
+    "before": ("03_before.json", "03_inference_before_training"),
+    "lora_info": ("04_lora_info.json", "04_lora"),
+    "adapter": ("05_adapter", "05_training"),
+    "train_result": ("05_train_result.json", "05_training"),
+    "after": ("06_after.json", "06_inference_after_training"),
+    "memory_stages": ("memory_stages.json", "any notebook"),
+}
+
+
+class MissingArtifactError(FileNotFoundError):
+    """An input a notebook needs is missing: the message names the notebook that writes it."""
+
+
+def project_root() -> Path:
+    """Return the repository root: ``$CPT_ROOT`` if set, else the nearest parent of the current
+    directory holding ``pyproject.toml`` and ``helpers/``, else the parent of this package."""
+    if os.environ.get(ROOT_ENV_VAR):
+        return Path(os.environ[ROOT_ENV_VAR]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "helpers").is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+def outputs_dir() -> Path:
+    """Return ``<root>/outputs`` (created if missing); every notebook writes its results there."""
+    path = project_root() / "outputs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Return the folder for converted models (``$CPT_CACHE_DIR`` or ``outputs/cache``), created if missing."""
+    path = Path(os.environ.get("CPT_CACHE_DIR") or outputs_dir() / "cache")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_path(name: str) -> Path:
+    """Return the path of a registered artifact (it may not exist yet)."""
+    if name not in ARTIFACTS:
+        raise KeyError(f"Unknown artifact {name!r}; known: {', '.join(ARTIFACTS)}")
+    return outputs_dir() / ARTIFACTS[name][0]
+
+
+def require(name: str) -> Path:
+    """Return the path of an artifact that must already exist.
+
+    Raises :class:`MissingArtifactError` naming the notebook to run first when it is missing.
+    """
+    path = artifact_path(name)
+    if not path.exists():
+        producer = ARTIFACTS[name][1]
+        raise MissingArtifactError(
+            f"{relative(path)} is missing. Run notebooks/{producer}.ipynb first "
+            f"(the notebooks pass state through outputs/ and must run in order)."
+        )
+    return path
+
+
+def relative(path: Path | str) -> str:
+    """Return ``path`` relative to the project root when it lies inside it (for printing without
+    absolute local paths), else its name only."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return f".../{path.name}"

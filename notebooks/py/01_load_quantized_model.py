@@ -1,0 +1,236 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Loading the model: 4-bit weights, the compute dtype, and the context length
+#
+# Three settings in the walkthrough's very first call decide how much memory the run needs and what
+# the model can do: `load_in_4bit=True`, `dtype=None`, and `max_seq_length=2048`. This notebook
+# explains each, loads the model, and measures what was loaded.
+
+# %%
+from helpers.session import start
+
+profile = start("01_load_quantized_model")
+
+# %% [markdown]
+# ## Why 4-bit, and why 4-bit forces LoRA
+#
+# A 7-billion-parameter model stored in bf16 takes 2 bytes per weight: about 14.5 GB before a single
+# activation or optimizer state. **4-bit quantization** (bitsandbytes' NF4, as used by QLoRA) stores
+# each weight as a 4-bit code instead. Weights are grouped in blocks of 64; each block keeps one
+# scale, and each code indexes one of 16 levels placed at the quantiles of a normal distribution,
+# which is how trained weights are roughly distributed. "Double quantization" then quantizes the
+# per-block scales themselves. The result is a little over half a byte per weight, roughly 4 GB for
+# Mistral-7B. During the forward pass each block is dequantized on the fly to the *compute dtype*
+# (bf16 or fp16) just before its matrix multiplication.
+#
+# The price: those 4-bit codes cannot be trained. A gradient step asks for changes far smaller than
+# the gap between two of the 16 levels, so they would round back to where they were, and the
+# quantized tensor is not even a floating-point parameter PyTorch can update. So the base weights
+# stay **frozen**, and learning happens in small extra matrices kept in higher precision next to them:
+# **LoRA** adapters (notebook 04). This combination is QLoRA. It also explains the one exception in
+# this recipe: the embedding matrices are trained in full, so they are kept un-quantized.
+#
+# 4-bit needs bitsandbytes' CUDA kernels, so the CPU profile loads plain fp32 weights. The recipe
+# around it is unchanged.
+#
+# ## The compute dtype: bf16, fp16, or auto
+#
+# `dtype=None` means "pick for me". **bf16** keeps float32's 8-bit exponent (same range, less
+# precision), so activations and gradients do not overflow, and training needs no loss scaling. It
+# exists on NVIDIA Ampere and newer (A100, RTX 30xx, H100). Older GPUs such as Colab's T4 only have
+# **fp16**, whose 5-bit exponent overflows above 65,504; trainers then multiply the loss by a
+# scale factor to keep small gradients representable. The rule the helper applies (and unsloth
+# applies for `dtype=None`): bf16 if the GPU supports it, else fp16, and fp32 on a CPU.
+
+# %%
+from helpers.modeling import resolve_dtype
+
+print(f"compute dtype for {profile.name}: {resolve_dtype(profile)}")
+
+# %% [markdown]
+# ## The loading call, and its plain-transformers twin
+#
+# On a GPU the walkthrough loads through unsloth's `FastLanguageModel`, which wraps transformers'
+# loader, applies bitsandbytes 4-bit quantization, and swaps in its own faster attention, RoPE and
+# cross-entropy kernels. unsloth cannot even be imported without a GPU, so next to it stands the
+# plain transformers call that does the same job: `BitsAndBytesConfig` for 4-bit where a GPU
+# exists, nothing of the sort on a CPU. The profile decides which branch runs; later notebooks call
+# `helpers.modeling.load_model_and_tokenizer`, which contains exactly this code.
+
+# %%
+from helpers.modeling import ensure_pad_token, resolve_model_source
+
+source = resolve_model_source(profile)  # a hub id, or the local folder converted in notebook 00
+
+if profile.uses_unsloth:
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=source,
+        max_seq_length=profile.max_seq_length,
+        dtype=None,  # auto: bf16 where supported, else fp16
+        load_in_4bit=profile.load_in_4bit,
+    )
+else:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quantization_config = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=resolve_dtype(profile))
+        if profile.load_in_4bit else None
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source,
+        dtype=resolve_dtype(profile),
+        quantization_config=quantization_config,
+        device_map={"": 0} if profile.device == "cuda" else None,
+    )
+ensure_pad_token(tokenizer)
+print(type(model).__name__, "loaded from", profile.model_name)
+
+# %% [markdown]
+# ## What was loaded
+#
+# Counting parameters and grouping them by storage dtype shows what "4-bit" means in practice. On
+# a GPU most of the weights are `uint8` tensors, each byte packing two 4-bit codes (so a count of
+# stored elements is half the number of weights), while the embeddings and the normalisation weights
+# stay in the compute dtype. On the CPU profile everything is fp32.
+
+# %%
+from collections import Counter
+
+stored = Counter()
+for _, param in model.named_parameters():
+    stored[str(param.dtype)] += param.numel()
+for dtype, count in stored.most_common():
+    print(f"{dtype:>16}: {count / 1e6:8.1f} M stored elements")
+footprint_gb = model.get_memory_footprint() / 1e9
+print(f"memory footprint of the weights: {footprint_gb:.2f} GB")
+config = model.config
+print(f"layers {config.num_hidden_layers}, hidden {config.hidden_size}, vocab {config.vocab_size}, "
+      f"tied embeddings: {config.tie_word_embeddings}")
+assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+# %% [markdown]
+# ## `max_seq_length` and RoPE scaling
+#
+# `max_seq_length` is the longest sequence *this run* will feed the model; it sizes buffers and
+# decides how text is cut into training rows. It is not the same thing as the context length the
+# model was *trained* for, `max_position_embeddings` in its config.
+#
+# Llama-family models encode positions with **rotary position embeddings (RoPE)**: each pair of
+# channels in a query or key vector is rotated by an angle proportional to the token's position,
+# with a different frequency per pair (`inv_freq = 1 / theta^(2i/d)`). Attention then depends only on
+# the *difference* of two positions. A model has only seen the angles that occur up to its trained
+# length, so positions far beyond it produce rotations it never learned to read.
+#
+# **RoPE scaling** stretches the model's range: *linear* scaling (position interpolation) divides
+# every position by a factor, so position 4,000 with factor 2 gets exactly the angles position 2,000
+# had. Newer schemes (NTK-aware, YaRN, Llama-3's) scale low and high frequencies differently. When
+# asked for a `max_seq_length` beyond the trained context, unsloth's loader adds such a scaling to the
+# config and prints a notice. Mistral-7B v0.3 was trained for 32,768 positions, so the walkthrough's
+# 2,048 needs none.
+#
+# The cell below measures both claims on this model's own rotary embedding class: it builds the
+# rotary module with and without linear scaling and checks that the angles of position 2p with factor
+# 2 equal the unscaled angles of position p.
+
+# %%
+import copy
+
+import torch
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+print(f"trained context (max_position_embeddings): {config.max_position_embeddings}")
+print(f"this run's max_seq_length: {profile.max_seq_length}")
+rope_base = config.rope_parameters
+print(f"RoPE parameters in the config: {rope_base}")
+
+plain_cfg = copy.deepcopy(config)
+scaled_cfg = copy.deepcopy(config)
+scaled_cfg.rope_parameters = {**rope_base, "rope_type": "linear", "factor": 2.0}
+plain, scaled = LlamaRotaryEmbedding(plain_cfg), LlamaRotaryEmbedding(scaled_cfg)
+print(f"inverse frequencies, first three: plain {plain.inv_freq[:3].tolist()}, "
+      f"linear x2 {scaled.inv_freq[:3].tolist()}")
+angles_plain_1000 = 1000 * plain.inv_freq
+angles_scaled_2000 = 2000 * scaled.inv_freq
+assert torch.allclose(angles_plain_1000, angles_scaled_2000)
+print("linear scaling x2: position 2000 is rotated exactly like position 1000 was -> the model's range doubles")
+
+# %% [markdown]
+# And a model **without RoPE**? GPT-2 learns one absolute position vector per position, up to
+# `n_positions`. There is nothing to scale: past that length there is simply no vector to look up.
+# The cell builds a tiny randomly initialised GPT-2 with 32 positions and feeds it 40 tokens.
+
+# %%
+from transformers import GPT2Config, GPT2LMHeadModel
+
+tiny_gpt2 = GPT2LMHeadModel(GPT2Config(n_positions=32, n_embd=32, n_layer=1, n_head=2, vocab_size=100,
+                                            bos_token_id=None, eos_token_id=None))
+try:
+    tiny_gpt2(torch.zeros(1, 40, dtype=torch.long))
+    outcome = "ran"
+except (IndexError, RuntimeError) as err:
+    outcome = f"failed: {type(err).__name__}"
+print(f"GPT-2 with 32 learned positions, fed 40 tokens: {outcome}")
+assert outcome.startswith("failed")
+
+# %% [markdown]
+# ## Memory after loading
+#
+# The walkthrough reports GPU memory at each stage of the run, and so do we. `helpers.memory`
+# records every probe it can read (PyTorch's allocator, NVML, `nvidia-smi`, and the process's host
+# memory) into `outputs/memory_stages.json`; notebook 06 plots the stages. On a CPU run only the
+# host memory (RSS) is meaningful. We record once after loading and once after a forward pass,
+# which allocates activations on top of the weights.
+
+# %%
+from helpers.memory import format_snapshot, record_stage
+
+print(format_snapshot(record_stage("model loaded", "01")))
+
+# %%
+inputs = tokenizer(profile.prompt, return_tensors="pt").to(model.device)
+with torch.no_grad():
+    logits = model(**inputs).logits
+print(f"logits shape {tuple(logits.shape)} = (batch, prompt tokens, vocabulary)")
+assert logits.shape[-1] == config.vocab_size
+print(format_snapshot(record_stage("after a forward pass", "01")))
+
+# %% [markdown]
+# ## Hand-over to the next notebooks
+#
+# The facts measured here go to `outputs/01_model_info.json`.
+
+# %%
+from helpers.paths import artifact_path
+from helpers.storage import write_json
+
+model_info = {
+    "profile": profile.name,
+    "model": profile.model_name,
+    "class": type(model).__name__,
+    "stored_elements_by_dtype": dict(stored),
+    "footprint_gb": footprint_gb,
+    "max_position_embeddings": config.max_position_embeddings,
+    "max_seq_length": profile.max_seq_length,
+    "tie_word_embeddings": config.tie_word_embeddings,
+}
+write_json(artifact_path("model_info"), model_info)
+print(model_info)

@@ -1,0 +1,202 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Data: raw text, the end-of-sequence token, and how text becomes training rows
+#
+# Continued pre-training needs nothing but text. This notebook loads TinyStories (short, simple
+# stories written by GPT-3.5/4 for a study of how small a fluent model can be), marks where each story
+# ends, looks at how long the stories are in tokens, and turns them into the rows the trainer will
+# see.
+
+# %%
+from helpers.session import start
+
+profile = start("02_data_prep")
+
+# %% [markdown]
+# ## Loading: the hub, or the shipped sample
+#
+# The walkthrough takes the first 2,500 stories of the hub dataset `roneneldan/TinyStories`
+# (`split="train[:2500]"`). Offline, the series uses the sample in `data/tinystories-sample/`: the
+# first 166 training stories and the first 600 validation stories, in the same JSON Lines shape
+# (one `{"text": ...}` per line; `data/tinystories-sample/README.md` gives license and provenance).
+# Both go through the same `datasets.load_dataset` call: a hub name in one case, the generic `"json"`
+# builder in the other. The helper checks the file first (missing, empty, not UTF-8, a broken line,
+# no `text` field) so that a bad file fails with a message that says what to fix.
+#
+# The code below is what `helpers.data.load_raw_dataset` runs.
+
+# %%
+from datasets import load_dataset
+
+from helpers.data import local_sample_files, validate_jsonl
+from helpers.paths import relative
+
+if profile.is_embedded_model:  # offline default: the shipped sample
+    path = local_sample_files(profile)["train"]
+    print(f"{relative(path)}: {validate_jsonl(path)} valid rows")
+    dataset = load_dataset("json", data_files=str(path), split="train")
+else:  # the walkthrough's slice of the hub dataset
+    dataset = load_dataset(profile.dataset_name, split=profile.dataset_split)
+print(dataset)
+
+# %% [markdown]
+# The first five stories, wrapped at 100 characters. They are the same five the walkthrough prints.
+
+# %%
+import textwrap
+
+for index, story in enumerate(dataset["text"][:5]):
+    print(f"--- story {index} ---")
+    for paragraph in story.split("\n"):
+        print(textwrap.fill(paragraph, width=100) if paragraph else "")
+
+# %%
+assert dataset[0]["text"].startswith("One day, a little girl named Lily found a needle in her room.")
+assert all(len(story) > 0 for story in dataset["text"][:5])
+
+# %% [markdown]
+# ## Why every story must end with EOS
+#
+# During training the stories are concatenated or batched, and the model only learns what the
+# tokens show it. Without a marker between stories it sees "...and they lived happily. Once upon a
+# time, Tom..." and learns that a story's last sentence is followed by the first sentence of another.
+# It never learns to *stop*, so at generation time it runs on until `max_new_tokens`. Appending the
+# tokenizer's end-of-sequence token to every document teaches both things: where a document ends,
+# and that generation should end there (`generate` stops at EOS).
+#
+# Which EOS? The one `generate` stops on: `tokenizer.eos_token`, `</s>` for Mistral and
+# `<|im_end|>` for our SmolLM2 (notebook 00 set it from the GGUF metadata).
+#
+# We append it with `Dataset.map` in batched mode, which is fast and caches its result. Empty rows
+# are filtered out first: an empty story would become a lone EOS and teach nothing.
+
+# %%
+from transformers import AutoTokenizer
+
+from helpers.modeling import ensure_pad_token, resolve_model_source
+
+tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(profile))
+ensure_pad_token(tokenizer)
+eos = tokenizer.eos_token
+print(f"EOS token: {eos!r} (id {tokenizer.eos_token_id}); PAD token: {tokenizer.pad_token!r} (id {tokenizer.pad_token_id})")
+
+
+def add_eos(batch):
+    return {"text": [text + eos for text in batch["text"]]}
+
+
+dataset = dataset.filter(lambda row: bool(row["text"].strip()))
+dataset = dataset.map(add_eos, batched=True, desc="Appending EOS")
+assert all(text.endswith(eos) for text in dataset["text"])
+print(repr(dataset[0]["text"][-60:]))
+
+# %% [markdown]
+# A related trap: the **padding token must not be the EOS token**. When rows of different lengths
+# are batched, the collator pads them and sets the label of every padding position to -100 (ignored
+# by the loss), *identifying padding by its token id*. If PAD and EOS share an id, every real EOS is
+# masked too, and the model never learns to end a story, exactly what appending EOS was for. Many
+# tutorials set `pad_token = eos_token`; with a causal-LM collator that silently undoes this step.
+
+# %%
+assert tokenizer.pad_token_id != tokenizer.eos_token_id
+print("PAD and EOS are different tokens: EOS stays in the loss")
+
+# %% [markdown]
+# ## How long are the stories, in tokens?
+#
+# Lengths decide `max_seq_length`, batch shapes and therefore memory. We tokenize without
+# truncation (`add_special_tokens=False`: the stories carry their own EOS now) and summarise.
+
+# %%
+from helpers.data import length_summary, tokenize
+
+tokenized = tokenize(dataset, tokenizer)
+lengths = [len(ids) for ids in tokenized["input_ids"]]
+summary = length_summary(lengths)
+print(summary)
+longer = sum(n > profile.max_seq_length for n in lengths)
+print(f"{longer} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length}")
+assert tokenized[0]["input_ids"][-1] == tokenizer.eos_token_id
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(8, 3.5))
+ax.hist(lengths, bins=30, color="tab:blue", edgecolor="white")
+ax.axvline(profile.max_seq_length, color="tab:red", linestyle="--", label=f"max_seq_length = {profile.max_seq_length}")
+ax.set_xlabel("tokens per story (including EOS)")
+ax.set_ylabel("stories")
+ax.set_title(f"TinyStories token lengths ({len(lengths)} stories)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## From stories to training rows: padding or packing
+#
+# A batch is a rectangle of tokens, so stories of different lengths must be made to fit. There are
+# two classic answers.
+#
+# * **Padding** (the walkthrough's setting): one story per row, cut at `max_seq_length`, shorter rows
+#   filled with PAD up to the longest row of the batch. Simple, and every row starts at a story's
+#   beginning, but the padding positions cost compute and teach nothing, and whatever lies beyond
+#   `max_seq_length` is thrown away.
+# * **Packing**: concatenate all stories (each ending in EOS) into one stream and cut it into blocks
+#   of exactly `max_seq_length`. No padding at all; a long story simply continues into the next
+#   block, so nothing is dropped except the stream's final partial block. The cost: a block may start
+#   mid-story, and tokens can attend across the EOS into the previous story (the model learns to
+#   treat EOS as a reset, which is also how most base models were pre-trained).
+#   "Padding-free" batching, which unsloth enables by default on recent GPUs, gets packing's
+#   efficiency while keeping stories apart: rows are concatenated without padding and the attention
+#   kernel is told where each one starts.
+#
+# The CPU profile packs (`packing=True`): its stories are often longer than its 256-token blocks, so
+# padding would throw most of their text away. The GPU profile keeps the walkthrough's padded rows
+# (one switch, `packing`). Notebook 05 measures the difference.
+
+# %%
+from helpers.data import pack_blocks, truncate_rows
+
+token_lists = tokenized["input_ids"]
+blocks, tail = pack_blocks(token_lists, profile.max_seq_length)
+rows, truncated = truncate_rows(token_lists, profile.max_seq_length)
+padded_cells = len(rows) * profile.max_seq_length
+real_in_padded = sum(len(r) for r in rows)
+print(f"packing : {len(blocks)} blocks of {profile.max_seq_length} tokens, {tail} tail tokens left out, 0 padding")
+print(f"padding : {len(rows)} rows, {truncated} stories truncated, "
+      f"{sum(lengths) - real_in_padded} story tokens cut off, "
+      f"{100 * (1 - real_in_padded / padded_cells):.0f}% padding if every row were padded to max_seq_length")
+assert sum(len(b) for b in blocks) + tail == sum(lengths)  # packing keeps every token but the tail
+
+# %% [markdown]
+# ## The training set, saved for notebook 05
+#
+# `helpers.data.build_train_dataset` does the steps above (tokenize, then pack or truncate according to
+# the profile) and returns the rows with their counts; we save the result with
+# `Dataset.save_to_disk` so notebook 05 can load it without repeating the work. Notebook 03 uses the
+# validation stories, which are never trained on.
+
+# %%
+from helpers.data import build_train_dataset
+from helpers.paths import artifact_path
+from helpers.storage import save_directory_atomically, write_json
+
+train_dataset, stats = build_train_dataset(dataset, tokenizer, profile)
+print(stats)
+save_directory_atomically(artifact_path("dataset"), lambda tmp: train_dataset.save_to_disk(str(tmp)))
+write_json(artifact_path("data_stats"), {**stats, "length_summary": summary})
+assert stats["rows"] == len(train_dataset) > 0
+print(f"saved {len(train_dataset)} rows to {relative(artifact_path('dataset'))}")

@@ -1,0 +1,191 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · LoRA for continued pre-training: adapters, rank, rsLoRA, and trainable embeddings
+#
+# The base weights are frozen (and on a GPU, stored in 4-bit). This notebook adds what *will* be
+# trained: low-rank adapters on every projection, plus full copies of the two embedding matrices,
+# and counts exactly what that amounts to.
+
+# %%
+from helpers.session import start
+
+profile = start("04_lora")
+
+# %%
+from helpers.modeling import load_model_and_tokenizer
+
+model, tokenizer = load_model_and_tokenizer(profile)
+
+# %% [markdown]
+# ## What LoRA does
+#
+# Fine-tuning changes a weight matrix `W` (shape `d_out × d_in`) by some update `ΔW`. LoRA's bet
+# is that the useful update has low rank, so it writes `ΔW = (α / r) · B A`, with `A` of shape
+# `r × d_in` and `B` of shape `d_out × r`, and trains only `A` and `B`. For one of Mistral's
+# 4096 × 4096 attention projections at rank `r = 128` that is 2 × 128 × 4096 ≈ 1 M trainable numbers
+# instead of 16.8 M. `B` starts at zero, so at step 0 the adapted model is exactly the base model.
+#
+# * **Rank `r`**: the capacity of the update. SFT usually gets by with 8 to 64; continued
+#   pre-training asks the model to absorb a whole domain, so the walkthrough uses 128.
+# * **`lora_alpha`**: a scale on the update. Classic LoRA multiplies by `α / r`, which means raising
+#   the rank *shrinks* each direction's contribution, so a higher rank barely helps unless α grows
+#   with it.
+# * **rsLoRA** (rank-stabilised LoRA) scales by `α / √r` instead, which keeps the update's magnitude
+#   stable as `r` grows, so large ranks actually learn. With the walkthrough's α = 32, r = 128 that is
+#   a scale of 32 / 11.3 ≈ 2.83, where plain LoRA would use 0.25.
+# * **Targets**: the walkthrough adapts all seven linear projections of every block: attention
+#   (`q_proj`, `k_proj`, `v_proj`, `o_proj`) and MLP (`gate_proj`, `up_proj`, `down_proj`). Knowledge
+#   is thought to live largely in the MLPs, so attention-only LoRA is a poor fit for CPT.
+# * **`lora_dropout = 0`, `bias = "none"`**: no dropout on the adapter input and no bias training;
+#   both are unsloth's fast path and lose little for a single epoch.
+
+# %%
+import math
+
+scale_rslora = profile.lora_alpha / math.sqrt(profile.lora_r)
+scale_classic = profile.lora_alpha / profile.lora_r
+print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslora:.3f}, classic LoRA scale {scale_classic:.3f}")
+
+# %% [markdown]
+# ## Why CPT also trains `embed_tokens` and `lm_head`
+#
+# The input embedding (`embed_tokens`, one vector per vocabulary entry) and the output head
+# (`lm_head`, which turns the last hidden state into a score per vocabulary entry) are where the
+# model's view of *individual tokens* lives. A new domain uses tokens with different frequencies and
+# meanings (legal terms, a new language, or simply a children's-book register), and the next-token
+# distribution the head produces is exactly what CPT is changing. A low-rank adapter on these
+# matrices is a poor fit: every token needs its own adjustment. So the walkthrough lists both in
+# `target_modules`, and unsloth quietly moves them to **`modules_to_save`**: PEFT's mechanism for
+# training a *full*, un-quantized copy of a module next to the frozen original.
+#
+# That has two costs worth knowing. Memory: for Mistral-7B each matrix is 32,768 × 4,096 ≈ 134 M
+# parameters, so the two together are ~268 M trainable numbers, more than all the LoRA adapters at
+# r = 128 (~168 M). And the saved adapter: it contains both full matrices, so a CPT adapter is
+# hundreds of megabytes, not the few MB of an SFT adapter.
+#
+# Some models, SmolLM2 among them, **tie** the two matrices: `lm_head` *is* `embed_tokens`. Training
+# two separate full copies would silently untie them. Both unsloth and the PEFT twin below keep them
+# tied (PEFT's `ensure_weight_tying=True`), so there is one trainable matrix serving both roles.
+#
+# ## The call, and its PEFT twin
+#
+# unsloth's `get_peft_model` takes the walkthrough's arguments directly. The plain PEFT twin has to
+# split `target_modules` itself (projections get LoRA, embeddings go to `modules_to_save`) and turn
+# on gradient checkpointing through transformers. Later notebooks use `helpers.training.add_lora`,
+# which holds this same code.
+
+# %%
+from helpers.training import lora_config, split_target_modules
+
+if profile.uses_unsloth:
+    from unsloth import FastLanguageModel
+
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=profile.lora_r,
+        target_modules=list(profile.target_modules),  # includes "embed_tokens", "lm_head"
+        lora_alpha=profile.lora_alpha,
+        lora_dropout=profile.lora_dropout,
+        bias=profile.bias,
+        use_gradient_checkpointing=profile.use_gradient_checkpointing,  # "unsloth"
+        random_state=profile.seed,
+        use_rslora=profile.use_rslora,
+        loftq_config=None,
+    )
+else:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if profile.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(profile.use_gradient_checkpointing))
+    elif profile.use_gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora_targets, full_modules = split_target_modules(profile.target_modules)
+    print(f"LoRA on {lora_targets}; trained in full: {full_modules}")
+    config = lora_config(profile, tie_embeddings=model.config.tie_word_embeddings)
+    model = get_peft_model(model, config)
+
+model.print_trainable_parameters()
+
+# %% [markdown]
+# ## What is trainable, exactly?
+#
+# `print_trainable_parameters` gives one total. The breakdown below splits it into the LoRA `A` and
+# `B` matrices per projection type and the full embedding copies, and prints the dtype each is
+# trained in. This answers the walkthrough's question about "training `embed_tokens` in mixed
+# precision": the frozen base is 4-bit (dequantized to bf16/fp16 for compute), while the trainable
+# copies are kept in a floating-point dtype the optimizer can update.
+
+# %%
+from helpers.training import trainable_breakdown
+
+breakdown = trainable_breakdown(model)
+trainable = sum(entry["parameters"] for entry in breakdown.values())
+total = sum(p.numel() for p in model.parameters())
+for key, entry in breakdown.items():
+    print(f"{key:<28}{entry['parameters'] / 1e6:10.2f} M  {', '.join(entry['dtypes'])}")
+print(f"{'trainable':<28}{trainable / 1e6:10.2f} M of {total / 1e6:.1f} M parameters ({100 * trainable / total:.1f}%)")
+
+# %%
+embedding_names = [n for n, p in model.named_parameters() if p.requires_grad and ("embed_tokens" in n or "lm_head" in n)]
+print("trainable embedding tensors:", embedding_names)
+assert embedding_names and all("modules_to_save" in n for n in embedding_names)
+assert not any("lora_" in n for n in embedding_names), "embeddings must be full copies, not LoRA"
+if model.get_base_model().config.tie_word_embeddings:
+    assert len(embedding_names) == 1, "tied embeddings must stay one matrix"
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+else:
+    assert len(embedding_names) == 2
+
+# %% [markdown]
+# ## Gradient checkpointing
+#
+# Backpropagation needs the activations of every layer from the forward pass. Storing them all
+# costs memory proportional to layers × sequence length × hidden size × batch, which for a 7B
+# model at 2,048 tokens dwarfs the 4-bit weights. **Gradient checkpointing** stores only each
+# block's input and recomputes the block's inside during the backward pass: about a third more
+# compute for a large cut in activation memory. unsloth's `"unsloth"` variant goes one step further
+# and parks those block inputs in CPU memory, fetching them back asynchronously when the backward
+# pass reaches the block; it falls back to ordinary checkpointing for short sequences. The CPU profile
+# turns checkpointing off: with 256-token blocks and a 135M model, activations are small, and
+# recomputation would only cost time.
+
+# %%
+print(f"gradient checkpointing: {profile.use_gradient_checkpointing!r}; "
+      f"model reports enabled = {getattr(model, 'is_gradient_checkpointing', False)}")
+
+# %% [markdown]
+# ## Memory and hand-over
+#
+# Adding LoRA allocates the adapters and the full embedding copies; we record that stage and save
+# the counts for the closing summary. Notebook 05 rebuilds the same adapters (same seed, same
+# helper) inside its own kernel and trains them.
+
+# %%
+from helpers.memory import format_snapshot, record_stage
+from helpers.paths import artifact_path, relative
+from helpers.storage import write_json
+
+print(format_snapshot(record_stage("LoRA added", "04")))
+saved = write_json(artifact_path("lora_info"), {
+    "trainable_parameters": trainable,
+    "total_parameters": total,
+    "breakdown": breakdown,
+    "embedding_tensors": embedding_names,
+    "rslora_scale": scale_rslora,
+})
+print(f"saved {relative(saved)}")

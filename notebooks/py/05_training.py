@@ -1,0 +1,265 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Training: the trainer, two learning rates, 8-bit Adam, a cosine schedule, and the loss
+#
+# Everything is in place: a frozen base model, adapters and embedding copies to train, and packed
+# (or padded) rows of TinyStories. This notebook sets up the optimizer the way the walkthrough does,
+# checks that it really is set up that way, trains, and saves the adapter.
+
+# %%
+from helpers.session import start
+
+profile = start("05_training")
+
+# %% [markdown]
+# ## Inputs from the earlier notebooks
+#
+# The training rows come from notebook 02 (`outputs/02_dataset`). The model and its adapters are
+# rebuilt here with the helpers that contain notebook 01's and 04's code; with the same seed, the
+# adapters start from the same random values.
+
+# %%
+from datasets import load_from_disk
+
+from helpers.modeling import load_model_and_tokenizer
+from helpers.paths import require
+from helpers.training import add_lora
+
+train_dataset = load_from_disk(str(require("dataset")))
+model, tokenizer = load_model_and_tokenizer(profile)
+model = add_lora(model, profile)
+print(f"{len(train_dataset)} training rows of up to {profile.max_seq_length} tokens")
+model.print_trainable_parameters()
+
+# %% [markdown]
+# ## Which trainer: `UnslothTrainer`, and its plain twin
+#
+# `UnslothTrainer` is a subclass of TRL's `SFTTrainer`, which is itself a subclass of transformers'
+# `Trainer`; unsloth adds one thing the others lack, a separate learning rate for the embedding
+# matrices (`embedding_learning_rate` in `UnslothTrainingArguments`). For raw text, `SFTTrainer`'s
+# extras (chat templates, completion-only loss) are not used anyway.
+#
+# On the CPU we cannot use `SFTTrainer` at the pinned TRL 1.15: its loss calls a fused LM-head
+# kernel that exists only with Triton on a GPU, and fails on a CPU with
+# `AttributeError: 'NoneType' object has no attribute 'apply'` (fixed in TRL 1.16, which unsloth
+# 2026.10.9 does not allow). So the twin goes one level down, to `transformers.Trainer` with the
+# causal-language-modelling collator: exactly how Hugging Face's own `run_clm` example does continued
+# pre-training. `DataCollatorForLanguageModeling(mlm=False)` stacks the rows, pads if needed, and
+# copies `input_ids` to `labels` with padding masked out; the model shifts labels by one position
+# internally, so each token is trained to predict the next.
+#
+# ## Two learning rates
+#
+# The adapters train at `learning_rate` (5e-5 in the walkthrough); `embed_tokens` and `lm_head`
+# at `embedding_learning_rate`, ten times less (5e-6). Why slower? The embedding matrices are
+# trained *in full*, not through a low-rank bottleneck. Each row belongs to one token and only gets
+# a gradient when that token appears, so rows of rare tokens see few, noisy updates; and every row
+# carries knowledge the model needs everywhere else. A small learning rate lets them drift towards
+# the domain without wrecking what they encode. The walkthrough's own wording is that this stops the
+# embeddings from being trained "too much", and it asks whether the rate also applies to `lm_head`:
+# the parameter groups printed below answer that.
+#
+# unsloth implements this by overriding the trainer's `create_optimizer` to build two parameter
+# groups. The twin, `helpers.training.EmbeddingLRTrainer`, does the same with this function:
+
+# %%
+import inspect
+
+from helpers.training import embedding_param_groups
+
+print(inspect.getsource(embedding_param_groups))
+
+# %% [markdown]
+# ## 8-bit Adam, and the schedule
+#
+# AdamW keeps two running statistics per trainable parameter (the mean and the variance of its
+# gradient), normally in fp32: 8 bytes per parameter. For the walkthrough's ~436 M trainable
+# parameters (LoRA at r = 128 plus two full embedding matrices) that is about 3.5 GB of optimizer
+# state. bitsandbytes' **8-bit AdamW** (`optim="adamw_8bit"`) stores both statistics block-quantized
+# to 8 bits, about 0.9 GB, with training curves that match 32-bit Adam in practice. It needs a CUDA
+# GPU, so the CPU profile uses PyTorch's AdamW.
+#
+# The learning rate follows a **cosine schedule with linear warm-up**: it climbs from 0 over the
+# first 10% of steps (Adam's variance estimates are unreliable during the first steps, and large
+# early updates to freshly initialised adapters can destabilise the model), then decays along a half
+# cosine towards 0, so the final steps make small, refining updates. Both groups follow the same
+# shape, each scaled to its own peak. The plot draws the schedule for this run.
+#
+# transformers 5 removed the `warmup_ratio` argument: a `warmup_steps` value below 1 is now read
+# as a ratio. The helper passes the profile's `warmup_ratio` that way.
+
+# %%
+import math
+
+from helpers.paths import outputs_dir
+from helpers.training import build_trainer
+
+trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(outputs_dir() / "05_trainer"))
+trainer.create_optimizer()
+num_steps = trainer.args.max_steps if trainer.args.max_steps > 0 else math.ceil(
+    len(train_dataset) / (profile.per_device_train_batch_size * profile.gradient_accumulation_steps))
+print(f"{type(trainer).__name__} with {type(trainer.optimizer).__name__}, {num_steps} optimizer steps")
+
+# %%
+import matplotlib.pyplot as plt
+import torch
+from transformers import get_scheduler
+
+probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=profile.learning_rate)
+sched = get_scheduler(profile.lr_scheduler_type, probe, num_warmup_steps=trainer.args.get_warmup_steps(num_steps),
+                      num_training_steps=num_steps)
+lrs = []
+for _ in range(num_steps):
+    lrs.append(sched.get_last_lr()[0])
+    probe.step()
+    sched.step()
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(range(1, num_steps + 1), lrs, marker="o", label="LoRA adapters")
+ax.plot(range(1, num_steps + 1), [lr * profile.embedding_learning_rate / profile.learning_rate for lr in lrs],
+        marker="o", label="embed_tokens / lm_head")
+ax.set_xlabel("optimizer step")
+ax.set_ylabel("learning rate")
+ax.set_title(f"{profile.lr_scheduler_type} schedule, {trainer.args.get_warmup_steps(num_steps)} warm-up step(s) of {num_steps}")
+ax.legend()
+plt.show()
+assert max(lrs) <= profile.learning_rate + 1e-12 and lrs[-1] < max(lrs)
+
+# %% [markdown]
+# ## Check the optimizer before training
+#
+# Two bugs in unsloth's history made this exact setting fail *silently*: in one the
+# embedding learning rate was accepted and then ignored (unsloth issue #4492), in another the
+# embeddings were dropped from training altogether (#9326). So we do not trust the arguments; we
+# look at the optimizer's parameter groups and assert them.
+
+# %%
+from helpers.training import describe_param_groups
+
+groups = describe_param_groups(trainer.optimizer, model)
+for group in groups:
+    print(f"{group['group']:<36} lr={group['lr']:.1e}  tensors={group['tensors']:4d}  "
+          f"parameters={group['parameters'] / 1e6:7.2f} M  weight_decay={group['weight_decay']}")
+    print(f"{'':<36} modules: {', '.join(group['modules'][:8])}{' ...' if len(group['modules']) > 8 else ''}")
+
+embedding_groups = [g for g in groups if {"embed_tokens", "lm_head"} & set(g["modules"])]
+assert len(embedding_groups) == 1, "exactly one group should hold the embedding matrices"
+embedding_group = embedding_groups[0]
+assert abs(embedding_group["lr"] - profile.embedding_learning_rate) < 1e-12
+assert set(embedding_group["modules"]) <= {"embed_tokens", "lm_head"}
+other = [g for g in groups if g is not embedding_group and g["parameters"] > 0]
+assert other and all(abs(g["lr"] - profile.learning_rate) < 1e-12 for g in other)
+print("\nembedding LR applies to:", embedding_group["modules"],
+      "(lm_head shares embed_tokens' matrix)" if model.get_base_model().config.tie_word_embeddings else "")
+
+# %% [markdown]
+# ## Train
+#
+# Before training we keep a copy of the trainable embedding matrix and one adapter matrix, so that
+# afterwards we can *prove* they changed rather than assume it.
+
+# %%
+import time
+
+from helpers.memory import format_snapshot, record_stage
+
+embedding_param = next(p for n, p in model.named_parameters() if p.requires_grad and "embed_tokens" in n)
+lora_b_param = next(p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
+embedding_before = embedding_param.detach().float().clone()
+lora_b_before = lora_b_param.detach().float().clone()
+
+started = time.perf_counter()
+train_output = trainer.train()
+wall_seconds = time.perf_counter() - started
+steps = trainer.state.global_step
+print(f"{steps} optimizer steps in {train_output.metrics['train_runtime']:.1f} s "
+      f"({train_output.metrics['train_runtime'] / steps:.2f} s per step)")
+print(format_snapshot(record_stage("after training", "05")))
+
+# %% [markdown]
+# ## Did both groups really train?
+
+# %%
+embedding_change = (embedding_param.detach().float() - embedding_before).abs().max().item()
+lora_change = (lora_b_param.detach().float() - lora_b_before).abs().max().item()
+print(f"largest change in embed_tokens: {embedding_change:.2e}; in a LoRA B matrix: {lora_change:.2e}")
+assert embedding_change > 0, "embed_tokens did not change: the embeddings were not trained"
+assert lora_change > 0, "the LoRA adapters did not change"
+
+# %% [markdown]
+# ## Reading the training loss
+#
+# The logged loss is the average cross-entropy per predicted token on each step's batch, in nats:
+# `exp(loss)` is the perplexity on that batch. What to look for:
+#
+# * **Level.** A good pre-trained model starts low on simple English (around 2 to 2.5 here); a
+#   starting loss near `ln(vocabulary size)` ≈ 10.8 would mean a broken model or broken labels.
+# * **Trend, not single steps.** Each step sees different stories, so the curve is noisy; judge it by
+#   its trend. A fall during the first steps, flattening as the learning rate decays, is the healthy
+#   shape for one epoch of CPT.
+# * **Warning signs.** A loss that drops to near 0 means the model sees its labels (a collator bug) or
+#   memorises repeated data; one that climbs or turns into `nan` means the learning rate is too high,
+#   or fp16 overflowed.
+
+# %%
+losses = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+for step, loss in losses:
+    print(f"step {step:3d}  loss {loss:.3f}")
+first, last = losses[0][1], sum(loss for _, loss in losses[-3:]) / min(3, len(losses))
+print(f"first step {first:.3f} -> mean of the last three {last:.3f}")
+assert all(loss == loss and loss < 10 for _, loss in losses), "loss is nan or implausibly high"
+assert last < first, "the loss did not go down"
+
+# %% [markdown]
+# ## Save the adapter
+#
+# `save_pretrained` on a PEFT model writes only what was trained: the LoRA matrices and the full
+# embedding copies, plus the adapter config that names the base model. It is written through
+# `helpers.storage.save_directory_atomically`: into a temporary folder first, swapped in only once
+# complete, so an interrupted save can never leave a half-written adapter that would load.
+# Notebook 06 loads it on top of a fresh base model.
+
+# %%
+from helpers.paths import artifact_path, relative
+from helpers.storage import save_directory_atomically, write_json
+
+
+def write_adapter(folder):
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+adapter_dir = save_directory_atomically(artifact_path("adapter"), write_adapter)
+size_mb = sum(f.stat().st_size for f in adapter_dir.rglob("*") if f.is_file()) / 1e6
+print(f"adapter saved to {relative(adapter_dir)}: {size_mb:.0f} MB")
+print(sorted(p.name for p in adapter_dir.iterdir()))
+
+# %%
+from helpers.memory import snapshot
+
+write_json(artifact_path("train_result"), {
+    "profile": profile.name,
+    "metrics": train_output.metrics,
+    "steps": steps,
+    "seconds_per_step": train_output.metrics["train_runtime"] / steps,
+    "wall_seconds": wall_seconds,
+    "log_history": trainer.state.log_history,
+    "param_groups": groups,
+    "embedding_max_change": embedding_change,
+    "adapter_mb": size_mb,
+    "memory": snapshot(),
+})
+print("saved", relative(artifact_path("train_result")))

@@ -1,0 +1,201 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Inference after training: did continued pre-training work?
+#
+# This notebook starts from nothing but files: the base model, the adapter saved by notebook 05,
+# and the "before" results of notebook 03. It reloads base + adapter in a fresh kernel (which is how
+# anyone would use the result), generates from the same prompt with the same decoding, recomputes
+# the held-out perplexity, and plots the loss and memory.
+
+# %%
+from helpers.session import start
+
+profile = start("06_inference_after_training")
+
+# %%
+from helpers.paths import require
+from helpers.storage import read_json
+
+adapter_dir = require("adapter")
+before = read_json(require("before"))
+train_result = read_json(require("train_result"))
+print(f"adapter from notebook 05 ({train_result['steps']} steps); before-text and perplexity from notebook 03")
+
+# %% [markdown]
+# ## Load base model + adapter
+#
+# A PEFT adapter folder records which base model it belongs to. unsloth's `from_pretrained`
+# accepts the adapter folder directly and loads the base underneath it; the plain twin loads the
+# base with the helper and attaches the adapter with `PeftModel.from_pretrained`. Either way the
+# trained embedding copies replace the base model's embeddings.
+#
+# For generation unsloth needs one more call: `FastLanguageModel.for_inference(model)` switches
+# the model to its fast generation path (evaluation mode, KV cache on, left padding, checkpointing
+# off). `for_training` switches back. In plain transformers the equivalent is `model.eval()`.
+
+# %%
+from helpers.modeling import load_model_and_tokenizer
+
+if profile.uses_unsloth:
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(adapter_dir),
+        max_seq_length=profile.max_seq_length,
+        dtype=None,
+        load_in_4bit=profile.load_in_4bit,
+    )
+    FastLanguageModel.for_inference(model)
+else:
+    from peft import PeftModel
+
+    base_model, tokenizer = load_model_and_tokenizer(profile)
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    model.eval()
+print(type(model).__name__, "with adapter", list(model.peft_config))
+
+# %% [markdown]
+# ## The same prompt, after training
+#
+# Same prompt, same greedy decoding, same length limit as notebook 03, streamed with
+# `helpers.streaming.stream_generate` (taught in notebook 03).
+
+# %%
+from helpers.streaming import stream_generate
+
+after = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=profile.max_new_tokens, width=100)
+
+# %% [markdown]
+# Side by side:
+
+# %%
+import textwrap
+
+for label, text in (("BEFORE (notebook 03)", before["text"]), ("AFTER  (this notebook)", after.text)):
+    print(f"=== {label} ===")
+    for paragraph in (profile.prompt + text).split("\n"):
+        print(textwrap.fill(paragraph, width=100))
+    print()
+assert after.text != before["text"], "training did not change the model's output"
+
+# %% [markdown]
+# What to look for: TinyStories are written for small children, with a small vocabulary, short
+# sentences, named children (Lily, Tom, Ben ...), a little problem and a moral. After continued
+# pre-training the continuation should move towards that register, while the "before" text reflects
+# whatever the base model considered a likely continuation of a space-opera opening. The cell below
+# measures the move in the crudest possible way, with words that are typical of TinyStories.
+
+# %%
+import re
+
+story_words = {"little", "girl", "boy", "named", "happy", "play", "mom", "friend", "friends", "day", "lily", "tom",
+               "ben", "sue", "park", "toy", "smiled", "loved", "wanted", "said", "excited", "fun", "together"}
+
+
+def story_word_share(text: str) -> float:
+    words = re.findall(r"[a-z]+", text.lower())
+    return sum(w in story_words for w in words) / max(1, len(words))
+
+
+share_before, share_after = story_word_share(before["text"]), story_word_share(after.text)
+print(f"share of typical TinyStories words: before {share_before:.1%}, after {share_after:.1%}")
+
+# %% [markdown]
+# ## Held-out perplexity, before and after
+#
+# The same validation stories, the same cut length, the same function as in notebook 03. These
+# stories were never trained on, so a lower perplexity means the model learned the *domain*, not the
+# training rows.
+
+# %%
+from helpers.data import load_raw_dataset
+from helpers.evaluation import perplexity
+
+validation, source = load_raw_dataset(profile, split="validation")
+eval_texts = validation["text"][: before["eval_stories"]]
+ppl_after = perplexity(model, tokenizer, eval_texts, max_tokens=before["eval_max_tokens"])
+ppl_before = before["perplexity"]
+drop = 1 - ppl_after / ppl_before
+print(f"Held-out perplexity: {ppl_before:.2f} → {ppl_after:.2f}")
+print(f"relative drop: {drop:.1%} on {len(eval_texts)} held-out stories")
+assert ppl_after < ppl_before, "held-out perplexity did not fall"
+if profile.name == "cpu-smollm2":
+    assert drop >= 0.15, f"the offline default should cut perplexity by at least 15%, got {drop:.1%}"
+
+# %% [markdown]
+# ## The training loss
+#
+# The per-step loss from notebook 05's log, with the learning rate on a second axis.
+
+# %%
+import matplotlib.pyplot as plt
+
+log = [e for e in train_result["log_history"] if "loss" in e]
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot([e["step"] for e in log], [e["loss"] for e in log], marker="o", color="tab:blue", label="training loss")
+ax.set_xlabel("optimizer step")
+ax.set_ylabel("loss (nats per token)", color="tab:blue")
+ax2 = ax.twinx()
+ax2.plot([e["step"] for e in log], [e["learning_rate"] for e in log], color="tab:orange", linestyle="--",
+         label="learning rate (adapters)")
+ax2.set_ylabel("learning rate", color="tab:orange")
+ax.set_title(f"Training loss, {profile.name}")
+fig.legend(loc="upper right")
+plt.show()
+
+# %% [markdown]
+# ## Memory by stage
+#
+# Each notebook recorded memory at its stage into `outputs/memory_stages.json`. On a GPU the bars
+# show PyTorch's peak *reserved* memory; on the CPU, the process's resident host memory. Because
+# every notebook runs in its own process, each bar is the footprint of the process at that stage,
+# not a running total.
+
+# %%
+from helpers.memory import format_snapshot, load_stages, plot_stages, record_stage
+
+print(format_snapshot(record_stage("inference after training", "06")))
+stages = load_stages()
+for stage in stages:
+    print(f"{stage['notebook']:>3}  {stage['stage']:<28} RSS {stage['rss_gib']:.2f} GiB"
+          + (f", torch peak reserved {stage['torch']['peak_reserved_gib']:.2f} GiB" if stage["torch"] else ""))
+plot_stages(stages)
+plt.tight_layout()
+plt.show()
+assert {"model loaded", "LoRA added", "after training", "inference after training"} <= {s["stage"] for s in stages}
+
+# %% [markdown]
+# ## Results
+#
+# The numbers of this run go to `outputs/06_after.json`.
+
+# %%
+from helpers.paths import artifact_path
+from helpers.storage import write_json
+
+result = {
+    "profile": profile.name,
+    "perplexity_before": ppl_before,
+    "perplexity_after": ppl_after,
+    "relative_drop": drop,
+    "text_before": before["text"],
+    "text_after": after.text,
+    "train_runtime_s": train_result["metrics"]["train_runtime"],
+    "seconds_per_step": train_result["seconds_per_step"],
+}
+write_json(artifact_path("after"), result)
+print({k: v for k, v in result.items() if not k.startswith("text")})
