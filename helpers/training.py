@@ -226,20 +226,26 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
     return TrainingArguments(**kwargs)
 
 
-def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: str, **overrides):
+def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: str, text_dataset=None,
+                  **overrides):
     """Return a ready-to-run trainer for the profile.
 
-    unsloth branch: ``UnslothTrainer`` (TRL ``SFTTrainer`` underneath) on the ``input_ids`` dataset.
-    Plain branch: :class:`EmbeddingLRTrainer` with transformers' causal-LM collator, the way Hugging
-    Face's own ``run_clm`` example does continued pre-training.
+    unsloth branch: ``UnslothTrainer`` (TRL ``SFTTrainer`` underneath). Given ``text_dataset`` (the
+    stories with EOS appended) it tokenizes, packs or pads itself, as in the walkthrough, which lets
+    unsloth choose packing / padding-free batching; otherwise it trains on the ``input_ids`` rows.
+    Plain branch: :class:`EmbeddingLRTrainer` on the ``input_ids`` rows with transformers'
+    causal-LM collator, the way Hugging Face's own ``run_clm`` example does continued pre-training.
     """
-    args = training_arguments(profile, output_dir, **overrides)
     if profile.uses_unsloth:
         from unsloth import UnslothTrainer
 
-        return UnslothTrainer(
-            model=model, processing_class=tokenizer, train_dataset=train_dataset, args=args
-        )
+        if text_dataset is not None:
+            overrides = {"dataset_text_field": "text", "max_length": profile.max_seq_length,
+                         "packing": profile.packing, **overrides}
+            train_dataset = text_dataset
+        args = training_arguments(profile, output_dir, **overrides)
+        return UnslothTrainer(model=model, processing_class=tokenizer, train_dataset=train_dataset, args=args)
+    args = training_arguments(profile, output_dir, **overrides)
     from transformers import DataCollatorForLanguageModeling
 
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)

@@ -150,6 +150,12 @@ if profile.is_embedded_model:
     print(f"Hugging Face folder: {relative(model_dir)}")
     print(sorted(p.name for p in model_dir.iterdir()))
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
+elif profile.is_smoke_model:
+    from helpers.modeling import smoke_model_dir
+    from helpers.paths import relative
+
+    model_dir = smoke_model_dir(profile.seed)
+    print(f"random smoke-test model (meaningless outputs) in {relative(model_dir)}")
 else:
     print(f"{profile.name} loads {profile.model_name} from the hub (or its local cache) in notebook 01.")
 
@@ -160,7 +166,7 @@ else:
 # on: a distinct end-of-sequence token, and a padding token that is *not* the EOS token.
 
 # %%
-if profile.is_embedded_model:
+if profile.is_local_model:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -101,7 +101,8 @@ else:
         quantization_config=quantization_config,
         device_map={"": 0} if profile.device == "cuda" else None,
     )
-ensure_pad_token(tokenizer)
+if ensure_pad_token(tokenizer):  # a brand-new PAD token needs a row in the embedding matrix
+    model.resize_token_embeddings(len(tokenizer))
 print(type(model).__name__, "loaded from", profile.model_name)
 
 # %% [markdown]
@@ -212,6 +213,41 @@ with torch.no_grad():
 print(f"logits shape {tuple(logits.shape)} = (batch, prompt tokens, vocabulary)")
 assert logits.shape[-1] == config.vocab_size
 print(format_snapshot(record_stage("after a forward pass", "01")))
+
+# %% [markdown]
+# ## Why does PyTorch report less GPU memory than `nvidia-smi`?
+#
+# The walkthrough prints PyTorch's figures and notices they are below what `nvidia-smi` shows. Both
+# are right; they count different things:
+#
+# * `torch.cuda.memory_allocated()`: bytes held by live tensors right now.
+# * `torch.cuda.memory_reserved()`: bytes PyTorch's **caching allocator** has obtained from the
+#   driver. Freed tensors return their blocks to this cache, not to the driver, so that the next
+#   allocation of a similar size is instant. Reserved ≥ allocated, and the gap is cache.
+# * NVML (what `nvidia-smi` reads): everything the driver has handed to processes on the card, i.e.
+#   the reserved memory *plus* the **CUDA context** (the loaded kernels of PyTorch, cuBLAS, cuDNN,
+#   Triton..., typically 300-600 MiB) and any other process's memory.
+#
+# The cell reads all of them at the same moment. On a machine without a GPU it says so.
+
+# %%
+from helpers.memory import snapshot
+
+snap = snapshot()
+if snap["torch"] and (snap["nvml"] or snap["nvidia_smi"]):
+    t = snap["torch"]
+    driver = snap["nvml"] or snap["nvidia_smi"]
+    print(f"torch allocated : {t['allocated_gib']:6.2f} GiB  (live tensors)")
+    print(f"torch reserved  : {t['reserved_gib']:6.2f} GiB  (+{t['reserved_gib'] - t['allocated_gib']:.2f} GiB cached by the allocator)")
+    if snap["nvml"]:
+        print(f"NVML used       : {snap['nvml']['used_gib']:6.2f} GiB  (device total; this process: {snap['nvml']['process_gib']})")
+    if snap["nvidia_smi"]:
+        print(f"nvidia-smi used : {snap['nvidia_smi']['used_gib']:6.2f} GiB")
+    print(f"driver - reserved = {driver['used_gib'] - t['reserved_gib']:.2f} GiB: the CUDA context and anything outside PyTorch")
+    assert t["reserved_gib"] >= t["allocated_gib"] and driver["used_gib"] >= t["reserved_gib"]
+else:
+    print("no CUDA device: the GPU memory comparison runs on the GPU profiles only (process RSS "
+          f"here: {snap['rss_gib']:.2f} GiB)")
 
 # %% [markdown]
 # ## Hand-over to the next notebooks

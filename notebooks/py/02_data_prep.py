@@ -45,7 +45,7 @@ from datasets import load_dataset
 from helpers.data import local_sample_files, validate_jsonl
 from helpers.paths import relative
 
-if profile.is_embedded_model:  # offline default: the shipped sample
+if profile.is_local_model:  # offline profiles: the shipped sample
     path = local_sample_files(profile)["train"]
     print(f"{relative(path)}: {validate_jsonl(path)} valid rows")
     dataset = load_dataset("json", data_files=str(path), split="train")
@@ -186,8 +186,10 @@ assert sum(len(b) for b in blocks) + tail == sum(lengths)  # packing keeps every
 #
 # `helpers.data.build_train_dataset` does the steps above (tokenize, then pack or truncate according to
 # the profile) and returns the rows with their counts; we save the result with
-# `Dataset.save_to_disk` so notebook 05 can load it without repeating the work. Notebook 03 uses the
-# validation stories, which are never trained on.
+# `Dataset.save_to_disk` so notebook 05 can load it without repeating the work. We also save the
+# stories with EOS as text: on the GPU, unsloth's trainer tokenizes them itself and picks packing or
+# padding-free batching (notebook 05). Notebook 03 uses the validation stories, which are never
+# trained on.
 
 # %%
 from helpers.data import build_train_dataset
@@ -197,6 +199,8 @@ from helpers.storage import save_directory_atomically, write_json
 train_dataset, stats = build_train_dataset(dataset, tokenizer, profile)
 print(stats)
 save_directory_atomically(artifact_path("dataset"), lambda tmp: train_dataset.save_to_disk(str(tmp)))
+# the stories with EOS, untokenized: unsloth's trainer tokenizes and packs them itself (notebook 05)
+save_directory_atomically(artifact_path("text_dataset"), lambda tmp: dataset.save_to_disk(str(tmp)))
 write_json(artifact_path("data_stats"), {**stats, "length_summary": summary})
 assert stats["rows"] == len(train_dataset) > 0
 print(f"saved {len(train_dataset)} rows to {relative(artifact_path('dataset'))}")

@@ -122,6 +122,18 @@ else:
 model.print_trainable_parameters()
 
 # %% [markdown]
+# Where did `embed_tokens` and `lm_head` end up? The adapter configuration answers it: on both
+# branches they are *not* LoRA targets but modules to save (trained in full). unsloth moves them
+# there itself, and says so when it does.
+
+# %%
+peft_config = model.peft_config["default"]
+print(f"LoRA target_modules : {sorted(peft_config.target_modules)}")
+print(f"modules_to_save     : {sorted(peft_config.modules_to_save or [])}")
+assert "embed_tokens" in (peft_config.modules_to_save or [])
+assert not {"embed_tokens", "lm_head"} & set(peft_config.target_modules)
+
+# %% [markdown]
 # ## What is trainable, exactly?
 #
 # `print_trainable_parameters` gives one total. The breakdown below splits it into the LoRA `A` and

@@ -40,6 +40,7 @@ from helpers.paths import require
 from helpers.training import add_lora
 
 train_dataset = load_from_disk(str(require("dataset")))
+text_dataset = load_from_disk(str(require("text_dataset")))
 model, tokenizer = load_model_and_tokenizer(profile)
 model = add_lora(model, profile)
 print(f"{len(train_dataset)} training rows of up to {profile.max_seq_length} tokens")
@@ -108,10 +109,11 @@ import math
 from helpers.paths import outputs_dir
 from helpers.training import build_trainer
 
-trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(outputs_dir() / "05_trainer"))
+trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(outputs_dir() / "05_trainer"),
+                        text_dataset=text_dataset)
 trainer.create_optimizer()
 num_steps = trainer.args.max_steps if trainer.args.max_steps > 0 else math.ceil(
-    len(train_dataset) / (profile.per_device_train_batch_size * profile.gradient_accumulation_steps))
+    len(trainer.train_dataset) / (profile.per_device_train_batch_size * profile.gradient_accumulation_steps))
 print(f"{type(trainer).__name__} with {type(trainer.optimizer).__name__}, {num_steps} optimizer steps")
 
 # %%
@@ -137,6 +139,20 @@ ax.set_title(f"{profile.lr_scheduler_type} schedule, {trainer.args.get_warmup_st
 ax.legend()
 plt.show()
 assert max(lrs) <= profile.learning_rate + 1e-12 and lrs[-1] < max(lrs)
+
+# %% [markdown]
+# How are rows batched? `transformers.Trainer` receives the packed blocks of notebook 02, all of
+# exactly `max_seq_length` tokens, so there is nothing to pad. unsloth's trainer receives the text and
+# decides itself: with `packing=True` it packs; otherwise on recent GPUs it switches on
+# **padding-free** batching automatically (and prints that it did), which concatenates the rows of a
+# batch without padding and tells the attention kernel where each row starts.
+
+# %%
+packing_flag, padding_free_flag = getattr(trainer.args, "packing", None), getattr(trainer.args, "padding_free", None)
+row_lengths = [len(row["input_ids"]) for row in trainer.train_dataset.select(range(min(64, len(trainer.train_dataset))))]
+print(f"packing: {packing_flag}, padding_free: {padding_free_flag} "
+      f"({'flags of TRL/unsloth' if packing_flag is not None else 'not options of transformers.Trainer'})")
+print(f"{len(trainer.train_dataset)} training rows; first rows' lengths: min {min(row_lengths)}, max {max(row_lengths)}")
 
 # %% [markdown]
 # ## Check the optimizer before training

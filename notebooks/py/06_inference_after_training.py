@@ -69,6 +69,32 @@ else:
 print(type(model).__name__, "with adapter", list(model.peft_config))
 
 # %% [markdown]
+# What do `for_inference` and `for_training` switch? The cell flips the model into training mode and
+# back and prints the state each time: unsloth's calls on the GPU, `train()`/`eval()` in plain
+# PyTorch. (unsloth additionally switches its fused generation kernels and the tokenizer's padding
+# side: left for batched generation, right for training.)
+
+
+# %%
+def mode(m) -> dict:
+    return {"training": m.training, "gradient_checkpointing": bool(getattr(m, "is_gradient_checkpointing", False)),
+            "padding_side": tokenizer.padding_side}
+
+
+if profile.uses_unsloth:
+    FastLanguageModel.for_training(model)
+    training_mode = mode(model)
+    FastLanguageModel.for_inference(model)
+else:
+    model.train()
+    training_mode = mode(model)
+    model.eval()
+inference_mode = mode(model)
+print(f"for training : {training_mode}")
+print(f"for inference: {inference_mode}")
+assert training_mode["training"] and not inference_mode["training"]
+
+# %% [markdown]
 # ## The same prompt, after training
 #
 # Same prompt, same greedy decoding, same length limit as notebook 03, streamed with

@@ -1,0 +1,466 @@
+"""Tests for helpers.data: JSONL validation, packing, truncation, EOS, .txt folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.data import (
+    DataError,
+    append_eos,
+    length_summary,
+    load_text_folder,
+    local_sample_files,
+    pack_blocks,
+    truncate_rows,
+    validate_jsonl,
+)
+from helpers.profiles import CPU_SMOLLM2
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# --- validate_jsonl ----------------------------------------------------------------------------
+
+
+def test_validate_jsonl_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found") as info:
+        validate_jsonl(tmp_path / "nope.jsonl")
+    assert "nope.jsonl" in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # printed relative to the project root
+
+
+def test_validate_jsonl_directory_is_not_a_file(tmp_path):
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(DataError, match="not found"):
+        validate_jsonl(tmp_path / "folder.jsonl")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n", b"   \n\t\n"])
+def test_validate_jsonl_empty_file(tmp_path, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match="empty"):
+        validate_jsonl(path)
+
+
+def test_validate_jsonl_malformed_line_names_the_line(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", ['{"text": "one"}', '{"text": "two"}', '{"text": "three"'])
+    with pytest.raises(DataError, match=r"line 3 is not valid JSON"):
+        validate_jsonl(path)
+
+
+def test_validate_jsonl_line_numbers_count_blank_lines(tmp_path):
+    path = write_lines(tmp_path / "bad.jsonl", ['{"text": "one"}', "", "", "not json"])
+    with pytest.raises(DataError, match=r"line 4 "):
+        validate_jsonl(path)
+
+
+def test_validate_jsonl_missing_column_lists_fields_found(tmp_path):
+    path = write_lines(tmp_path / "cols.jsonl", ['{"text": "ok"}', '{"story": "x", "id": 7}'])
+    with pytest.raises(DataError) as info:
+        validate_jsonl(path)
+    message = str(info.value)
+    assert "line 2" in message
+    assert "'text'" in message
+    assert "['id', 'story']" in message
+
+
+def test_validate_jsonl_custom_column(tmp_path):
+    path = write_lines(tmp_path / "c.jsonl", ['{"story": "a"}', '{"story": "b"}'])
+    assert validate_jsonl(path, column="story") == 2
+    with pytest.raises(DataError, match="'story'"):
+        validate_jsonl(write_lines(tmp_path / "d.jsonl", ['{"text": "a"}']), column="story")
+
+
+@pytest.mark.parametrize("line, kind", [('["a list"]', "list"), ('"a string"', "str"), ("42", "int")])
+def test_validate_jsonl_row_that_is_not_an_object(tmp_path, line, kind):
+    path = write_lines(tmp_path / "rows.jsonl", [line])
+    with pytest.raises(DataError, match=rf"line 1 has no 'text' field; fields found: {kind}"):
+        validate_jsonl(path)
+
+
+def test_validate_jsonl_non_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    raw = b'{"text": "ok"}\n{"text": "caf\xe9"}\n'
+    path.write_bytes(raw)
+    with pytest.raises(DataError, match="not valid UTF-8") as info:
+        validate_jsonl(path)
+    assert "line 2" in str(info.value)
+    bad_byte = raw.index(b"\xe9")
+    assert f"byte {bad_byte}" in str(info.value)
+    assert "iconv" in str(info.value)
+
+
+def test_validate_jsonl_valid_file_returns_row_count(tmp_path):
+    rows = [{"text": f"story {i}", "extra": i} for i in range(5)]
+    path = write_lines(tmp_path / "ok.jsonl", [json.dumps(r) for r in rows])
+    assert validate_jsonl(path) == 5
+
+
+def test_validate_jsonl_blank_lines_are_ignored(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text('\n{"text": "a"}\n\n   \n{"text": "b"}\n\n', encoding="utf-8")
+    assert validate_jsonl(path) == 2
+
+
+def test_validate_jsonl_accepts_windows_line_endings_and_no_final_newline(tmp_path):
+    path = tmp_path / "crlf.jsonl"
+    path.write_bytes(b'{"text": "a"}\r\n{"text": "b"}')
+    assert validate_jsonl(path) == 2
+
+
+def test_validate_jsonl_accepts_unicode_text(tmp_path):
+    path = write_lines(tmp_path / "u.jsonl", [json.dumps({"text": "Zoë 🚀 naïve"}, ensure_ascii=False)])
+    assert validate_jsonl(path) == 1
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_validate_jsonl_accepts_unicode_line_separators_inside_strings(tmp_path, separator):
+    line = json.dumps({"text": f"first{separator}second"}, ensure_ascii=False)
+    assert separator in line  # json.dumps leaves it unescaped
+    path = write_lines(tmp_path / "sep.jsonl", [line])
+    assert validate_jsonl(path) == 1
+
+
+def test_shipped_sample_is_valid():
+    from conftest import REPO_ROOT
+
+    folder = REPO_ROOT / CPU_SMOLLM2.local_data_dir
+    if not folder.is_dir():
+        pytest.skip("shipped sample missing")
+    assert validate_jsonl(folder / "train.jsonl") > 0
+    assert validate_jsonl(folder / "validation.jsonl") > 0
+
+
+def test_local_sample_files_live_under_the_project_root(tmp_path):
+    files = local_sample_files(CPU_SMOLLM2)
+    assert set(files) == {"train", "validation"}
+    assert files["train"] == tmp_path / "data" / "tinystories-sample" / "train.jsonl"
+    assert files["validation"].name == "validation.jsonl"
+
+
+# --- pack_blocks -------------------------------------------------------------------------------
+
+
+def test_pack_blocks_exact_fit():
+    blocks, dropped = pack_blocks([[1, 2, 3], [4, 5, 6, 7, 8], [9]], block_size=3)
+    assert blocks == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert dropped == 0
+
+
+def test_pack_blocks_drops_only_the_tail():
+    blocks, dropped = pack_blocks([[1, 2], [3, 4, 5], [6, 7]], block_size=3)
+    assert blocks == [[1, 2, 3], [4, 5, 6]]
+    assert dropped == 1
+    assert sum(map(len, blocks)) + dropped == 7
+
+
+def test_pack_blocks_long_document_spans_blocks():
+    long_doc = list(range(100, 111))  # 11 tokens, block size 4
+    blocks, dropped = pack_blocks([[1], long_doc, [2, 3]], block_size=4)
+    assert all(len(b) == 4 for b in blocks)
+    flat = [t for b in blocks for t in b]
+    assert flat == [1, *long_doc, 2, 3][: len(flat)]
+    assert set(long_doc) <= set(flat)  # the long story is not dropped
+    assert dropped == 14 - 12
+
+
+def test_pack_blocks_everything_shorter_than_one_block():
+    assert pack_blocks([[1, 2], [3]], block_size=8) == ([], 3)
+
+
+def test_pack_blocks_empty_input():
+    assert pack_blocks([], block_size=4) == ([], 0)
+    assert pack_blocks([[], []], block_size=4) == ([], 0)
+
+
+def test_pack_blocks_block_size_one():
+    assert pack_blocks([[5, 6], [7]], block_size=1) == ([[5], [6], [7]], 0)
+
+
+@pytest.mark.parametrize("block_size", [0, -1])
+def test_pack_blocks_rejects_non_positive_block_size(block_size):
+    with pytest.raises(ValueError, match="positive"):
+        pack_blocks([[1, 2, 3]], block_size=block_size)
+
+
+def test_pack_blocks_does_not_modify_input():
+    lists = [[1, 2, 3], [4]]
+    pack_blocks(lists, block_size=2)
+    assert lists == [[1, 2, 3], [4]]
+
+
+# --- truncate_rows -----------------------------------------------------------------------------
+
+
+def test_truncate_rows_counts_truncated_rows():
+    rows, truncated = truncate_rows([[1, 2, 3, 4], [1, 2], [1, 2, 3], []], max_length=3)
+    assert rows == [[1, 2, 3], [1, 2], [1, 2, 3], []]
+    assert truncated == 1  # a row of exactly max_length loses nothing
+
+
+def test_truncate_rows_nothing_to_truncate():
+    rows, truncated = truncate_rows([[1], [2, 3]], max_length=10)
+    assert rows == [[1], [2, 3]]
+    assert truncated == 0
+
+
+def test_truncate_rows_keeps_row_count():
+    lists = [[i] * (i + 1) for i in range(10)]
+    rows, truncated = truncate_rows(lists, max_length=4)
+    assert len(rows) == 10
+    assert max(map(len, rows)) == 4
+    assert truncated == 6
+
+
+# --- length_summary ----------------------------------------------------------------------------
+
+
+def test_length_summary_values():
+    summary = length_summary([5, 1, 3, 2, 4])
+    assert summary == {"count": 5, "min": 1, "median": 3, "mean": 3.0, "p95": 5, "max": 5}
+
+
+def test_length_summary_even_count_median_and_rounded_mean():
+    summary = length_summary([1, 2, 4, 10])
+    assert summary["median"] == 3
+    assert summary["mean"] == 4.2  # 4.25 rounded to one decimal (banker's rounding of the float)
+    assert summary["max"] == 10
+
+
+def test_length_summary_single_value():
+    assert length_summary([7]) == {"count": 1, "min": 7, "median": 7, "mean": 7.0, "p95": 7, "max": 7}
+
+
+def test_length_summary_p95_is_a_high_value_from_the_data():
+    lengths = list(range(1, 101))
+    summary = length_summary(lengths[::-1])  # input order does not matter
+    assert summary["p95"] in lengths
+    assert 95 <= summary["p95"] <= 96
+    assert summary["min"] <= summary["median"] <= summary["p95"] <= summary["max"]
+
+
+def test_length_summary_empty_raises():
+    with pytest.raises(DataError, match="No documents"):
+        length_summary([])
+
+
+# --- append_eos --------------------------------------------------------------------------------
+
+
+def test_append_eos_adds_eos_and_drops_empty_rows():
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"text": ["One story.", "", "   \n\t", "Two", None, "Three\n"]})
+    result = append_eos(dataset, "<|im_end|>")
+    assert result["text"] == ["One story.<|im_end|>", "Two<|im_end|>", "Three\n<|im_end|>"]
+    assert all(t.endswith("<|im_end|>") for t in result["text"])
+    assert dataset.num_rows == 6  # the input is not modified
+
+
+def test_append_eos_keeps_other_columns():
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"text": ["a", "", "b"], "id": [1, 2, 3]})
+    result = append_eos(dataset, "</s>")
+    assert result["id"] == [1, 3]
+    assert result["text"] == ["a</s>", "b</s>"]
+
+
+def test_append_eos_all_rows_empty_gives_empty_dataset():
+    from datasets import Dataset
+
+    result = append_eos(Dataset.from_dict({"text": ["", " "]}), "</s>")
+    assert result.num_rows == 0
+
+
+# --- load_text_folder --------------------------------------------------------------------------
+
+
+def test_load_text_folder_one_document_per_file(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("Second file.\n\nStill second.", encoding="utf-8")
+    (folder / "a.txt").write_text("  First file.  \n", encoding="utf-8")
+    (folder / "notes.md").write_text("not a .txt file", encoding="utf-8")
+    dataset = load_text_folder(folder)
+    assert dataset.column_names == ["text"]
+    assert dataset["text"] == ["First file.", "Second file.\n\nStill second."]  # sorted, stripped
+    assert "Loaded 2 documents from 2 .txt files (0 empty skipped)" in capsys.readouterr().out
+
+
+def test_load_text_folder_split_on_blank_lines(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Para one\nline two.\n\nPara two.\n\n\nPara three.\n", encoding="utf-8")
+    dataset = load_text_folder(folder, split_on_blank_lines=True)
+    assert dataset["text"] == ["Para one\nline two.", "Para two.", "Para three."]
+
+
+def test_load_text_folder_split_handles_windows_line_endings(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"One.\r\n\r\nTwo.\r\n")
+    assert load_text_folder(folder, split_on_blank_lines=True)["text"] == ["One.", "Two."]
+
+
+def test_load_text_folder_blank_line_with_spaces_separates_paragraphs(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Para one.\n   \nPara two.\n", encoding="utf-8")
+    assert load_text_folder(folder, split_on_blank_lines=True)["text"] == ["Para one.", "Para two."]
+
+
+def test_load_text_folder_empty_files_are_counted_and_skipped(tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Real text.", encoding="utf-8")
+    (folder / "b.txt").write_text("", encoding="utf-8")
+    (folder / "c.txt").write_text(" \n\n  \n", encoding="utf-8")
+    dataset = load_text_folder(folder)
+    assert dataset["text"] == ["Real text."]
+    assert "Loaded 1 documents from 3 .txt files (2 empty skipped)" in capsys.readouterr().out
+
+
+def test_load_text_folder_reads_subfolders(tmp_path):
+    folder = tmp_path / "texts"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "top.txt").write_text("top", encoding="utf-8")
+    (folder / "sub" / "deep.txt").write_text("deep", encoding="utf-8")
+    assert sorted(load_text_folder(folder)["text"]) == ["deep", "top"]
+
+
+def test_load_text_folder_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="Text folder not found"):
+        load_text_folder(tmp_path / "missing")
+
+
+def test_load_text_folder_path_is_a_file(tmp_path):
+    file = tmp_path / "a.txt"
+    file.write_text("x", encoding="utf-8")
+    with pytest.raises(DataError, match="Text folder not found"):
+        load_text_folder(file)
+
+
+def test_load_text_folder_without_txt_files(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "readme.md").write_text("# no txt here", encoding="utf-8")
+    with pytest.raises(DataError, match=r"No \.txt files"):
+        load_text_folder(folder)
+
+
+def test_load_text_folder_non_utf8_file(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "good.txt").write_text("fine", encoding="utf-8")
+    (folder / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(DataError, match="latin1.txt is not valid UTF-8"):
+        load_text_folder(folder)
+
+
+def test_load_raw_dataset_uses_text_dir(tmp_path):
+    from helpers.data import load_raw_dataset
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "a.txt").write_text("A.\n\nB.", encoding="utf-8")
+    profile = CPU_SMOLLM2.replace(text_dir=str(folder), split_on_blank_lines=True)
+    dataset, source = load_raw_dataset(profile)
+    assert dataset["text"] == ["A.", "B."]
+    assert source == f"text folder {folder}"
+
+
+def test_load_raw_dataset_local_sample_without_hub(tmp_path):
+    from helpers.data import load_raw_dataset
+
+    sample = tmp_path / "data" / "tinystories-sample"
+    sample.mkdir(parents=True)
+    write_lines(sample / "train.jsonl", [json.dumps({"text": "Once."}), json.dumps({"text": "Twice."})])
+    write_lines(sample / "validation.jsonl", [json.dumps({"text": "Held out."})])
+    dataset, source = load_raw_dataset(CPU_SMOLLM2, split="validation", prefer_hub=False)
+    assert dataset["text"] == ["Held out."]
+    assert source == "local sample: data/tinystories-sample/validation.jsonl"
+
+
+def test_load_raw_dataset_validates_the_local_sample(tmp_path):
+    from helpers.data import load_raw_dataset
+
+    sample = tmp_path / "data" / "tinystories-sample"
+    sample.mkdir(parents=True)
+    write_lines(sample / "train.jsonl", ['{"story": "wrong column"}'])
+    with pytest.raises(DataError, match="fields found"):
+        load_raw_dataset(CPU_SMOLLM2, prefer_hub=False)
+
+
+# --- tokenize / build_train_dataset ------------------------------------------------------------
+
+STORIES = [
+    "once upon a time there was a little cat",  # 9 words
+    "the dog liked to play",  # 5
+    "a happy robot who loved stars in a galaxy far away",  # 11
+]
+
+
+def test_tokenize_adds_no_special_tokens(word_tokenizer):
+    from datasets import Dataset
+
+    from helpers.data import tokenize
+
+    tokenized = tokenize(Dataset.from_dict({"text": STORIES, "id": [1, 2, 3]}), word_tokenizer)
+    assert sorted(tokenized.column_names) == ["attention_mask", "input_ids"]  # text and id removed
+    assert [len(ids) for ids in tokenized["input_ids"]] == [9, 5, 11]
+    assert word_tokenizer.unk_token_id not in {t for ids in tokenized["input_ids"] for t in ids}
+
+
+def test_build_train_dataset_packed(word_tokenizer):
+    from datasets import Dataset
+
+    from helpers.data import build_train_dataset
+
+    profile = CPU_SMOLLM2.replace(packing=True, max_seq_length=4)
+    dataset, stats = build_train_dataset(Dataset.from_dict({"text": STORIES}), word_tokenizer, profile)
+    assert dataset.column_names == ["input_ids"]
+    assert all(len(ids) == 4 for ids in dataset["input_ids"])
+    assert stats == {
+        "documents": 3,
+        "tokens": 25,
+        "longer_than_max_seq_length": 3,
+        "packing": True,
+        "max_seq_length": 4,
+        "rows": 6,
+        "tail_tokens_dropped": 1,
+    }
+    ids = [word_tokenizer(s, add_special_tokens=False)["input_ids"] for s in STORIES]
+    assert [t for row in dataset["input_ids"] for t in row] == [t for doc in ids for t in doc][:24]
+
+
+def test_build_train_dataset_one_row_per_story(word_tokenizer):
+    from datasets import Dataset
+
+    from helpers.data import build_train_dataset
+
+    profile = CPU_SMOLLM2.replace(packing=False, max_seq_length=9)
+    dataset, stats = build_train_dataset(Dataset.from_dict({"text": STORIES}), word_tokenizer, profile)
+    assert [len(ids) for ids in dataset["input_ids"]] == [9, 5, 9]
+    assert stats["rows"] == 3
+    assert stats["rows_truncated"] == 1
+    assert stats["longer_than_max_seq_length"] == 1
+    assert "tail_tokens_dropped" not in stats
+
+
+def test_build_train_dataset_after_append_eos_ends_stories_with_eos(word_tokenizer):
+    from datasets import Dataset
+
+    from helpers.data import build_train_dataset
+
+    with_eos = append_eos(Dataset.from_dict({"text": [*STORIES, "  "]}), word_tokenizer.eos_token)
+    profile = CPU_SMOLLM2.replace(packing=False, max_seq_length=64)
+    dataset, stats = build_train_dataset(with_eos, word_tokenizer, profile)
+    assert stats["documents"] == 3
+    assert all(ids[-1] == word_tokenizer.eos_token_id for ids in dataset["input_ids"])

