@@ -66,8 +66,11 @@ def start(notebook: str) -> Profile:
     # Without ipywidgets tqdm falls back to text bars (fine in notebooks and in CI logs); its warning
     # about that would print an absolute path of the local install into the notebook.
     warnings.filterwarnings("ignore", message="IProgress not found")
+    warnings.filterwarnings("ignore", category=SyntaxWarning)  # old escape sequences in some dependencies
     profile, reason = select_profile()
     check_runnable(profile)
+    if profile.uses_unsloth:
+        import unsloth  # noqa: F401  (unsloth must be imported before transformers to patch it)
     seed_everything(profile.seed)
     versions = library_versions()
     print(f"notebook : {notebook}")

@@ -148,31 +148,30 @@ assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
 # config and prints a notice. Mistral-7B v0.3 was trained for 32,768 positions, so the walkthrough's
 # 2,048 needs none.
 #
-# The cell below measures both claims on this model's own rotary embedding class: it builds the
-# rotary module with and without linear scaling and checks that the angles of position 2p with factor
-# 2 equal the unscaled angles of position p.
+# The cell below measures the claim with transformers' own RoPE code: the inverse frequencies of the
+# model's configuration, with and without linear scaling by 2, and the rotation angles they give.
 
 # %%
 import copy
+import math
 
 import torch
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 print(f"trained context (max_position_embeddings): {config.max_position_embeddings}")
 print(f"this run's max_seq_length: {profile.max_seq_length}")
-rope_base = config.rope_parameters
-print(f"RoPE parameters in the config: {rope_base}")
-
-plain_cfg = copy.deepcopy(config)
-scaled_cfg = copy.deepcopy(config)
-scaled_cfg.rope_parameters = {**rope_base, "rope_type": "linear", "factor": 2.0}
-plain, scaled = LlamaRotaryEmbedding(plain_cfg), LlamaRotaryEmbedding(scaled_cfg)
-print(f"inverse frequencies, first three: plain {plain.inv_freq[:3].tolist()}, "
-      f"linear x2 {scaled.inv_freq[:3].tolist()}")
-angles_plain_1000 = 1000 * plain.inv_freq
-angles_scaled_2000 = 2000 * scaled.inv_freq
-assert torch.allclose(angles_plain_1000, angles_scaled_2000)
-print("linear scaling x2: position 2000 is rotated exactly like position 1000 was -> the model's range doubles")
+print(f"RoPE parameters in the config: {config.rope_parameters}")
+head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+theta = config.rope_parameters["rope_theta"]
+inv_freq_plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+scaled_config = copy.deepcopy(config)
+scaled_config.rope_parameters = {**config.rope_parameters, "rope_type": "linear", "factor": 2.0}
+inv_freq_scaled, _ = ROPE_INIT_FUNCTIONS["linear"](scaled_config, "cpu")
+print(f"inverse frequencies, first three: plain {inv_freq_plain[:3].tolist()}, linear x2 {inv_freq_scaled[:3].tolist()}")
+assert torch.allclose(1000 * inv_freq_plain, 2000 * inv_freq_scaled)
+slowest_turn = 2 * math.pi / inv_freq_plain[-1].item()
+print(f"linear scaling x2: position 2000 is rotated exactly like position 1000 was -> the model's range doubles; "
+      f"the slowest channel pair needs {slowest_turn:,.0f} positions for one full turn")
 
 # %% [markdown]
 # And a model **without RoPE**? GPT-2 learns one absolute position vector per position, up to

@@ -236,7 +236,8 @@ for step, loss in losses:
     print(f"step {step:3d}  loss {loss:.3f}")
 first, last = losses[0][1], sum(loss for _, loss in losses[-3:]) / min(3, len(losses))
 print(f"first step {first:.3f} -> mean of the last three {last:.3f}")
-assert all(loss == loss and loss < 10 for _, loss in losses), "loss is nan or implausibly high"
+uniform_guess = math.log(len(tokenizer))  # the loss of a model that knows nothing: ln(vocabulary size)
+assert all(loss == loss and loss < uniform_guess + 1 for _, loss in losses), "loss is nan or implausibly high"
 assert last < first, "the loss did not go down"
 
 # %% [markdown]
