@@ -40,8 +40,10 @@ notebooks: setup
 	for f in notebooks/py/*.py; do $(PY) -m jupytext --update --to ipynb -o notebooks/$$(basename $$f .py).ipynb $$f; done
 	$(PY) scripts/run_notebooks.py --inplace
 
+# On a CUDA machine with the GPU extra installed (or the offline bundle of scripts/build_gpu_bundle.sh):
+# every notebook under nbval with unsloth, plus executed copies in outputs/gpu-run/.
 test-gpu:
-	python3 -m pytest --nbval-lax notebooks -q -p no:cacheprovider
+	CPT_PROFILE=$${CPT_PROFILE:-gpu-smollm2} bash scripts/gpu_nbval.sh outputs/gpu-run
 
 clean:
 	rm -rf outputs

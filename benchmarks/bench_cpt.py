@@ -20,8 +20,8 @@ Workload B, the walkthrough's epoch
     2,500 documents whose token lengths are drawn (with replacement, seed 3407) from the lengths of
     the shipped TinyStories sample (benchmarks/tinystories_lengths.json, computed on CPU with the
     SmolLM2 tokenizer, EOS appended); random token ids; the same model; bs 2 x GA 8, one epoch
-    (156 optimizer steps) with the walkthrough's settings. Modes (unsloth arm by default):
-      padding_free  one padded-free row per micro-batch, the same 156 steps
+    (157 optimizer steps; the walkthrough reports 156) with the walkthrough's settings. Modes (unsloth arm by default):
+      padding_free  each micro-batch flattened into one row without padding, the same 157 steps
       packing       documents packed into 2048-token rows (fewer, fuller steps)
       padded        one padded story per row, as the walkthrough (padding_free=False)
     Each mode runs a capped number of steps and EXTRAPOLATES to the epoch (said in its RESULT line).
