@@ -37,6 +37,7 @@ nbval: setup
 test: lint unit nbval
 
 notebooks: setup
+	$(PY) scripts/colab_cells.py
 	for f in notebooks/py/*.py; do $(PY) -m jupytext --update --to ipynb -o notebooks/$$(basename $$f .py).ipynb $$f; done
 	$(PY) scripts/run_notebooks.py --inplace
 

@@ -58,3 +58,19 @@ def test_committed_outputs_are_a_clean_top_to_bottom_run(path):
     header = "".join(o.get("text", "") for o in code[0].outputs)
     for field in ("profile", "model", "device", "versions"):
         assert re.search(rf"^{field}\s*:", header, re.M), f"{path.name}: first cell does not print {field!r}"
+
+
+def test_colab_badge_and_install_cell_are_current():
+    """scripts/colab_cells.py owns the badge and the Colab-only install block of every notebook."""
+    import subprocess
+    import sys
+
+    root = NOTEBOOKS_DIR.parent
+    result = subprocess.run([sys.executable, str(root / "scripts" / "colab_cells.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert "colab.research.google.com/github/" in nb.cells[0].source and f"notebooks/{path.name}" in nb.cells[0].source
+        first_code = next(c for c in nb.cells if c.cell_type == "code")
+        assert 'if "google.colab" in sys.modules:' in first_code.source, f"{path.name}: no Colab-only install block"

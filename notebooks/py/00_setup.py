@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/00_setup.ipynb)
+#
 # # 00 · Setup: what continued pre-training is, and how this series runs
 #
 # This series teaches **continued pre-training (CPT)**: taking a language model that has already
@@ -44,6 +46,19 @@
 # compare.
 
 # %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
 from helpers.session import start
 
 profile = start("00_setup")

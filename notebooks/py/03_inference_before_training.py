@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/03_inference_before_training.ipynb)
+#
 # # 03 · Inference before training: streaming text, and a number to beat
 #
 # Before changing the model we record what it does now, in two ways: the text it writes from the
@@ -21,6 +23,19 @@
 # number). Notebook 06 repeats both after training.
 
 # %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
 from helpers.session import start
 
 profile = start("03_inference_before_training")

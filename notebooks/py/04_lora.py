@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/04_lora.ipynb)
+#
 # # 04 · LoRA for continued pre-training: adapters, rank, rsLoRA, and trainable embeddings
 #
 # The base weights are frozen (and on a GPU, stored in 4-bit). This notebook adds what *will* be
@@ -21,6 +23,19 @@
 # and counts exactly what that amounts to.
 
 # %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
 from helpers.session import start
 
 profile = start("04_lora")
@@ -73,8 +88,9 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # training a *full*, un-quantized copy of a module next to the frozen original.
 #
 # That has two costs worth knowing. Memory: for Mistral-7B each matrix is 32,768 × 4,096 ≈ 134 M
-# parameters, so the two together are ~268 M trainable numbers, more than all the LoRA adapters at
-# r = 128 (~168 M). And the saved adapter: it contains both full matrices, so a CPT adapter is
+# parameters, so the two together are ~268 M trainable numbers, on top of ~336 M in the LoRA
+# adapters at r = 128 (10.5 M per layer × 32 layers): the walkthrough's 603,979,776 trainable
+# parameters. And the saved adapter: it contains both full matrices, so a CPT adapter is
 # hundreds of megabytes, not the few MB of an SFT adapter.
 #
 # Some models, SmolLM2 among them, **tie** the two matrices: `lm_head` *is* `embed_tokens`. Training

@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/05_training.ipynb)
+#
 # # 05 · Training: the trainer, two learning rates, 8-bit Adam, a cosine schedule, and the loss
 #
 # Everything is in place: a frozen base model, adapters and embedding copies to train, and packed
@@ -21,6 +23,19 @@
 # checks that it really is set up that way, trains, and saves the adapter.
 
 # %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
 from helpers.session import start
 
 profile = start("05_training")
@@ -88,11 +103,13 @@ print(inspect.getsource(embedding_param_groups))
 # ## 8-bit Adam, and the schedule
 #
 # AdamW keeps two running statistics per trainable parameter (the mean and the variance of its
-# gradient), normally in fp32: 8 bytes per parameter. For the walkthrough's ~436 M trainable
-# parameters (LoRA at r = 128 plus two full embedding matrices) that is about 3.5 GB of optimizer
+# gradient), normally in fp32: 8 bytes per parameter. For the walkthrough's 604 M trainable
+# parameters (LoRA at r = 128 plus two full embedding matrices) that is about 4.8 GB of optimizer
 # state. bitsandbytes' **8-bit AdamW** (`optim="adamw_8bit"`) stores both statistics block-quantized
-# to 8 bits, about 0.9 GB, with training curves that match 32-bit Adam in practice. It needs a CUDA
-# GPU, so the CPU profile uses PyTorch's AdamW.
+# to 8 bits, 2 bytes per parameter, about 1.2 GB, with training curves that match 32-bit Adam in
+# practice. (One exception: transformers' Trainer asks bitsandbytes to keep 32-bit state for `nn.Embedding`
+# modules, whose rare rows are sensitive to quantization error.) It needs a CUDA GPU, so the CPU
+# profile uses PyTorch's AdamW.
 #
 # The learning rate follows a **cosine schedule with linear warm-up**: it climbs from 0 over the
 # first 10% of steps (Adam's variance estimates are unreliable during the first steps, and large

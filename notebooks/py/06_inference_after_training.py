@@ -14,6 +14,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/06_inference_after_training.ipynb)
+#
 # # 06 · Inference after training: did continued pre-training work?
 #
 # This notebook starts from nothing but files: the base model, the adapter saved by notebook 05,
@@ -22,6 +24,19 @@
 # the held-out perplexity, and plots the loss and memory.
 
 # %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
 from helpers.session import start
 
 profile = start("06_inference_after_training")
