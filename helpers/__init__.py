@@ -10,8 +10,15 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.data` - raw text: loading, EOS, tokenizing, packing
 - :mod:`helpers.streaming` - streaming generation printed wrapped
 - :mod:`helpers.training` - LoRA, the embedding learning rate, the trainer
+- :mod:`helpers.checkpoints` - checkpointed, resumable training; atomic adapter saves
+- :mod:`helpers.errors` - clear errors: model unavailable (hub), out of memory, disk full
 - :mod:`helpers.evaluation` - held-out perplexity
 - :mod:`helpers.memory` - memory probes and the stage recorder
+- :mod:`helpers.forgetting` - out-of-domain perplexity (what CPT costs elsewhere)
+- :mod:`helpers.merging` - merging the adapter into a 16-bit model, loading it without PEFT
+- :mod:`helpers.packing` - padded vs packed rows, measured
+- :mod:`helpers.patches` - what importing unsloth replaces in transformers (GPU)
+- :mod:`helpers.lora_memory` - LoRA vs full fine-tuning memory as sequences grow (GPU)
 """
 
 __version__ = "0.1.0"

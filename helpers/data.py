@@ -61,6 +61,11 @@ def validate_jsonl(path: Path | str, column: str = "text") -> int:
                 f"{relative(path)} line {number} has no {column!r} field; fields found: {found}. "
                 f"Rename the field holding the raw text to {column!r}."
             )
+        if record[column] is not None and not isinstance(record[column], str):
+            raise DataError(
+                f"{relative(path)} line {number}: the {column!r} field is a {type(record[column]).__name__}, "
+                "not a string. Each row's raw text must be one JSON string."
+            )
         rows += 1
     return rows
 
@@ -70,13 +75,20 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
 
     Tries the hub (``roneneldan/TinyStories``, the walkthrough's slice) when ``prefer_hub`` is true and
     the profile is not the embedded one, and falls back to the shipped sample with the same
-    ``load_dataset`` code (``"json"`` builder). Returns ``(dataset, source)``, where ``source`` says
-    which was used.
+    ``load_dataset`` code (``"json"`` builder). With ``profile.text_dir`` set ("your own text"), the
+    documents of that folder are split deterministically: every tenth document (at least one) is
+    held out as ``"validation"``, the rest is ``"train"``. Returns ``(dataset, source)``, where
+    ``source`` says which was used.
     """
     from datasets import load_dataset
 
     if profile.text_dir:
-        return load_text_folder(profile.text_dir, profile.split_on_blank_lines), f"text folder {profile.text_dir}"
+        documents = load_text_folder(profile.text_dir, profile.split_on_blank_lines)
+        held_out = held_out_indices(len(documents))
+        keep = held_out if split == "validation" else [i for i in range(len(documents)) if i not in set(held_out)]
+        if not keep:
+            raise DataError(f"{profile.text_dir} has too few documents to hold one out for validation; add more text.")
+        return documents.select(keep), f"text folder {profile.text_dir} ({split}: {len(keep)} of {len(documents)} documents)"
     if prefer_hub and not profile.is_local_model:
         hub_split = profile.dataset_split if split == "train" else "validation[:600]"
         try:
@@ -87,6 +99,14 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     validate_jsonl(path)
     dataset = load_dataset("json", data_files=str(path), split="train")
     return dataset, f"local sample: {relative(path)}"
+
+
+def held_out_indices(count: int) -> list[int]:
+    """Return the indices of the documents held out for validation: every tenth one (9, 19, ...),
+    or the last one when there are fewer than ten, and none when there is only one."""
+    if count < 2:
+        return []
+    return list(range(9, count, 10)) or [count - 1]
 
 
 def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False):
@@ -124,9 +144,13 @@ def append_eos(dataset, eos_token: str):
     """Return the dataset with ``eos_token`` appended to every ``text`` (empty rows are removed).
 
     Without an end-of-sequence marker, packed documents run into each other and the model never
-    learns where a story ends, so generation rambles on past the end.
+    learns where a story ends, so generation rambles on past the end. Rows whose text is empty,
+    blank or null would become a lone EOS; they are dropped, and a note says how many.
     """
+    before = dataset.num_rows
     dataset = dataset.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    if dataset.num_rows < before:
+        print(f"Dropped {before - dataset.num_rows} empty row(s) (empty, blank or null text) of {before}.")
     return dataset.map(lambda batch: {"text": [t + eos_token for t in batch["text"]]}, batched=True)
 
 
@@ -168,11 +192,21 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
 
     Returns ``(dataset, stats)``: a ``datasets.Dataset`` with ``input_ids`` and a dict of counts
     (documents, tokens, rows, tokens dropped or rows truncated), which the notebooks print.
+    Stories longer than ``max_seq_length`` are never dropped: packing continues them into the next
+    block, one-row-per-story truncates them; either way they are counted
+    (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
+    printed. Documents with no tokens at all (empty text) are left out, and a note counts them.
     """
     from datasets import Dataset
 
+    if dataset_with_eos.num_rows == 0:
+        raise DataError("No training text: the dataset has no rows (empty rows were dropped, and none was left).")
     tokenized = tokenize(dataset_with_eos, tokenizer)
-    token_lists = tokenized["input_ids"]
+    token_lists = [tokens for tokens in tokenized["input_ids"] if tokens]
+    if not token_lists:
+        raise DataError(f"No training text: none of the {tokenized.num_rows} documents has any text in it.")
+    if len(token_lists) < tokenized.num_rows:
+        print(f"Left out {tokenized.num_rows - len(token_lists)} empty document(s) (no tokens).")
     lengths = [len(t) for t in token_lists]
     stats = {
         "documents": len(token_lists),
@@ -181,12 +215,21 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
         "packing": profile.packing,
         "max_seq_length": profile.max_seq_length,
     }
+    long = stats["longer_than_max_seq_length"]
     if profile.packing:
         rows, dropped = pack_blocks(token_lists, profile.max_seq_length)
         stats.update(rows=len(rows), tail_tokens_dropped=dropped)
+        if long:
+            print(f"{long} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length} tokens; "
+                  "packing continues each into the next block, so none is cut or dropped.")
     else:
         rows, truncated = truncate_rows(token_lists, profile.max_seq_length)
-        stats.update(rows=len(rows), rows_truncated=truncated)
+        lost = sum(max(0, n - profile.max_seq_length) for n in lengths)
+        stats.update(rows=len(rows), rows_truncated=truncated, tokens_truncated=lost)
+        if truncated:
+            print(f"{truncated} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length} "
+                  f"tokens and were truncated ({lost} tokens cut from their ends; none dropped). Raise "
+                  "max_seq_length or turn on packing to keep them whole.")
     return Dataset.from_dict({"input_ids": rows}), stats
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import warnings
 from pathlib import Path
 
+from .errors import model_errors_explained
 from .paths import cache_dir, project_root, relative
 from .profiles import Profile
 from .storage import save_directory_atomically, write_json
@@ -165,19 +167,31 @@ def load_model_and_tokenizer(profile: Profile):
     """Load the profile's model and tokenizer, through unsloth or plain transformers.
 
     Returns ``(model, tokenizer)``; the tokenizer always has a pad token distinct from EOS.
+    Raises :class:`helpers.errors.ModelUnavailableError` when the model cannot be fetched (gated,
+    unknown, no token, offline), saying what to do. A ``max_seq_length`` beyond the model's trained
+    context gives a :class:`ContextLengthWarning` (see :func:`check_context_length`); on the
+    transformers branch the linear RoPE scaling unsloth would apply is applied to the config.
     """
     source = resolve_model_source(profile)
     if profile.uses_unsloth:
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # noqa: I001  (unsloth before transformers, to patch it)
+        from transformers import AutoConfig
 
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=source,
-            max_seq_length=profile.max_seq_length,
-            dtype=None if profile.dtype is None else resolve_dtype(profile),
-            load_in_4bit=profile.load_in_4bit,
-        )
+        try:  # only to explain RoPE scaling in advance; unsloth may load a mirror of a gated name itself
+            config = AutoConfig.from_pretrained(source)
+        except Exception:
+            config = None
+        if config is not None:
+            check_context_length(config, profile.max_seq_length, apply=False)
+        with model_errors_explained(profile.model_name):
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=source,
+                max_seq_length=profile.max_seq_length,
+                dtype=None if profile.dtype is None else resolve_dtype(profile),
+                load_in_4bit=profile.load_in_4bit,
+            )
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         quantization_config = None
         if profile.load_in_4bit:
@@ -189,13 +203,17 @@ def load_model_and_tokenizer(profile: Profile):
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=resolve_dtype(profile),
             )
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=resolve_dtype(profile),
-            quantization_config=quantization_config,
-            device_map={"": 0} if profile.device == "cuda" else None,
-        )
+        with model_errors_explained(profile.model_name):
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source)
+            scaled = check_context_length(config, profile.max_seq_length, apply=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=resolve_dtype(profile),
+                quantization_config=quantization_config,
+                device_map={"": 0} if profile.device == "cuda" else None,
+                **({"config": config} if scaled and scaled["applied"] else {}),
+            )
     if ensure_pad_token(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
@@ -217,3 +235,65 @@ def ensure_pad_token(tokenizer) -> bool:
             return False
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     return True
+
+
+class ContextLengthWarning(UserWarning):
+    """``max_seq_length`` is beyond the context the model was trained for; RoPE scaling applies."""
+
+
+class ContextLengthError(ValueError):
+    """``max_seq_length`` is beyond the trained context of a model whose positions cannot be scaled."""
+
+
+def check_context_length(config, max_seq_length: int, apply: bool = False) -> dict | None:
+    """Compare ``max_seq_length`` with the context the model was trained for, and explain RoPE
+    scaling when it is longer.
+
+    Returns None when it fits. Otherwise warns (:class:`ContextLengthWarning`) and returns a dict:
+    ``trained_context``, ``max_seq_length``, ``factor`` and ``rope_parameters`` (the scaling unsloth's
+    loader applies in this case: linear, ``factor = max_seq_length / max_position_embeddings``, with
+    ``max_position_embeddings`` raised to ``max_seq_length``), and ``applied``. With ``apply=True``
+    the scaling is written into ``config`` (pass that config to ``from_pretrained``); it is never
+    stacked on a config that already has a RoPE scaling of its own. Raises
+    :class:`ContextLengthError` for models with learned absolute positions (GPT-2 style), which
+    cannot be scaled.
+    """
+    trained = getattr(config, "max_position_embeddings", None)
+    if not trained or max_seq_length <= trained:
+        return None
+    rope = getattr(config, "rope_parameters", None)
+    if rope is None and getattr(config, "rope_theta", None) is None:
+        raise ContextLengthError(
+            f"max_seq_length={max_seq_length} is beyond this model's {trained} positions, and it has learned "
+            f"absolute position embeddings (no RoPE), so there is nothing to scale: past {trained} tokens there "
+            f"is no position vector at all. Set max_seq_length to at most {trained}."
+        )
+    rope = dict(rope or {"rope_theta": config.rope_theta, "rope_type": "default"})
+    factor = max_seq_length / trained
+    scaled = {**rope, "rope_type": "linear", "factor": float(factor)}
+    own_scaling = rope.get("rope_type", "default") != "default"
+    applied = apply and not own_scaling
+    if applied:
+        config.rope_parameters = scaled
+        config.max_position_embeddings = max_seq_length
+    if own_scaling:
+        action = (f"The config already has RoPE scaling of its own ({rope.get('rope_type')!r}), so nothing was "
+                  "added; check that it covers max_seq_length.")
+    elif applied:
+        action = "Applied to the model's config before loading, as unsloth's loader does."
+    else:
+        action = "unsloth's loader applies this when it loads the model."
+    warnings.warn(
+        f"max_seq_length={max_seq_length} is beyond the context this model was trained for "
+        f"(max_position_embeddings={trained}). It encodes positions with rotary position embeddings (RoPE) "
+        f"and has only seen the rotation angles of positions below {trained}. Linear RoPE scaling "
+        f"(position interpolation) divides every position by a factor, here {max_seq_length}/{trained} = "
+        f"{factor:.3g}, so the longest sequence is rotated like position {trained} was: "
+        f"rope_parameters={{'rope_type': 'linear', 'factor': {factor:.3g}}}, max_position_embeddings={max_seq_length}. "
+        f"{action} Quality on long sequences drops somewhat until training adapts the model; to avoid "
+        f"scaling, set max_seq_length to at most {trained}.",
+        ContextLengthWarning,
+        stacklevel=2,
+    )
+    return {"trained_context": trained, "max_seq_length": max_seq_length, "factor": float(factor),
+            "rope_parameters": scaled, "applied": applied}

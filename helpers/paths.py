@@ -23,6 +23,8 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "adapter": ("05_adapter", "05_training"),
     "train_result": ("05_train_result.json", "05_training"),
     "after": ("06_after.json", "06_inference_after_training"),
+    "merged": ("07_merged", "07_going_further"),
+    "going_further": ("07_results.json", "07_going_further"),
     "memory_stages": ("memory_stages.json", "any notebook"),
 }
 

@@ -8,6 +8,9 @@ Selection order (see :func:`select_profile`):
 1. the environment variable ``CPT_PROFILE`` if it is set;
 2. otherwise automatic: CUDA present -> the walkthrough's GPU profile (``gpu-mistral7b``),
    no CUDA -> the offline CPU default (``cpu-smollm2``).
+
+Your own text: ``CPT_TEXT_DIR=<folder of .txt files>`` (optionally with ``CPT_SPLIT_ON_BLANK_LINES=1``)
+keeps the profile chosen above and points its ``text_dir`` at that folder instead of TinyStories.
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .paths import project_root
 
 PROFILE_ENV_VAR = "CPT_PROFILE"
+TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
+SPLIT_ENV_VAR = "CPT_SPLIT_ON_BLANK_LINES"  # 1: one document per blank-line-separated paragraph
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 # The walkthrough trains these seven projections with LoRA, plus the two embedding matrices.
 LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -189,6 +198,8 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
 
     Returns ``(profile, reason)``; ``reason`` is a sentence saying why this profile was chosen.
     Raises ``KeyError`` with the list of valid names when ``CPT_PROFILE`` names no known profile.
+    With ``CPT_TEXT_DIR`` set, the chosen profile comes back with ``text_dir`` pointing at that folder
+    (see :func:`with_own_text`).
     """
     env = os.environ if env is None else env
     cuda = cuda_available() if cuda is None else cuda
@@ -199,7 +210,40 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
                 f"{PROFILE_ENV_VAR}={requested!r} is not a known profile. "
                 f"Choose one of: {', '.join(sorted(PROFILES))}."
             )
-        return PROFILES[requested], f"{PROFILE_ENV_VAR}={requested} is set"
+        return with_own_text(PROFILES[requested], f"{PROFILE_ENV_VAR}={requested} is set", env)
     if cuda:
-        return GPU_MISTRAL7B, f"automatic: CUDA is available (set {PROFILE_ENV_VAR} to choose another)"
-    return CPU_SMOLLM2, f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)"
+        return with_own_text(
+            GPU_MISTRAL7B, f"automatic: CUDA is available (set {PROFILE_ENV_VAR} to choose another)", env)
+    return with_own_text(
+        CPU_SMOLLM2,
+        f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)", env)
+
+
+def with_own_text(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
+    """Apply ``CPT_TEXT_DIR`` / ``CPT_SPLIT_ON_BLANK_LINES`` from ``env`` to a chosen profile.
+
+    Without ``CPT_TEXT_DIR`` (unset or blank) the profile and reason come back unchanged. With it, a
+    copy of the profile with ``text_dir`` set to the folder, resolved to an absolute path (a relative
+    path is taken from the project root, where ``make run`` is typed, not from ``notebooks/``, where
+    the kernels run), and the reason says so. Raises ``FileNotFoundError`` when the folder does not
+    exist and ``ValueError`` when ``CPT_SPLIT_ON_BLANK_LINES`` is not a yes/no value (1/0, true/false,
+    yes/no, on/off; blank means no). ``CPT_SPLIT_ON_BLANK_LINES`` alone, without a folder, does nothing.
+    """
+    text_dir = env.get(TEXT_DIR_ENV_VAR, "").strip()
+    if not text_dir:
+        return profile, reason
+    split_value = env.get(SPLIT_ENV_VAR, "").strip().lower()
+    if split_value not in _TRUE + _FALSE:
+        raise ValueError(f"{SPLIT_ENV_VAR}={split_value!r}: use 1 (split on blank lines) or 0 (one document per file).")
+    folder = Path(text_dir).expanduser()
+    if not folder.is_absolute():
+        folder = project_root() / folder
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{TEXT_DIR_ENV_VAR}={text_dir!r} is not a folder (relative paths start at the project root). "
+            "Point it at a folder of UTF-8 .txt files, or unset it to train on TinyStories."
+        )
+    split = split_value in _TRUE
+    own = profile.replace(text_dir=str(folder.resolve()), split_on_blank_lines=split)
+    unit = "one document per blank-line-separated paragraph" if split else "one document per file"
+    return own, f"{reason}; training text: {TEXT_DIR_ENV_VAR}={text_dir} ({unit})"

@@ -7,6 +7,7 @@ script form and the tests share one implementation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from .profiles import EMBEDDING_MODULES, Profile
@@ -258,3 +259,73 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         processing_class=tokenizer,
         embedding_learning_rate=profile.embedding_learning_rate,
     )
+
+
+# --- after training: did the embeddings really train? -----------------------------------------
+
+
+class EmbeddingsNotTrained(AssertionError):
+    """embed_tokens / lm_head did not train as configured (frozen, missing from the optimizer, at the
+    wrong learning rate, or unchanged); the message lists every problem found."""
+
+
+def _embedding_copies(model) -> dict:
+    """Return ``{name: parameter}`` for the embed_tokens / lm_head matrices that should train: PEFT's
+    ``modules_to_save`` copies, or the plain matrices of a model without them (never PEFT's frozen
+    ``original_module``). Tied matrices appear under both names."""
+    found = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if is_embedding_parameter(name) and "original_module" not in name:
+            found[name] = param
+    if any("modules_to_save" in name for name in found):
+        found = {name: param for name, param in found.items() if "modules_to_save" in name}
+    return found
+
+
+def snapshot_embeddings(model) -> dict:
+    """Return a float32 copy of the embed_tokens / lm_head matrices that should train, by name; take
+    it before training and pass it to :func:`assert_embeddings_trained` afterwards."""
+    return {name: param.detach().float().clone() for name, param in _embedding_copies(model).items()}
+
+
+def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning_rate: float,
+                              modules: Iterable[str] = EMBEDDING_MODULES) -> dict[str, dict]:
+    """Check that embed_tokens and lm_head really trained, the way the recipe says.
+
+    For each of ``modules``: its trainable copy requires gradients, sits in an optimizer group whose
+    (initial) learning rate is ``embedding_learning_rate``, and differs from the ``before`` snapshot
+    (:func:`snapshot_embeddings`). unsloth shipped silent failures of exactly this: the embedding
+    learning rate accepted and then ignored (#4492), the embeddings dropped from training (#9326).
+    Returns ``{name: {"lr": ..., "max_change": ...}}``; raises :class:`EmbeddingsNotTrained` listing
+    every failed check.
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    current = _embedding_copies(model)
+    problems, report = [], {}
+    for module in modules:
+        names = [name for name in before if module in name]
+        if not names:
+            problems.append(f"{module}: no trainable copy found (is it in target_modules / modules_to_save?)")
+    for name, old in before.items():
+        param = current.get(name)
+        if param is None:
+            problems.append(f"{name}: no longer in the model")
+            continue
+        group = group_of.get(id(param))
+        lr = None if group is None else group.get("initial_lr", group["lr"])
+        change = (param.detach().float() - old.to(param.device)).abs().max().item()
+        report[name] = {"lr": lr, "max_change": change}
+        short = parameter_kind(name)
+        if not param.requires_grad:
+            problems.append(f"{short}: frozen (requires_grad=False), so it was never trained (cf. unsloth #9326)")
+        if group is None:
+            problems.append(f"{short}: not in any optimizer group, so no update can reach it (cf. unsloth #9326)")
+        elif not math.isclose(lr, embedding_learning_rate, rel_tol=1e-6):
+            problems.append(f"{short}: trained at lr {lr:.3g}, not the embedding learning rate "
+                            f"{embedding_learning_rate:.3g} (cf. unsloth #4492)")
+        if change == 0:
+            problems.append(f"{short}: unchanged after training")
+    if problems:
+        raise EmbeddingsNotTrained("The embeddings did not train as configured:\n  " + "\n  ".join(problems))
+    return report

@@ -372,8 +372,9 @@ def test_load_raw_dataset_uses_text_dir(tmp_path):
     (folder / "a.txt").write_text("A.\n\nB.", encoding="utf-8")
     profile = CPU_SMOLLM2.replace(text_dir=str(folder), split_on_blank_lines=True)
     dataset, source = load_raw_dataset(profile)
-    assert dataset["text"] == ["A.", "B."]
-    assert source == f"text folder {folder}"
+    assert dataset["text"] == ["A."]  # "B." is held out for validation
+    assert load_raw_dataset(profile, split="validation")[0]["text"] == ["B."]
+    assert source.startswith(f"text folder {folder}")
 
 
 def test_load_raw_dataset_local_sample_without_hub(tmp_path):

@@ -60,7 +60,12 @@ from datasets import load_dataset
 from helpers.data import local_sample_files, validate_jsonl
 from helpers.paths import relative
 
-if profile.is_local_model:  # offline profiles: the shipped sample
+if profile.text_dir:  # your own folder of .txt files (CPT_TEXT_DIR; see the README)
+    from helpers.data import load_raw_dataset
+
+    dataset, source = load_raw_dataset(profile, split="train")
+    print(source)
+elif profile.is_local_model:  # offline profiles: the shipped sample
     path = local_sample_files(profile)["train"]
     print(f"{relative(path)}: {validate_jsonl(path)} valid rows")
     dataset = load_dataset("json", data_files=str(path), split="train")
@@ -69,7 +74,8 @@ else:  # the walkthrough's slice of the hub dataset
 print(dataset)
 
 # %% [markdown]
-# The first five stories, wrapped at 100 characters. They are the same five the walkthrough prints.
+# The first five stories, wrapped at 100 characters. They are the same five the walkthrough prints
+# (with your own text: your first five documents).
 
 # %%
 import textwrap
@@ -80,7 +86,8 @@ for index, story in enumerate(dataset["text"][:5]):
         print(textwrap.fill(paragraph, width=100) if paragraph else "")
 
 # %%
-assert dataset[0]["text"].startswith("One day, a little girl named Lily found a needle in her room.")
+if not profile.text_dir:  # the walkthrough's first story
+    assert dataset[0]["text"].startswith("One day, a little girl named Lily found a needle in her room.")
 assert all(len(story) > 0 for story in dataset["text"][:5])
 
 # %% [markdown]

@@ -1,0 +1,346 @@
+"""Checkpointed, resumable training, and saves that survive interruptions and full disks.
+
+A run of :func:`build_resumable_trainer` writes a checkpoint every ``save_steps`` optimizer steps
+into ``outputs/05_trainer`` (or a given folder): the adapter, the optimizer and scheduler state, the
+random-number generators and the trainer state, everything ``Trainer`` needs to continue exactly
+where it was. :func:`train_resumable` starts from the last *complete* checkpoint when there is one,
+so after a Ctrl-C, a crash or a killed process, running the same cell again continues the run
+rather than restarting it, and reaches the same weights and losses as an uninterrupted run.
+
+It also turns three failures into messages that say what to do: Ctrl-C (where the last checkpoint
+is, how to resume), CUDA out of memory (which knobs to lower, see
+:func:`helpers.errors.explain_oom`) and a full disk (which folder, how much space is free).
+
+**unsloth issue #3108.** Resuming a PEFT model that trains ``embed_tokens`` / ``lm_head`` as full
+copies (``modules_to_save``) can fail with ``ValueError: loaded state dict contains a parameter group
+that doesn't match the size of optimizer's group``: when the model is rebuilt or reloaded for the
+resumed run, those copies may come back frozen (``requires_grad=False``), so the new optimizer's
+embedding group is smaller (or missing) than the one whose state was saved. Each checkpoint here
+also records the trainable parameter set and the optimizer's groups (``trainable_set.json``); before
+the optimizer state is loaded, :func:`repair_trainable_set` makes exactly those parameters trainable
+again and :func:`check_param_groups` confirms the groups match, or stops with an explanation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from .errors import disk_full_explained, out_of_memory_explained
+from .paths import artifact_path, outputs_dir, relative
+from .profiles import Profile
+from .storage import read_json, save_directory_atomically, write_json
+
+TRAINER_DIR_NAME = "05_trainer"
+TRAINABLE_SET_FILE = "trainable_set.json"
+TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it last in a checkpoint
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, the notebook's stop button); the message says where the last
+    checkpoint is and how to resume. A ``KeyboardInterrupt``, so it stops a notebook like one."""
+
+
+class ResumeMismatchError(RuntimeError):
+    """The model to resume does not train the same parameters as the checkpoint it resumes from."""
+
+
+def default_output_dir() -> Path:
+    """Return ``outputs/05_trainer``, where notebook 05's trainer writes its checkpoints."""
+    return outputs_dir() / TRAINER_DIR_NAME
+
+
+# --- which parameters train ---------------------------------------------------------------------
+
+
+def trainable_names(model) -> list[str]:
+    """Return the names of the parameters that require gradients, in model order."""
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def _active_adapters(model) -> list[str]:
+    active = getattr(model, "active_adapters", None) or getattr(model, "active_adapter", None) or "default"
+    return [active] if isinstance(active, str) else list(active)
+
+
+def adapter_parameter_names(model) -> list[str]:
+    """Return the parameters a PEFT model must train: the LoRA matrices and the ``modules_to_save``
+    copies (embed_tokens, lm_head) of its active adapter(s)."""
+    adapters = _active_adapters(model)
+    names = []
+    for name, _ in model.named_parameters():
+        is_adapter = ".modules_to_save." in name or re.search(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.", name)
+        if is_adapter and any(f".{adapter}." in f"{name}." for adapter in adapters):
+            names.append(name)
+    return names
+
+
+def param_group_summary(optimizer, model) -> list[dict]:
+    """Return one dict per optimizer group: its name, number of tensors and learning rate."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [
+        {
+            "name": group.get("name", f"group {index}"),
+            "tensors": len(group["params"]),
+            "lr": group.get("initial_lr", group["lr"]),
+            "parameters": [names.get(id(p), "?") for p in group["params"]],
+        }
+        for index, group in enumerate(optimizer.param_groups)
+    ]
+
+
+def record_trainable_set(folder: Path | str, model, optimizer=None) -> Path:
+    """Write ``trainable_set.json`` into a checkpoint folder: the trainable parameter names and the
+    optimizer's groups. :func:`train_resumable` checks a resumed model against it."""
+    record = {"trainable": trainable_names(model)}
+    if optimizer is not None:
+        record["param_groups"] = param_group_summary(optimizer, model)
+    return write_json(Path(folder) / TRAINABLE_SET_FILE, record)
+
+
+def _recorder_callback():
+    """Return a ``TrainerCallback`` that records the trainable set into every checkpoint (built
+    lazily so that importing helpers does not import transformers)."""
+    from transformers import TrainerCallback
+
+    class TrainableSetRecorder(TrainerCallback):
+        def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if model is not None and folder.is_dir():
+                record_trainable_set(folder, model, optimizer)
+
+    return TrainableSetRecorder()
+
+
+def repair_trainable_set(model, checkpoint: Path | str | None = None) -> list[str]:
+    """Make the parameters that were trained when ``checkpoint`` was saved trainable again (unsloth
+    #3108: reloaded ``modules_to_save`` copies of embed_tokens / lm_head can come back frozen).
+
+    The expected set is the one recorded in the checkpoint's ``trainable_set.json``, or, without that
+    file, every LoRA matrix and ``modules_to_save`` copy of the active adapter. Returns the names
+    that had to be unfrozen. Raises :class:`ResumeMismatchError` when, after the repair, the model
+    still trains a different set than the checkpoint recorded (another model or another LoRA set-up).
+    """
+    record_file = Path(checkpoint) / TRAINABLE_SET_FILE if checkpoint is not None else None
+    recorded = read_json(record_file)["trainable"] if record_file is not None and record_file.is_file() else None
+    expected = set(recorded) if recorded is not None else set(adapter_parameter_names(model))
+    repaired = []
+    for name, param in model.named_parameters():
+        if name in expected and not param.requires_grad:
+            param.requires_grad_(True)
+            repaired.append(name)
+    if recorded is not None:
+        current = set(trainable_names(model))
+        missing, extra = sorted(expected - current), sorted(current - expected)
+        if missing or extra:
+            raise ResumeMismatchError(
+                f"The model does not match the checkpoint {relative(checkpoint)}: "
+                f"{len(missing)} parameter(s) trained then are missing now (e.g. {missing[:3]}), "
+                f"{len(extra)} are trainable now but were not then (e.g. {extra[:3]}). Resume with the same "
+                f"model and LoRA settings, or delete {relative(Path(checkpoint).parent)} to start a fresh run."
+            )
+    return repaired
+
+
+def check_param_groups(optimizer, model, checkpoint: Path | str) -> None:
+    """Raise :class:`ResumeMismatchError` unless ``optimizer`` has the same groups (names and sizes)
+    as when ``checkpoint`` was saved; loading its state would otherwise fail with the opaque
+    "parameter group that doesn't match the size of optimizer's group" (unsloth #3108) or, worse,
+    apply the saved Adam statistics to the wrong tensors. Does nothing without a recorded set."""
+    record_file = Path(checkpoint) / TRAINABLE_SET_FILE
+    if not record_file.is_file():
+        return
+    saved = read_json(record_file).get("param_groups")
+    if saved is None:
+        return
+    now = param_group_summary(optimizer, model)
+    shape_saved = [(g["name"], g["tensors"]) for g in saved]
+    shape_now = [(g["name"], g["tensors"]) for g in now]
+    if shape_saved != shape_now:
+        raise ResumeMismatchError(
+            f"The optimizer's parameter groups {shape_now} differ from those saved in {relative(checkpoint)} "
+            f"{shape_saved}, so its saved state cannot be loaded. Usually a module that trained then is frozen "
+            "now (unsloth #3108: embed_tokens / lm_head copies reloaded with requires_grad=False). Rebuild the "
+            "model the same way as for the interrupted run."
+        )
+
+
+def _unwrapped(optimizer):
+    """Return the torch optimizer inside accelerate's wrapper (a previous ``train()`` wraps it)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _optimizer_params_match(optimizer, model) -> bool:
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return in_optimizer == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def checkpoint_step(folder: Path | str) -> int:
+    """Return the step number of a ``checkpoint-N`` folder."""
+    match = CHECKPOINT_NAME.match(Path(folder).name)
+    if not match:
+        raise ValueError(f"{folder} is not a checkpoint-N folder")
+    return int(match.group(1))
+
+
+def is_complete_checkpoint(folder: Path | str) -> bool:
+    """Return True when a checkpoint folder was written to the end.
+
+    transformers writes a checkpoint's files one after the other, straight into ``checkpoint-N``, and
+    ``trainer_state.json`` last; a process killed while saving leaves a folder without it, or with a
+    truncated one. So: complete = ``trainer_state.json`` parses and names this step.
+    """
+    state_file = Path(folder) / TRAINER_STATE_FILE
+    try:
+        return read_json(state_file).get("global_step") == checkpoint_step(folder)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
+    """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
+
+    Finds the newest with ``transformers.trainer_utils.get_last_checkpoint``; an incomplete one (see
+    :func:`is_complete_checkpoint`) is renamed to ``checkpoint-N.incomplete`` (kept, not deleted, and
+    no longer picked up) and the next newest is tried.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    while (found := get_last_checkpoint(str(output_dir))) is not None:
+        folder = Path(found)
+        if is_complete_checkpoint(folder):
+            return folder
+        aside = folder.with_name(f"{folder.name}.incomplete")
+        if aside.exists():
+            import shutil
+
+            shutil.rmtree(aside)
+        folder.rename(aside)
+        print(f"{relative(folder)} was not written to the end (interrupted while saving); "
+              f"set aside as {aside.name} and not used.")
+    return None
+
+
+def default_save_steps(profile: Profile, train_rows: int) -> int:
+    """Return a checkpoint interval giving about four checkpoints over the run (at least 1)."""
+    if profile.max_steps > 0:
+        steps = profile.max_steps
+    else:
+        per_step = profile.per_device_train_batch_size * profile.gradient_accumulation_steps
+        steps = math.ceil(math.ceil(train_rows / per_step) * profile.num_train_epochs)
+    return max(1, steps // 4)
+
+
+def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: Path | str | None = None,
+                            save_steps: int | None = None, save_total_limit: int = 2, text_dataset=None,
+                            **overrides):
+    """Return :func:`helpers.training.build_trainer`'s trainer, set to save a checkpoint every
+    ``save_steps`` optimizer steps into ``output_dir`` (default ``outputs/05_trainer``), keeping the
+    newest ``save_total_limit``, each with its trainable set recorded (see the module docstring).
+    Train it with :func:`train_resumable`."""
+    from .training import build_trainer
+
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
+    rows = len(text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset)
+    settings = {
+        "save_strategy": "steps",
+        "save_steps": save_steps or default_save_steps(profile, rows),
+        "save_total_limit": save_total_limit,
+        **overrides,
+    }
+    trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(output_dir),
+                            text_dataset=text_dataset, **settings)
+    trainer.add_callback(_recorder_callback())
+    return trainer
+
+
+def _save_strategy(trainer) -> str:
+    strategy = trainer.args.save_strategy
+    return str(getattr(strategy, "value", strategy))
+
+
+def interruption_message(trainer) -> str:
+    """Return what to tell the user when training stops early: how far it got, where the last
+    complete checkpoint is, and how to resume."""
+    output_dir = Path(trainer.args.output_dir)
+    step, total = trainer.state.global_step, trainer.state.max_steps or trainer.args.max_steps
+    head = f"Training interrupted at step {step} of {total}."
+    if _save_strategy(trainer) == "no":
+        return (f"{head} This trainer writes no checkpoints (save_strategy='no'), so running it again starts "
+                "from step 0. Build it with helpers.checkpoints.build_resumable_trainer to be able to resume.")
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return (f"{head} No checkpoint was written yet (the first comes at step {trainer.args.save_steps}), "
+                "so running it again starts from step 0.")
+    saved = checkpoint_step(checkpoint)
+    lost = f"; the {step - saved} step(s) after it are redone" if step > saved else ""
+    return (f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, "
+            "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
+            "(plain transformers: trainer.train(resume_from_checkpoint=True)).")
+
+
+def train_resumable(trainer, profile: Profile | None = None, resume: bool = True):
+    """Train, continuing from the last complete checkpoint in ``trainer.args.output_dir`` if any.
+
+    Before resuming, the model's trainable set is repaired and the optimizer's groups are checked
+    against the checkpoint (unsloth #3108, see the module docstring), so the saved optimizer state
+    loads into the right tensors. Returns ``trainer.train()``'s output.
+
+    Raises :class:`TrainingInterrupted` on Ctrl-C (saying where the last checkpoint is),
+    :class:`helpers.errors.TrainingOutOfMemory` on CUDA out-of-memory (listing the knobs, with
+    ``profile``'s values) and :class:`helpers.errors.DiskFullError` when a checkpoint does not fit
+    on the disk; each is chained to the original error.
+    """
+    output_dir = Path(trainer.args.output_dir)
+    checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if checkpoint is not None:
+        model = trainer.model
+        repaired = repair_trainable_set(model, checkpoint)
+        if repaired:
+            print(f"Made {len(repaired)} parameter(s) trainable again that the checkpoint trained but the model "
+                  f"had frozen (unsloth #3108): {', '.join(repaired[:4])}{' ...' if len(repaired) > 4 else ''}")
+        if trainer.optimizer is not None:
+            trainer.optimizer = _unwrapped(trainer.optimizer)
+            if not _optimizer_params_match(trainer.optimizer, model):
+                trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt for the repaired set
+        trainer.create_optimizer()
+        check_param_groups(_unwrapped(trainer.optimizer), model, checkpoint)
+        print(f"Resuming from {relative(checkpoint)} (step {checkpoint_step(checkpoint)}).")
+    try:
+        with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint"):
+            return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    except KeyboardInterrupt as err:
+        message = interruption_message(trainer)
+        print(message)
+        raise TrainingInterrupted(message) from err
+
+
+# --- saving the adapter -------------------------------------------------------------------------
+
+
+def save_adapter(model, tokenizer=None, target: Path | str | None = None) -> Path:
+    """Save a PEFT adapter (and the tokenizer) atomically to ``target`` (default: the ``adapter``
+    artifact, ``outputs/05_adapter``); return the folder.
+
+    Written into a temporary folder and swapped in only when complete
+    (:func:`helpers.storage.save_directory_atomically`): an interrupted save leaves the previous
+    adapter, or no folder, never a half-written one. A full disk raises
+    :class:`helpers.errors.DiskFullError` naming the folder and the free space.
+    """
+    target = Path(target) if target is not None else artifact_path("adapter")
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    with disk_full_explained(target, "the adapter"):
+        return save_directory_atomically(target, write)

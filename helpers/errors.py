@@ -1,0 +1,311 @@
+"""Friendly errors: turn the raw exceptions of the hub, CUDA and the file system into messages that
+say what happened and what to do.
+
+Three kinds of failure are translated here, each into an exception whose message is the whole
+explanation (no need to read the traceback underneath, which stays chained as ``__cause__``):
+
+- :class:`ModelUnavailableError`: the model could not be fetched (gated, unknown, no token, offline).
+- :class:`TrainingOutOfMemory`: the GPU ran out of memory during training; lists the knobs.
+- :class:`DiskFullError`: a save ran out of disk space; names the folder and the free space.
+
+Nothing here imports torch, transformers or huggingface_hub at module level.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .paths import relative
+from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
+
+OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
+OFFLINE_HINT = (
+    f"Or run the whole series offline on the CPU default, which needs no hub and no token: "
+    f"set {OFFLINE_DEFAULT}."
+)
+
+
+# --- model loading ------------------------------------------------------------------------------
+
+
+class ModelUnavailableError(OSError):
+    """The model (or its tokenizer/config) could not be loaded from the hub or the local cache.
+
+    ``reason`` is one of ``"gated"``, ``"not_found"``, ``"unauthorized"``, ``"forbidden"``,
+    ``"offline"`` (offline mode is on) or ``"no_network"`` (the hub could not be reached). It is an
+    ``OSError``, like the error ``from_pretrained`` raises, so code catching that keeps working.
+    """
+
+    def __init__(self, message: str, model_name: str, reason: str):
+        super().__init__(message)
+        self.model_name = model_name
+        self.reason = reason
+
+    def __str__(self) -> str:  # OSError's own __str__ would prefix an errno
+        return self.args[0]
+
+
+def _exception_chain(err: BaseException) -> list[BaseException]:
+    """Return ``err`` and every exception it was raised from or during (``__cause__``,
+    ``__context__``), outermost first, each once (chains can loop)."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    todo = [err]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        chain.append(current)
+        todo += [current.__cause__, current.__context__]
+    return chain
+
+
+def _status_code(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _hub_token_present() -> bool:
+    try:
+        from huggingface_hub import get_token
+
+        return get_token() is not None
+    except Exception:  # no huggingface_hub, unreadable token file: treat as no token
+        return False
+
+
+def _hub_offline_mode() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:
+        return False
+
+
+def classify_model_error(err: BaseException) -> str | None:
+    """Return why loading a model failed (see :class:`ModelUnavailableError`'s ``reason``), or None
+    when ``err`` is not a hub / network problem (a broken local file, a bug: left as it is).
+
+    Looks at the whole exception chain, by type first (huggingface_hub's ``GatedRepoError``,
+    ``RepositoryNotFoundError``, ``HfHubHTTPError`` with status 401/403, ``LocalEntryNotFoundError``,
+    ``OfflineModeIsEnabled``, connection errors), then by message (what transformers and unsloth
+    write when they re-raise them as plain ``OSError`` / ``RuntimeError``).
+    """
+    chain = _exception_chain(err)
+    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    codes = {_status_code(e) for e in chain} - {None}
+    text = " ".join(str(e) for e in chain).lower()
+
+    if "GatedRepoError" in names:  # a subclass of RepositoryNotFoundError: test it first
+        return "gated"
+    if "RepositoryNotFoundError" in names:
+        return "not_found"
+    if "cannot access gated repo" in text or "trying to access a gated repo" in text:
+        return "gated"
+    if "not a valid model identifier" in text:
+        return "not_found"
+    if 401 in codes or "401 unauthorized" in text or "401 client error" in text:
+        return "unauthorized"
+    if 403 in codes or "403 forbidden" in text:
+        return "forbidden"
+    if "OfflineModeIsEnabled" in names or "outgoing traffic has been disabled" in text:
+        return "offline"
+    network_types = {"LocalEntryNotFoundError", "ConnectionError", "ConnectError", "TimeoutException",
+                     "ConnectTimeout", "ReadTimeout", "NetworkError"}
+    network_words = ("couldn't connect", "connection refused", "connection error", "failed to resolve",
+                     "name or service not known", "temporary failure in name resolution",
+                     "network is unreachable", "offline mode", "check your internet connection")
+    if names & network_types or any(word in text for word in network_words):
+        return "offline" if _hub_offline_mode() else "no_network"
+    return None
+
+
+def explain_model_error(err: BaseException, model_name: str, token_present: bool | None = None):
+    """Return a :class:`ModelUnavailableError` explaining ``err`` for ``model_name``, or None when
+    ``err`` is not about reaching the model (see :func:`classify_model_error`).
+
+    ``token_present``: whether a Hugging Face token is configured (``HF_TOKEN`` or ``hf auth
+    login``); looked up when None.
+    """
+    reason = classify_model_error(err)
+    if reason is None:
+        return None
+    if token_present is None:
+        token_present = _hub_token_present()
+    page = f"https://huggingface.co/{model_name}"
+    login = "log in with `hf auth login` (or set HF_TOKEN to a token from https://huggingface.co/settings/tokens)"
+    token_state = (
+        "A Hugging Face token is configured, so it lacks access to this model."
+        if token_present
+        else "No Hugging Face token is configured (no HF_TOKEN, no `hf auth login`)."
+    )
+    if reason == "gated":
+        cause = (f"the model is gated: its license must be accepted on {page} before it can be downloaded. "
+                 f"{token_state}")
+        todo = f"open {page} while logged in, accept the license, then {login} with that account"
+    elif reason == "not_found":
+        cause = ("the hub has no public model of that name (a typo, a private model, or a gated one asked for "
+                 f"without a token). {token_state}")
+        todo = ("check the spelling (owner/name) and that the model exists on https://huggingface.co/models; "
+                f"if it is private or gated, {login} with an account that has access")
+        if model_name.startswith((".", "/", "~")) and not Path(model_name).expanduser().exists():
+            cause = f"there is no local folder {model_name!r}, and it is not a model name on the hub either"
+            todo = "check the path of the model folder"
+    elif reason == "unauthorized":
+        cause = f"the hub refused the request as unauthenticated (HTTP 401). {token_state}"
+        todo = f"{login}; if a token is set, check that it is valid and not expired"
+    elif reason == "forbidden":
+        cause = "the hub refused access (HTTP 403): the token has no permission for this model"
+        todo = f"use a token with read access, and accept the model's license on {page} if it is gated"
+    elif reason == "offline":
+        cause = ("offline mode is on (HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1) and the model is not in "
+                 "the local Hugging Face cache")
+        todo = "unset HF_HUB_OFFLINE to download it once, or copy the model folder and point the profile at it"
+    else:
+        cause = "the hub could not be reached (no network, a proxy, or a wrong HF_ENDPOINT) and the model is not in the local cache"
+        todo = "check the connection, then run again; once downloaded, the model loads from the cache offline"
+    message = f"Cannot load model {model_name!r}: {cause}.\nWhat to do: {todo}.\n{OFFLINE_HINT}"
+    return ModelUnavailableError(message, model_name, reason)
+
+
+@contextmanager
+def model_errors_explained(model_name: str) -> Iterator[None]:
+    """Re-raise hub / network errors of the ``with`` block as :class:`ModelUnavailableError`
+    (chained to the original); other errors pass through unchanged."""
+    try:
+        yield
+    except ModelUnavailableError:
+        raise
+    except Exception as err:
+        explained = explain_model_error(err, model_name)
+        if explained is None:
+            raise
+        raise explained from err
+
+
+# --- out of memory ------------------------------------------------------------------------------
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The GPU ran out of memory during training; the message lists what to lower."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Return True for ``torch.cuda.OutOfMemoryError`` and for the ``RuntimeError`` some kernels
+    raise instead ("CUDA out of memory", "CUBLAS_STATUS_ALLOC_FAILED")."""
+    if type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "alloc_failed" in text)
+
+
+def explain_oom(profile: Profile | None = None) -> str:
+    """Return the out-of-memory explanation: the knobs that lower memory, most effective first, with
+    the profile's current values when ``profile`` is given."""
+
+    def now(field: str) -> str:
+        return f" (now {getattr(profile, field)!r})" if profile is not None else ""
+
+    effective = ""
+    if profile is not None:
+        batch = profile.per_device_train_batch_size * profile.gradient_accumulation_steps
+        effective = f"; raise gradient_accumulation_steps to keep the effective batch of {batch}"
+    embeddings = "" if profile is None else (
+        " (this profile trains them)" if {"embed_tokens", "lm_head"} & set(profile.target_modules) else
+        " (this profile does not train them)")
+    lines = [
+        "CUDA ran out of memory during training. Lower one of these, then restart the kernel (the failed "
+        "step still holds memory) and run again; the training resumes from its last checkpoint:",
+        f"  1. per_device_train_batch_size{now('per_device_train_batch_size')}: halve it{effective}.",
+        f"  2. max_seq_length{now('max_seq_length')}: activation memory grows with it; 1024 or 512 fits far more.",
+        f"  3. use_gradient_checkpointing{now('use_gradient_checkpointing')}: \"unsloth\" (or True) recomputes "
+        "activations instead of storing them.",
+        f"  4. training embeddings{embeddings}: embed_tokens and lm_head are trained as full copies, with "
+        "optimizer state for every entry; drop them from target_modules (LoRA only) if memory is short.",
+        f"  5. load_in_4bit{now('load_in_4bit')} and optim{now('optim')}: 4-bit weights and \"adamw_8bit\" "
+        "shrink the model and the optimizer state.",
+        "Change them with profile.replace(...) (see helpers/profiles.py), or pick a smaller model.",
+    ]
+    return "\n".join(lines)
+
+
+@contextmanager
+def out_of_memory_explained(profile: Profile | None = None) -> Iterator[None]:
+    """Re-raise an out-of-memory error of the ``with`` block as :class:`TrainingOutOfMemory` with
+    :func:`explain_oom`'s message (chained to the original), after freeing the CUDA cache."""
+    try:
+        yield
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass
+        raise TrainingOutOfMemory(explain_oom(profile)) from err
+
+
+# --- disk full ----------------------------------------------------------------------------------
+
+
+class DiskFullError(OSError):
+    """A save ran out of disk space (or quota); the message names the folder and the free space.
+    Its ``errno`` is ENOSPC, like the error it explains."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Return True for ``OSError`` ENOSPC (no space left) and EDQUOT (quota exceeded), also when
+    they are the cause of another error (torch and safetensors wrap them in RuntimeError)."""
+    for e in _exception_chain(err):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        if "no space left on device" in str(e).lower():
+            return True
+    return False
+
+
+def free_space_text(folder: Path | str) -> str:
+    """Return the free space of the file system holding ``folder`` (or its nearest existing
+    parent), e.g. ``"0.2 GB free"``."""
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 1e9:.1f} GB free"
+    except OSError:
+        return "free space unknown"
+
+
+def explain_disk_full(folder: Path | str, what: str = "the results", previous_kept: bool = True) -> DiskFullError:
+    """Return a :class:`DiskFullError` for a save of ``what`` into ``folder`` that ran out of space."""
+    kept = (" Nothing was half-written: the previous version of the folder, if there was one, is "
+            "untouched." if previous_kept else "")
+    message = (
+        f"Disk full while saving {what} to {relative(folder)} ({free_space_text(folder)} on that file system).{kept}\n"
+        "What to do: free some space (old checkpoints under outputs/*_trainer are the largest files; "
+        "lower save_total_limit to keep fewer), or set CPT_ROOT / CPT_CACHE_DIR to a larger disk, then run again."
+    )
+    return DiskFullError(errno.ENOSPC, message)
+
+
+@contextmanager
+def disk_full_explained(folder: Path | str, what: str = "the results", previous_kept: bool = True) -> Iterator[None]:
+    """Re-raise a disk-full error of the ``with`` block as :class:`DiskFullError` (chained)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise explain_disk_full(folder, what, previous_kept) from err
