@@ -3,8 +3,10 @@
 One training step holds, at its peak: the weights; for every *trainable* parameter a gradient and
 the optimizer's state (AdamW: two more tensors of the same size); and the activations kept for the
 backward pass, which grow with batch × sequence length whatever is trained. LoRA shrinks the
-second item to almost nothing and leaves the third untouched, so its saving is large for short
-sequences and shrinks, relatively, as sequences grow; gradient checkpointing is the tool for the third.
+second item to almost nothing and leaves the third untouched (PEFT's fp32 adapters even add to it),
+so its saving is large for short sequences and shrinks, relatively, as sequences grow, and on a small
+model can turn negative (measured on an H200: see docs/gpu-runs.md); gradient checkpointing is the
+tool for the third.
 
 :func:`peak_step_memory` measures one step with PyTorch's CUDA allocator (it needs a CUDA device).
 :func:`compare_in_fresh_process` runs the whole comparison in a new Python process that never

@@ -14,10 +14,9 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")  # before anything imports matplotlib.pyplot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The tokenizer notebook 01 converts; CPT_TEST_TOKENIZER may point at another tokenizer folder.
-LOCAL_TOKENIZER = Path(
-    os.environ.get("CPT_TEST_TOKENIZER") or REPO_ROOT / "outputs" / "cache" / "smollm2-135m-instruct-hf"
-)
+# The SmolLM2 tokenizer shipped in data/ (the same one notebook 00 converts from the GGUF);
+# CPT_TEST_TOKENIZER may point at another tokenizer folder.
+LOCAL_TOKENIZER = Path(os.environ.get("CPT_TEST_TOKENIZER") or REPO_ROOT / "data" / "smollm2-tokenizer")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,7 +63,7 @@ def torch_one_thread():
 def tokenizer(torch_one_thread):
     """The SmolLM2 tokenizer converted by notebook 01 (skips when it has not been produced)."""
     if not (LOCAL_TOKENIZER / "tokenizer.json").is_file():
-        pytest.skip(f"local tokenizer missing at {LOCAL_TOKENIZER} (run notebook 01 first)")
+        pytest.skip(f"tokenizer folder missing: {LOCAL_TOKENIZER.name} (set CPT_TEST_TOKENIZER)")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(LOCAL_TOKENIZER))
