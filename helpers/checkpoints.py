@@ -287,6 +287,16 @@ def interruption_message(trainer) -> str:
             "(plain transformers: trainer.train(resume_from_checkpoint=True)).")
 
 
+def planned_steps(trainer) -> int:
+    """Return the number of optimizer steps ``trainer`` will run: ``max_steps`` when set, else the
+    batches of one epoch divided by gradient accumulation (rounded up), times the epochs."""
+    if trainer.args.max_steps and trainer.args.max_steps > 0:
+        return trainer.args.max_steps
+    batches = len(trainer.get_train_dataloader())
+    per_epoch = math.ceil(batches / trainer.args.gradient_accumulation_steps)
+    return per_epoch * math.ceil(trainer.args.num_train_epochs)
+
+
 def train_resumable(trainer, profile: Profile | None = None, resume: bool = True):
     """Train, continuing from the last complete checkpoint in ``trainer.args.output_dir`` if any.
 
@@ -301,6 +311,10 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
     """
     output_dir = Path(trainer.args.output_dir)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    if checkpoint is not None and checkpoint_step(checkpoint) >= planned_steps(trainer):
+        print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over "
+              f"(its checkpoints are replaced as the new run writes its own).")
+        checkpoint = None
     if checkpoint is not None:
         model = trainer.model
         repaired = repair_trainable_set(model, checkpoint)

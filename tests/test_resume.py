@@ -210,3 +210,13 @@ def test_build_resumable_trainer_defaults(word_tokenizer, tmp_path):
     assert trainer.args.save_total_limit == 2
     # the walkthrough: 2,500 stories, 2 x 8 per optimizer step, one epoch -> 157 steps, a checkpoint every 39
     assert default_save_steps(GPU_MISTRAL7B, train_rows=2500) == 39
+
+
+def test_a_finished_run_is_not_resumed_but_trained_again(word_tokenizer, tmp_path, capsys):
+    """Re-running a notebook after a complete run must train again, not 'resume' at the last step."""
+    output_dir = tmp_path / "run"
+    train_resumable(make_trainer(word_tokenizer, output_dir, step_recorder()))
+    recorder = step_recorder()
+    train_resumable(make_trainer(word_tokenizer, output_dir, recorder))
+    assert recorder.steps == [1, 2, 3, 4, 5, 6]
+    assert "ends a finished run" in capsys.readouterr().out

@@ -123,11 +123,10 @@ print(inspect.getsource(embedding_param_groups))
 # %%
 import math
 
-from helpers.paths import outputs_dir
-from helpers.training import build_trainer
+from helpers.checkpoints import build_resumable_trainer
 
-trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(outputs_dir() / "05_trainer"),
-                        text_dataset=text_dataset)
+# helpers.training.build_trainer, set to write a checkpoint every few steps into outputs/05_trainer
+trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset, text_dataset=text_dataset)
 trainer.create_optimizer()
 num_steps = trainer.args.max_steps if trainer.args.max_steps > 0 else math.ceil(
     len(trainer.train_dataset) / (profile.per_device_train_batch_size * profile.gradient_accumulation_steps))
@@ -201,12 +200,23 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 # %% [markdown]
 # ## Train
 #
+# A real CPT run takes hours, and kernels die, Colab disconnects, people press stop. So the trainer
+# writes a **checkpoint** (adapter, optimizer and scheduler state, random-number state) every quarter
+# of the run into `outputs/05_trainer`, and `helpers.checkpoints.train_resumable` starts from the last
+# *complete* checkpoint when there is one: run this cell again after an interruption and it continues
+# where it stopped, with the same result as an uninterrupted run (`tests/test_resume.py` proves it).
+# It also guards against unsloth issue #3108: when a checkpoint is reloaded, the trainable copies of
+# `embed_tokens` / `lm_head` can come back frozen, and the saved optimizer state then no longer fits
+# the optimizer's groups; the helper restores the recorded trainable set first and checks the groups.
+# A checkpoint that ends a finished run is not "resumed": the run starts over.
+#
 # Before training we keep a copy of the trainable embedding matrix and one adapter matrix, so that
 # afterwards we can *prove* they changed rather than assume it.
 
 # %%
 import time
 
+from helpers.checkpoints import train_resumable
 from helpers.memory import format_snapshot, record_stage
 from helpers.training import snapshot_embeddings
 
@@ -215,7 +225,7 @@ lora_b_param = next(p for n, p in model.named_parameters() if p.requires_grad an
 lora_b_before = lora_b_param.detach().float().clone()
 
 started = time.perf_counter()
-train_output = trainer.train()
+train_output = train_resumable(trainer, profile)
 wall_seconds = time.perf_counter() - started
 steps = trainer.state.global_step
 print(f"{steps} optimizer steps in {train_output.metrics['train_runtime']:.1f} s "
