@@ -173,7 +173,13 @@ ppl_before = before["perplexity"]
 drop = 1 - ppl_after / ppl_before
 print(f"Held-out perplexity: {ppl_before:.2f} → {ppl_after:.2f}")
 print(f"relative drop: {drop:.1%} on {len(eval_texts)} held-out stories")
-assert ppl_after < ppl_before, "held-out perplexity did not fall"
+if profile.text_dir and ppl_after >= ppl_before:
+    # your own text: report, don't assert; a tiny folder is memorised (see the loss in notebook 05)
+    print(f"held-out perplexity rose on your text: with {train_result['steps']} steps over a small folder the "
+          "model memorised its training rows instead of learning the domain; add text, or lower max_steps / "
+          "the learning rates")
+else:
+    assert ppl_after < ppl_before, "held-out perplexity did not fall"
 if profile.name == "cpu-smollm2" and not profile.text_dir:
     assert drop >= 0.15, f"the offline default should cut perplexity by at least 15%, got {drop:.1%}"
 
