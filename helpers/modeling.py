@@ -219,6 +219,35 @@ def load_model_and_tokenizer(profile: Profile):
     return model, tokenizer
 
 
+def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer=None):
+    """Return ``(model, tokenizer)``: the base model with the adapter saved in ``adapter_dir``, in
+    inference mode (notebook 06 teaches this code).
+
+    unsloth branch: ``FastLanguageModel.from_pretrained`` on the adapter folder (it loads the 4-bit
+    base underneath), then ``for_inference``. Plain branch: ``PeftModel.from_pretrained`` on
+    ``base_model`` (modified in place, so no second copy of the weights; loaded with
+    :func:`load_model_and_tokenizer` when not given), then ``eval()``.
+    """
+    if profile.uses_unsloth:
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(adapter_dir),
+            max_seq_length=profile.max_seq_length,
+            dtype=None,
+            load_in_4bit=profile.load_in_4bit,
+        )
+        FastLanguageModel.for_inference(model)
+        return model, tokenizer
+    from peft import PeftModel
+
+    if base_model is None:
+        base_model, tokenizer = load_model_and_tokenizer(profile)
+    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    model.eval()
+    return model, tokenizer
+
+
 def ensure_pad_token(tokenizer) -> bool:
     """Give the tokenizer a pad token when it has none, never reusing EOS when avoidable.
 

@@ -182,3 +182,32 @@ def test_loaded_pad_token_fits_the_model(tmp_path, tiny_llama_factory):
     batch = loaded(["once upon a time", "the cat"], padding=True, return_tensors="pt")
     with torch.no_grad():
         model(**batch)  # IndexError when the pad id is outside the embedding
+
+
+def test_load_trained_model_attaches_the_adapter_in_inference_mode(tmp_path, tiny_llama_factory):
+    import torch
+    from conftest import build_word_tokenizer
+    from peft import get_peft_model
+
+    from helpers.modeling import load_trained_model
+    from helpers.training import lora_config
+
+    tokenizer = build_word_tokenizer(specials=("</s>", "<pad>"), eos_token="</s>", pad_token="<pad>")
+    folder = tmp_path / "tiny-base"
+    tiny_llama_factory(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    profile = CPU_SMOLLM2.replace(name="cpu-tiny", model_name=str(folder))
+    trained = get_peft_model(tiny_llama_factory(len(tokenizer)), lora_config(profile))
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)  # a non-zero adapter, so attaching it changes the output
+    trained.save_pretrained(tmp_path / "adapter")
+
+    model, loaded = load_trained_model(profile, tmp_path / "adapter")
+
+    assert not model.training and list(model.peft_config) == ["default"]
+    batch = loaded(["once upon a time"], return_tensors="pt")
+    with torch.no_grad():
+        expected = trained.eval()(**batch).logits
+        assert torch.allclose(model(**batch).logits, expected, atol=1e-5)

@@ -125,7 +125,8 @@ print(f"out-of-domain perplexity of the base model: {ood_before:.2f} "
 # %% [markdown]
 # ### After: base + the CPT adapter
 #
-# Loaded exactly as notebook 06 does: on the GPU branch unsloth's `from_pretrained` takes the
+# Loaded exactly as notebook 06 does, with `helpers.modeling.load_trained_model` (which holds
+# notebook 06's code): on the GPU branch unsloth's `from_pretrained` takes the
 # adapter folder and loads the 4-bit base underneath it; on the plain branch `PeftModel` attaches the
 # adapter to the base model we already have (which it modifies in place, so no second copy of the
 # weights is made).
@@ -135,22 +136,13 @@ import gc
 
 import torch
 
-if profile.uses_unsloth:
-    del base_model
+from helpers.modeling import load_trained_model
+
+if profile.uses_unsloth:  # unsloth loads its own base under the adapter: free this one first
+    base_model = None
     gc.collect()
     torch.cuda.empty_cache()
-    model, tokenizer = FastLanguageModel.from_pretrained(
-        model_name=str(adapter_dir),
-        max_seq_length=profile.max_seq_length,
-        dtype=None,
-        load_in_4bit=profile.load_in_4bit,
-    )
-    FastLanguageModel.for_inference(model)
-else:
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
-    model.eval()
+model, tokenizer = load_trained_model(profile, adapter_dir, base_model, tokenizer)
 ood_after_rows = perplexity_per_text(model, tokenizer, ood_texts, profile.eval_max_tokens)
 ood_after = pooled(ood_after_rows)
 print(f"Out-of-domain perplexity: {ood_before:.2f} → {ood_after:.2f}")
