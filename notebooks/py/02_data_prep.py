@@ -46,7 +46,7 @@ profile = start("02_data_prep")
 #
 # The walkthrough takes the first 2,500 stories of the hub dataset `roneneldan/TinyStories`
 # (`split="train[:2500]"`). Offline, the series uses the sample in `data/tinystories-sample/`: the
-# first 166 training stories and the first 600 validation stories, in the same JSON Lines shape
+# first 188 training stories and the first 640 validation stories, in the same JSON Lines shape
 # (one `{"text": ...}` per line; `data/tinystories-sample/README.md` gives license and provenance).
 # Both go through the same `datasets.load_dataset` call: a hub name in one case, the generic `"json"`
 # builder in the other. The helper checks the file first (missing, empty, not UTF-8, a broken line,
