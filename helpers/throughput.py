@@ -4,9 +4,9 @@ synchronised, steady-state tokens/s and the model FLOPs utilisation (MFU).
 ``scripts/train_cpt.py`` and ``benchmarks/bench_cpt.py`` both measure with these, so a tokens/s in
 ``benchmarks/RESULTS.md`` means the same thing whichever of the two printed it:
 
-* **tokens** are the real (non-padding) tokens of the micro-batches, counted on the CPU by the
-  collator as it builds them (:func:`count_tokens`): nothing extra runs on the GPU and no collective
-  runs per step;
+* **tokens** are the real (non-padding) tokens of the micro-batches the model trains on, counted by
+  a forward pre-hook (:func:`count_tokens`) without a synchronisation or a collective per step; a
+  resumed run's skipped batches are not counted;
 * **time** is read at the end of every optimizer step after ``torch.cuda.synchronize()``
   (:class:`StepClock`), so queued GPU work is not mistaken for finished work;
 * **steady state** leaves out the first :data:`WARMUP_STEPS_EXCLUDED` optimizer steps (compilation,
@@ -34,41 +34,50 @@ PEAK_BF16_TFLOPS = (
 
 
 class TokenCounts:
-    """What :func:`count_tokens` records, one entry per micro-batch in training order: ``real``
+    """What :func:`count_tokens` records, one entry per micro-batch trained, in order: ``real``
     (tokens that are not padding) and ``processed`` (every position the model computes, padding
-    included)."""
+    included). Call :meth:`stop` when training is over."""
 
     def __init__(self):
-        self.real: list[int] = []
+        self._real: list = []  # 0-d tensors (no GPU sync while training) or ints
         self.processed: list[int] = []
+        self.handle = None
+
+    @property
+    def real(self) -> list[int]:
+        return [int(x) for x in self._real]
 
     def __len__(self) -> int:
-        return len(self.real)
+        return len(self.processed)
+
+    def stop(self) -> None:
+        """Stop counting (removes the hook)."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
 
-def count_tokens(collator) -> TokenCounts:
-    """Make ``collator`` record the tokens of every micro-batch it builds; return the record.
+def count_tokens(model) -> TokenCounts:
+    """Count the tokens of every micro-batch ``model`` trains on, from now until ``stop()``; return
+    the record.
 
-    A batch with an ``attention_mask`` counts its ones as real tokens; a padding-free batch (one
-    flattened row, no mask) has no padding at all. Micro-batches are collated in the order they are
-    trained on (``dataloader_num_workers=0``), so entry ``i`` is the ``i``-th micro-batch trained,
-    even when the loader fetches ahead. The collator's class is swapped for a subclass, so that the
-    trainers' ``isinstance`` checks still hold.
+    A forward pre-hook on the model sees each training micro-batch as the trainer feeds it (after
+    any batches a resumed run skips, whatever the prefetching), so entry ``i`` is the ``i``-th
+    micro-batch of this ``train()`` call. Real tokens are the ones of the ``attention_mask``; a
+    padding-free batch (one flattened row, no mask) has no padding at all. The sums stay on the
+    device until read, so counting adds no synchronisation. Forwards in eval mode are not counted.
     """
     counts = TokenCounts()
-    base = type(collator)
 
-    class Counting(base):
-        def __call__(self, *args, **kwargs):
-            batch = base.__call__(self, *args, **kwargs)
-            ids = batch["input_ids"]
-            mask = batch.get("attention_mask") if hasattr(batch, "get") else None
-            counts.processed.append(int(ids.numel()))
-            counts.real.append(int(mask.sum()) if mask is not None else int(ids.numel()))
-            return batch
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not module.training or ids is None:
+            return
+        mask = kwargs.get("attention_mask")
+        counts.processed.append(int(ids.numel()))
+        counts._real.append(mask.sum() if mask is not None else int(ids.numel()))
 
-    Counting.__name__ = Counting.__qualname__ = f"Counting{base.__name__}"
-    collator.__class__ = Counting
+    counts.handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     return counts
 
 

@@ -157,9 +157,15 @@ class Processes:
 
 def start_processes(profile: Profile) -> Processes:
     """Check the profile can run here, join the launcher's process group (if any) and silence every
-    rank but 0. Returns the :class:`Processes`."""
+    rank but 0. Returns the :class:`Processes`. Refuses an FSDP launch (``configs/fsdp_qlora.yaml``)
+    of a 4-bit profile: ``helpers.modeling`` does not store the 4-bit weights in a float dtype, which
+    FSDP needs to shard them."""
     from helpers.session import check_runnable
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and profile.load_in_4bit:
+        raise SystemExit(f"FSDP with the 4-bit profile {profile.name!r} is not wired up: FSDP-QLoRA needs "
+                         "bnb_4bit_quant_storage=torch.bfloat16, which helpers.modeling does not set. Launch with "
+                         "configs/ddp.yaml instead (a 7B model in 4-bit fits one GPU; docs/multi-gpu.md).")
     check_runnable(profile)
     if profile.uses_unsloth:
         import unsloth  # noqa: F401  (before transformers, which it patches)
@@ -291,7 +297,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
         if check_sync and len(clock.steps) < 2:
             sync.append(sync_check(model, f"after optimizer step {state.global_step}"))
 
-    counts = count_tokens(trainer.data_collator)
+    counts = count_tokens(trainer.model)
     clock = StepClock(on_step=check_first_steps)
     trainer.add_callback(clock.callback())
     before = snapshot_embeddings(model)
@@ -299,6 +305,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     if cuda:
         torch.cuda.reset_peak_memory_stats(procs.local_rank)
     output = train_resumable(trainer, profile, resume=resume)
+    counts.stop()
     embeddings = assert_embeddings_trained(model, before, trainer.optimizer, profile.embedding_learning_rate)
     if check_sync:
         sync.append(sync_check(model, "after training"))
@@ -349,6 +356,7 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
         **{k: policy[k] for k in ("per_device_batch", "grad_accum", "global_batch", "reference_global_batch")},
         "global_batch_kept": policy["kept"],
         "learning_rate": profile.learning_rate, "embedding_learning_rate": profile.embedding_learning_rate,
+        "strategy": str(trainer.accelerator.distributed_type).split(".")[-1],
         "steps": trainer.state.global_step,
         "resumed_from": f"checkpoint-{measured['start_step']}" if measured["start_step"] else None,
         "tokens_per_s": round(measured["tokens_steady"] / steady["seconds"], 1) if steady["seconds"] > 0 else None,
@@ -385,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and profile.device == "cpu":
+        procs.say("NOTE     : FSDP was asked for, but accelerate shards only on GPUs: on the CPU this runs as "
+                  "data parallel over gloo (strategy in RESULT)")
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
     model, tokenizer, rows, stats = load_model_and_rows(procs, profile, args.repeat_data,
                                                         policy["per_device_batch"] * procs.world)
