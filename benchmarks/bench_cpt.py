@@ -57,16 +57,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from helpers.profiles import GPU_SMOKE, PROFILES, Profile  # noqa: E402
+from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILES, Profile  # noqa: E402
 
 MODES = ("padded", "padding_free", "packing", "chunk")
 ARMS = ("plain", "unsloth")
 WALKTHROUGH = {"train_runtime_s": 536.0, "gpu": "A100-40GB", "steps": 156, "documents": 2500}
 
 # --test-mode: the random smoke Llama on the CPU in fp32, through the plain arm (unsloth needs a GPU).
-TEST_PROFILE = GPU_SMOKE.replace(name="bench-test-cpu", backend="transformers", device="cpu", load_in_4bit=False,
-                                 dtype="float32", optim="adamw_torch", use_gradient_checkpointing=False,
-                                 max_seq_length=256)
+TEST_PROFILE = CPU_SMOLLM2.replace(name="bench-test-cpu", model_name=GPU_SMOKE.model_name)  # fp32, 256-token rows
 
 
 def now() -> str:

@@ -38,28 +38,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/train_cpt.py` from a checkout without `pip install -e .`
 
-from helpers.profiles import GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
+from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
 
 MIN_SEQ_LENGTH = 8
 
-# --tiny: the CPU self-test of this script (tests/test_train_script.py). The smoke profile's random
-# Llama (built from a config, SmolLM2 tokenizer shipped in data/), in fp32 through plain transformers +
-# PEFT, 2 optimizer steps of 2 x 2 rows of 64 tokens.
-TINY_PROFILE = GPU_SMOKE.replace(
+# --tiny: the CPU self-test of this script (tests/test_train_script.py): the CPU profile's settings
+# (fp32, plain transformers + PEFT, r=16) on the smoke profile's random Llama (built from a config,
+# SmolLM2 tokenizer shipped in data/), 2 optimizer steps of 2 x 2 rows of 64 tokens.
+TINY_PROFILE = CPU_SMOLLM2.replace(
     name="tiny-cpu",
     description="Self-test of scripts/train_cpt.py: the random smoke Llama on the CPU, 2 steps of 2 x 2 rows of 64 tokens.",
-    backend="transformers",
-    device="cpu",
-    load_in_4bit=False,
-    dtype="float32",
-    optim="adamw_torch",
-    use_gradient_checkpointing=False,
-    max_seq_length=64,
-    max_steps=2,
-    per_device_train_batch_size=2,
-    gradient_accumulation_steps=2,
-    eval_stories=4,
-    eval_max_tokens=64,
+    model_name=GPU_SMOKE.model_name, max_seq_length=64, max_steps=2, eval_stories=4, eval_max_tokens=64,
 )
 
 
@@ -211,6 +200,9 @@ def describe_run(procs: Processes, profile: Profile, reason: str, policy: dict) 
         say(f"WARNING  : {procs.world} does not divide gradient_accumulation_steps={profile.gradient_accumulation_steps}; "
             f"the global batch is {policy['global_batch']} instead of {policy['reference_global_batch']} rows "
             f"and the learning rates ({lrs}) are NOT rescaled")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and profile.device == "cpu":
+        say("NOTE     : FSDP was asked for, but accelerate shards only on GPUs: on the CPU this runs as "
+            "data parallel over gloo (strategy in RESULT)")
 
 
 # --- model, data, trainer -----------------------------------------------------------------------
@@ -220,7 +212,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     """Load the model with LoRA and the training rows the notebooks' way; rank 0 first (it converts
     or builds the local model and fills the datasets cache, the others reuse them).
 
-    Returns ``(model, tokenizer, train_dataset, stats)``. Raises ``helpers.data.DataError`` when the
+    Returns ``(model, tokenizer, train_dataset)``. Raises ``helpers.data.DataError`` when the
     data gives fewer rows than one optimizer step needs (``min_rows``)."""
     import datasets
 
@@ -236,7 +228,6 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
             model, tokenizer = load_model_and_tokenizer(profile)
         raw, source = load_raw_dataset(profile, "train")
         rows, stats = build_train_dataset(append_eos(raw, tokenizer.eos_token), tokenizer, profile)
-    stats["source"] = source
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
     if len(rows) < min_rows:
@@ -244,8 +235,10 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
             f"The training data gives {len(rows)} row(s) of {profile.max_seq_length} tokens, fewer than the "
             f"{min_rows} one optimizer step needs on every process. Lower --max-seq-length or the batch, add "
             "text, or repeat the rows with --repeat-data.")
+    procs.say(f"data     : {source}: {stats['documents']} documents, {stats['tokens']} tokens -> "
+              f"{stats['rows']} rows x {repeat} = {len(rows)} rows")
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
-    return add_lora(model, profile), tokenizer, rows, stats
+    return add_lora(model, profile), tokenizer, rows
 
 
 def build_trainer(profile: Profile, model, tokenizer, rows, policy: dict, checkpoints: Path, save_steps: int | None):
@@ -380,44 +373,48 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
 # --- the run ------------------------------------------------------------------------------------
 
 
+def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
+    """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
+    baseline, write ``result.json`` and print the RESULT line."""
+    from helpers.checkpoints import save_adapter
+    from helpers.distributed import compare_runs
+    from helpers.paths import relative
+    from helpers.storage import write_json
+
+    model, tokenizer = trainer.model, trainer.processing_class
+    stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
+    extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
+             **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
+             **({} if args.no_save else {"adapter": relative(save_adapter(model, tokenizer, output_dir / "adapter"))})}
+    result = result_record(procs, profile, policy, trainer, measured, extra)
+    if args.baseline_result:
+        result.update(compare_runs(json.loads(args.baseline_result.read_text()), result))
+    for path in [output_dir / "result.json"] + ([args.result_json] if args.result_json else []):
+        write_json(path, result)
+    resumed = f" resumed from {result['resumed_from']}" if result["resumed_from"] else ""
+    print(f"{result['steps']} steps on {procs.world} process(es){resumed}; {result['tokens_per_s']} tokens/s over "
+          f"{result['steady_state']}; final loss {result['final_loss']}; sync check: {result['sync_check']}")
+    print("RESULT " + json.dumps(result), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile, reason = choose_profile(args)
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
-    from helpers.checkpoints import save_adapter
-    from helpers.distributed import batch_policy, compare_runs
-    from helpers.paths import project_root, relative
-    from helpers.storage import write_json
+    from helpers.distributed import batch_policy
+    from helpers.paths import project_root
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and profile.device == "cpu":
-        procs.say("NOTE     : FSDP was asked for, but accelerate shards only on GPUs: on the CPU this runs as "
-                  "data parallel over gloo (strategy in RESULT)")
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
-    model, tokenizer, rows, stats = load_model_and_rows(procs, profile, args.repeat_data,
-                                                        policy["per_device_batch"] * procs.world)
-    procs.say(f"data     : {stats['source']}: {stats['documents']} documents, {stats['tokens']} tokens -> "
-              f"{stats['rows']} rows x {args.repeat_data} = {len(rows)} rows")
+    model, tokenizer, rows = load_model_and_rows(procs, profile, args.repeat_data, policy["per_device_batch"] * procs.world)
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps)
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh)
     if procs.main:
-        stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
-        extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
-                 **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
-                 **({} if args.no_save else {"adapter": relative(save_adapter(model, tokenizer, output_dir / "adapter"))})}
-        result = result_record(procs, profile, policy, trainer, measured, extra)
-        if args.baseline_result:
-            result.update(compare_runs(json.loads(args.baseline_result.read_text()), result))
-        for path in [output_dir / "result.json"] + ([args.result_json] if args.result_json else []):
-            write_json(path, result)
-        print(f"{result['steps']} steps on {procs.world} process(es){' resumed from ' + result['resumed_from'] if result['resumed_from'] else ''}; "
-              f"{result['tokens_per_s']} tokens/s over {result['steady_state']}; final loss {result['final_loss']}; "
-              f"sync check: {result['sync_check']}")
-        print("RESULT " + json.dumps(result), flush=True)
+        report(args, procs, profile, policy, trainer, measured, rows, output_dir)
     procs.state.wait_for_everyone()
     procs.state.destroy_process_group()
     return 0
