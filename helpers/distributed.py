@@ -78,6 +78,35 @@ def load_on_local_device(profile: Profile, local_rank: int, distributed: bool):
         AutoModelForCausalLM.from_pretrained = original
 
 
+@contextlib.contextmanager
+def plain_cpu_map_location(active: bool):
+    """While ``active``, make ``torch.load`` read an indexed CPU location (``cpu:0``) as ``cpu``.
+
+    transformers 5.17 loads a resumed run's optimizer state with ``map_location=args.device`` when
+    several processes train; on the CPU (gloo) that device is ``cpu:0``, which ``torch.load`` cannot
+    restore ("don't know how to restore data location ... (tagged with cpu:0)"), so a multi-process
+    CPU run could not resume. GPU runs (``cuda:N``) are untouched; with ``active`` False nothing is.
+    """
+    if not active:
+        yield
+        return
+    import torch
+
+    original = torch.load
+
+    def load(*args, **kwargs):
+        location = kwargs.get("map_location")
+        if isinstance(location, torch.device) and location.type == "cpu":
+            kwargs["map_location"] = "cpu"
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def _process_group():
     """Return ``torch.distributed`` when a process group with more than one rank is running, else None."""
     import torch.distributed as dist

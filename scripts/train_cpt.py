@@ -280,7 +280,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
 
     from helpers.checkpoints import train_resumable
     from helpers.distributed import check_sync as sync_check
-    from helpers.distributed import gather_objects, sum_over_ranks
+    from helpers.distributed import gather_objects, plain_cpu_map_location, sum_over_ranks
     from helpers.throughput import StepClock, count_tokens, steady_state
     from helpers.training import assert_embeddings_trained, snapshot_embeddings
 
@@ -297,7 +297,8 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     cuda = profile.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(procs.local_rank)
-    output = train_resumable(trainer, profile, resume=resume)
+    with plain_cpu_map_location(procs.distributed and profile.device == "cpu"):  # a transformers 5.17 bug
+        output = train_resumable(trainer, profile, resume=resume)
     counts.stop()
     embeddings = assert_embeddings_trained(model, before, trainer.optimizer, profile.embedding_learning_rate)
     if check_sync:

@@ -81,3 +81,16 @@ def test_compare_runs_flags_loss_drift_batch_changes_and_misses():
     assert distributed.compare_runs(one, {**two, "tokens_per_s": 180.0})["target_met"] is False  # 1.8x < 1.85x
     four = distributed.compare_runs(one, {**two, "gpus": 4, "tokens_per_s": 350.0})
     assert four["target_efficiency"] == 0.875 and four["target_met"] is True  # 3.5x on 4
+
+
+def test_plain_cpu_map_location_only_rewrites_indexed_cpu_devices(torch_one_thread, tmp_path):
+    torch = torch_one_thread
+    path = tmp_path / "t.pt"
+    torch.save({"x": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="cpu:0"):  # the failure a resumed multi-process CPU run hits
+        torch.load(path, map_location=torch.device("cpu", 0))
+    with distributed.plain_cpu_map_location(True):
+        assert torch.load(path, map_location=torch.device("cpu", 0))["x"].sum() == 2
+    with distributed.plain_cpu_map_location(False), pytest.raises(RuntimeError, match="cpu:0"):
+        torch.load(path, map_location=torch.device("cpu", 0))
+    assert torch.load.__module__ == "torch.serialization"  # restored

@@ -90,8 +90,21 @@ def run_script(launcher: list[str], root: Path, env: dict, name: str, *extra: st
     return result, log
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launched process and every process below it (torchrun starts its workers in sessions
+    of their own, so killing its process group alone would leave them training), as a preemption would."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    family = [parent, *parent.children(recursive=True)]
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(family, timeout=30)
+
+
 def kill_after_first_checkpoint(launcher: list[str], root: Path, env: dict, name: str) -> Path:
-    """Start a run, SIGKILL its whole process group as soon as checkpoint-2 is seen complete, and return
+    """Start a run, SIGKILL all its processes as soon as checkpoint-2 is seen complete, and return
     the last complete checkpoint left behind (what a relaunch must resume from; on a loaded machine the
     run may have reached checkpoint-4 by the time the kill lands)."""
     from helpers.checkpoints import last_complete_checkpoint
@@ -111,8 +124,7 @@ def kill_after_first_checkpoint(launcher: list[str], root: Path, env: dict, name
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait()
     assert not (out / "result.json").exists()
     found = last_complete_checkpoint(out / "checkpoints")
