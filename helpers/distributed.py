@@ -64,18 +64,16 @@ def load_on_local_device(profile: Profile, local_rank: int, distributed: bool):
         return
     from transformers import AutoModelForCausalLM
 
-    original = AutoModelForCausalLM.from_pretrained  # a bound classmethod
+    def on_local_rank(original):
+        def load(*args, **kwargs):
+            if kwargs.get("device_map") == {"": 0}:
+                kwargs["device_map"] = {"": local_rank}
+            return original(*args, **kwargs)
 
-    def on_local_rank(*args, **kwargs):
-        if kwargs.get("device_map") == {"": 0}:
-            kwargs["device_map"] = {"": local_rank}
-        return original(*args, **kwargs)
+        return load
 
-    AutoModelForCausalLM.from_pretrained = on_local_rank
-    try:
+    with _replaced(AutoModelForCausalLM, "from_pretrained", on_local_rank):
         yield
-    finally:
-        AutoModelForCausalLM.from_pretrained = original
 
 
 @contextlib.contextmanager
@@ -92,19 +90,32 @@ def plain_cpu_map_location(active: bool):
         return
     import torch
 
-    original = torch.load
+    def plain_cpu(original):
+        def load(*args, **kwargs):
+            location = kwargs.get("map_location")
+            if isinstance(location, torch.device) and location.type == "cpu":
+                kwargs["map_location"] = "cpu"
+            return original(*args, **kwargs)
 
-    def load(*args, **kwargs):
-        location = kwargs.get("map_location")
-        if isinstance(location, torch.device) and location.type == "cpu":
-            kwargs["map_location"] = "cpu"
-        return original(*args, **kwargs)
+        return load
 
-    torch.load = load
+    with _replaced(torch, "load", plain_cpu):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(owner, name: str, wrap):
+    """Within the block, ``owner.name`` is ``wrap(original)``; afterwards ``owner`` is as it was (its
+    own attribute put back as it was stored, e.g. a classmethod, or an inherited one uncovered)."""
+    own = vars(owner).get(name)
+    setattr(owner, name, wrap(getattr(owner, name)))
     try:
         yield
     finally:
-        torch.load = original
+        if own is not None:
+            setattr(owner, name, own)
+        else:
+            delattr(owner, name)
 
 
 def _process_group():

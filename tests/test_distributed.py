@@ -46,6 +46,15 @@ def test_plain_branch_loads_on_the_local_rank_under_a_launcher(torch_one_thread,
     assert seen == [{"": 1}, {"": 0}, {"": 0}, {"": 0}]
 
 
+def test_the_real_loader_comes_back_as_a_classmethod(torch_one_thread):
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.__dict__.get("from_pretrained")
+    with distributed.load_on_local_device(GPU_SMOKE.replace(backend="transformers"), local_rank=1, distributed=True):
+        assert AutoModelForCausalLM.__dict__.get("from_pretrained") is not before
+    assert AutoModelForCausalLM.__dict__.get("from_pretrained") is before
+
+
 def test_digest_sees_every_trainable_byte_and_only_those(torch_one_thread):
     torch = torch_one_thread
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
