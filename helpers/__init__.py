@@ -11,6 +11,8 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.streaming` - streaming generation printed wrapped
 - :mod:`helpers.training` - LoRA, the embedding learning rate, the trainer
 - :mod:`helpers.checkpoints` - checkpointed, resumable training; atomic adapter saves
+- :mod:`helpers.distributed` - several processes: batch split, rank sync check, run comparison
+- :mod:`helpers.throughput` - tokens/s over steady optimizer steps, MFU
 - :mod:`helpers.errors` - clear errors: model unavailable (hub), out of memory, disk full
 - :mod:`helpers.evaluation` - held-out perplexity
 - :mod:`helpers.memory` - memory probes and the stage recorder

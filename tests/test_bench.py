@@ -1,0 +1,90 @@
+"""benchmarks/bench_cpt.py: the two arms differ only in their backend, each mode is selected as
+claimed, and ``--test-mode`` runs the whole driver on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "benchmarks" / "bench_cpt.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_cpt", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arms_share_every_setting_but_the_backend():
+    bench = load_bench()
+    args = bench.parse_args([])
+    plain, unsloth = (dataclasses.asdict(bench.arm_profile(args, arm)) for arm in ("plain", "unsloth"))
+    differ = {key for key in plain if plain[key] != unsloth[key]}
+    assert differ == {"backend"}
+    assert plain["embedding_learning_rate"] == 5e-06 and plain["lora_r"] == 128  # the walkthrough's, both arms
+
+
+def test_mode_settings():
+    settings = load_bench().mode_settings
+    assert settings("unsloth", "packing", "off") == {"packing": True}
+    assert settings("unsloth", "padding_free", "off") == {"padding_free": True}
+    assert settings("unsloth", "padded", "off") == {"padding_free": False}
+    assert settings("unsloth", "chunk", "auto") == {}
+    assert settings("plain", "padding_free", "off") == {}  # the plain arm swaps its collator instead
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--modes", "padded,zigzag"], "unknown mode"),
+    (["--micro-batches", "3"], "divide --global-batch 16"),
+    (["--documents", "0"], "at least 1"),
+])
+def test_bad_flags_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        load_bench().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_epoch_rows_one_story_per_row_or_chunks(tokenizer, isolated_root):
+    (isolated_root / "data").symlink_to(REPO_ROOT / "data", target_is_directory=True)
+    bench = load_bench()
+    profile = bench.TEST_PROFILE
+    padded, stats = bench.epoch_rows(profile, tokenizer, 300, "padded")
+    chunks, chunk_stats = bench.epoch_rows(profile, tokenizer, 300, "chunk")
+    assert stats["documents"] == len(padded) == 300 and stats["cycled"] is True  # 188 shipped stories, cycled
+    assert all(len(row) <= profile.max_seq_length for row in padded["input_ids"])
+    assert all(len(row) == profile.max_seq_length for row in chunks["input_ids"]) and chunk_stats["tokens"] == stats["tokens"]
+
+
+def test_test_mode_runs_every_cpu_mode(tmp_path):
+    (tmp_path / "data").symlink_to(REPO_ROOT / "data", target_is_directory=True)  # tmp_path is CPT_ROOT
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CPT_CACHE_DIR": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH), "--test-mode", "--workdir", str(tmp_path / "work"),
+                           "--out-dir", str(tmp_path / "out")], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    by_mode = {r["mode"]: r for r in records}
+    assert set(by_mode) == {"padded", "padding_free", "chunk"}
+    for record in records:
+        assert record["arm"] == "plain" and "error" not in record, record
+        assert record["steps_run"] == 3 and record["extrapolated"] is True and record["tokens_per_s"] > 0
+        assert math.isfinite(record["final_loss"]) and record["embedding_learning_rate"] == 5e-05
+        assert record["epoch_runtime_est_s"] > record["train_runtime_s"]
+    padded, flat, chunk = by_mode["padded"], by_mode["padding_free"], by_mode["chunk"]
+    assert padded["processed_tokens_trained"] > padded["real_tokens_trained"]  # pads are computed, not counted
+    for no_padding in (flat, chunk):
+        assert no_padding["processed_tokens_trained"] == no_padding["real_tokens_trained"] > 0
+    assert chunk["real_tokens_trained"] == 3 * 4 * 256  # 3 steps of 4 full blocks
+    assert chunk["train_rows"] < padded["train_rows"] == 64  # 64 stories -> fewer full 256-token blocks
+    assert "| plain | chunk | 2 x 2 |" in (tmp_path / "out" / "table.md").read_text()
