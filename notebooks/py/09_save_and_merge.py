@@ -191,7 +191,13 @@ from helpers.profiles import GPU_MISTRAL7B
 
 LORA, FULL = "LoRA A/B", "full copies (embed_tokens, lm_head)"
 this_run = adapter_parameter_count(base_config, lora_r, profile.target_modules)
-assert this_run == {kind: entry["parameters"] for kind, entry in composition.items()}, "the arithmetic matches the file"
+copies = composition[FULL]["parameters"] / (base_config.vocab_size * base_config.hidden_size)
+print(f"this run: {this_run[LORA] / 1e6:.2f} M LoRA numbers computed, {composition[LORA]['parameters'] / 1e6:.2f} M "
+      f"in the file; {copies:g} full vocabulary × hidden copies saved (tied: {base_config.tie_word_embeddings})")
+assert this_run[LORA] == composition[LORA]["parameters"], "the arithmetic should match the adapter file"
+if not profile.uses_unsloth:  # PEFT's own save: both copies, LoRA in fp32
+    assert this_run[FULL] == composition[FULL]["parameters"] and copies == 2
+    assert composition[LORA]["bytes"] == 4 * composition[LORA]["parameters"]
 mistral = MistralConfig(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                         num_attention_heads=32, num_key_value_heads=8)
 counts = adapter_parameter_count(mistral, GPU_MISTRAL7B.lora_r, GPU_MISTRAL7B.target_modules)

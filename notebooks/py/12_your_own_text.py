@@ -86,8 +86,12 @@ assert tokenizer.pad_token_id != tokenizer.eos_token_id
 # %%
 import os
 
+from datasets import disable_progress_bars
+
 from helpers.data import append_eos, build_train_dataset, load_raw_dataset, tokenize
 from helpers.paths import relative
+
+disable_progress_bars()  # datasets' per-call progress bars would bury the counts printed below
 from helpers.profiles import SPLIT_ENV_VAR, TEXT_DIR_ENV_VAR, select_profile
 
 text_env = {**os.environ, TEXT_DIR_ENV_VAR: os.environ.get(TEXT_DIR_ENV_VAR) or "tests/data/own_text"}
@@ -111,9 +115,11 @@ for label, s in own_counts.items():
 
 # %% [markdown]
 # Three things to notice. Splitting on blank lines gives more, shorter documents: each blank line
-# between paragraphs becomes an EOS, so the token count hardly changes, but the model is now told that
-# every paragraph is a document of its own, which is right for a file of independent notes and wrong
-# for a story told over several paragraphs. With packing, the stream's last partial block is dropped:
+# between paragraphs becomes an EOS, and the model is now told that every paragraph is a document of
+# its own, which is right for a file of independent notes and wrong
+# for a story told over several paragraphs. (The token counts differ by more than those EOS tokens
+# because every tenth document, at least one, is held out for evaluation: with one document per file
+# that is a whole file, with paragraphs a single paragraph.) With packing, the stream's last partial block is dropped:
 # harmless for a large corpus, but a folder smaller than one block yields *no* training rows at all
 # (this example is smaller than one of the GPU profile's 2,048-token blocks; that profile pads one
 # document per row instead, so nothing is lost there). And every document ends in exactly one EOS,
