@@ -1,5 +1,5 @@
 # One entry point for set-up, running and testing. Everything installs into .venv on first use.
-#   make run        execute notebooks 00-06 in order on the chosen profile; executed copies in outputs/executed/
+#   make run        execute every notebook (notebooks/NN_*.ipynb) in order on the chosen profile; executed copies in outputs/executed/
 #   make test       lint, unit tests, notebook checks, then every notebook under pytest --nbval-lax
 #   make notebooks  rebuild notebooks/*.ipynb from notebooks/py/*.py and execute them in place (to commit)
 #   make test-gpu   the notebooks under nbval on a CUDA machine (CPT_PROFILE picks the CUDA profile)

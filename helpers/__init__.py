@@ -5,7 +5,7 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.profiles` - the run's settings as named profiles, and how one is chosen
 - :mod:`helpers.session` - the first cell of every notebook (profile check, seeds, versions)
 - :mod:`helpers.paths` - ``outputs/`` and the artifacts notebooks pass to each other
-- :mod:`helpers.storage` - atomic writes (JSON, model folders)
+- :mod:`helpers.storage` - atomic writes (JSON, model folders), folder sizes
 - :mod:`helpers.modeling` - loading the model (embedded GGUF, hub, unsloth or transformers)
 - :mod:`helpers.data` - raw text: loading, EOS, tokenizing, packing
 - :mod:`helpers.streaming` - streaming generation printed wrapped
@@ -17,9 +17,10 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.evaluation` - held-out perplexity
 - :mod:`helpers.memory` - memory probes and the stage recorder
 - :mod:`helpers.forgetting` - out-of-domain perplexity (what CPT costs elsewhere)
-- :mod:`helpers.merging` - merging the adapter into a 16-bit model, loading it without PEFT
-- :mod:`helpers.packing` - padded vs packed rows, measured
-- :mod:`helpers.patches` - what importing unsloth replaces in transformers (GPU)
+- :mod:`helpers.merging` - merging the adapter into the base weights; what an adapter file holds
+- :mod:`helpers.generation` - greedy generation, in-process or in a fresh process without PEFT
+- :mod:`helpers.batching_speed` - training speed of padded rows vs packed blocks, measured
+- :mod:`helpers.patch_probe` - probes what importing unsloth replaces in transformers (GPU)
 - :mod:`helpers.lora_memory` - LoRA vs full fine-tuning memory as sequences grow (GPU)
 """
 

@@ -31,6 +31,7 @@ from .errors import disk_full_explained, out_of_memory_explained
 from .paths import artifact_path, outputs_dir, relative
 from .profiles import Profile
 from .storage import read_json, save_directory_atomically, write_json
+from .training import describe_param_groups
 
 TRAINER_DIR_NAME = "05_trainer"
 TRAINABLE_SET_FILE = "trainable_set.json"
@@ -77,26 +78,13 @@ def adapter_parameter_names(model) -> list[str]:
     return names
 
 
-def param_group_summary(optimizer, model) -> list[dict]:
-    """Return one dict per optimizer group: its name, number of tensors and learning rate."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [
-        {
-            "name": group.get("name", f"group {index}"),
-            "tensors": len(group["params"]),
-            "lr": group.get("initial_lr", group["lr"]),
-            "parameters": [names.get(id(p), "?") for p in group["params"]],
-        }
-        for index, group in enumerate(optimizer.param_groups)
-    ]
-
-
 def record_trainable_set(folder: Path | str, model, optimizer=None) -> Path:
     """Write ``trainable_set.json`` into a checkpoint folder: the trainable parameter names and the
-    optimizer's groups. :func:`train_resumable` checks a resumed model against it."""
+    optimizer's groups (:func:`helpers.training.describe_param_groups`). :func:`train_resumable`
+    checks a resumed model against it."""
     record = {"trainable": trainable_names(model)}
     if optimizer is not None:
-        record["param_groups"] = param_group_summary(optimizer, model)
+        record["param_groups"] = describe_param_groups(optimizer, model)
     return write_json(Path(folder) / TRAINABLE_SET_FILE, record)
 
 
@@ -155,9 +143,9 @@ def check_param_groups(optimizer, model, checkpoint: Path | str) -> None:
     saved = read_json(record_file).get("param_groups")
     if saved is None:
         return
-    now = param_group_summary(optimizer, model)
-    shape_saved = [(g["name"], g["tensors"]) for g in saved]
-    shape_now = [(g["name"], g["tensors"]) for g in now]
+    now = describe_param_groups(optimizer, model)
+    shape_saved = [(_group_name(g), g["tensors"]) for g in saved]
+    shape_now = [(_group_name(g), g["tensors"]) for g in now]
     if shape_saved != shape_now:
         raise ResumeMismatchError(
             f"The optimizer's parameter groups {shape_now} differ from those saved in {relative(checkpoint)} "
@@ -165,6 +153,12 @@ def check_param_groups(optimizer, model, checkpoint: Path | str) -> None:
             "now (unsloth #3108: embed_tokens / lm_head copies reloaded with requires_grad=False). Rebuild the "
             "model the same way as for the interrupted run."
         )
+
+
+def _group_name(row: dict) -> str:
+    """Return a recorded group's name (``"group"``; checkpoints written before the record used
+    :func:`helpers.training.describe_param_groups` called it ``"name"``)."""
+    return row.get("group", row.get("name"))
 
 
 def _unwrapped(optimizer):

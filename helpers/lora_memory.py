@@ -10,7 +10,7 @@ tool for the third.
 
 :func:`peak_step_memory` measures one step with PyTorch's CUDA allocator (it needs a CUDA device).
 :func:`compare_in_fresh_process` runs the whole comparison in a new Python process that never
-imported unsloth, so that unsloth's patches of the Llama classes (see :mod:`helpers.patches`) in the
+imported unsloth, so that unsloth's patches of the Llama classes (see :mod:`helpers.patch_probe`) in the
 calling kernel cannot interfere: the numbers are those of plain PyTorch + PEFT.
 """
 

@@ -3,7 +3,8 @@
 A PEFT adapter folder holds only what was trained (LoRA matrices, plus the full embedding copies of
 a CPT run) and needs the base model and the ``peft`` library to be used. *Merging* folds the
 adapters into the base weights (``W + scale · B A``) and swaps in the trained embedding copies,
-giving an ordinary model folder that ``AutoModelForCausalLM.from_pretrained`` loads on its own.
+giving an ordinary model folder that ``AutoModelForCausalLM.from_pretrained`` loads on its own
+(:func:`helpers.generation.generate_without_peft` proves it in a process without ``peft``).
 
 Merging needs floating-point base weights: a 4-bit base would have to be dequantized first (the
 merged sum is not representable in NF4 without a new, lossy quantization). unsloth's
@@ -13,9 +14,6 @@ merged sum is not representable in NF4 without a new, lossy quantization). unslo
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 from .storage import save_directory_atomically
@@ -71,11 +69,6 @@ def save_merged(model, tokenizer, folder: Path | str) -> Path:
     return save_directory_atomically(folder, write)
 
 
-def folder_size_bytes(folder: Path | str, pattern: str = "*") -> int:
-    """Return the total size in bytes of the files under ``folder`` matching ``pattern`` (recursive)."""
-    return sum(f.stat().st_size for f in Path(folder).rglob(pattern) if f.is_file())
-
-
 def adapter_composition(adapter_dir: Path | str) -> dict[str, dict]:
     """Return what an adapter's weight file holds, grouped: full embedding copies vs LoRA matrices.
 
@@ -104,58 +97,36 @@ def adapter_composition(adapter_dir: Path | str) -> dict[str, dict]:
     return groups
 
 
-def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Return the greedy continuation of ``prompt`` (special tokens skipped), generated in-process.
+# (input size, output size) of each projection LoRA can target, from a Llama/Mistral-style config
+_PROJECTIONS = {
+    "q_proj": lambda c, hd: (c.hidden_size, c.num_attention_heads * hd),
+    "k_proj": lambda c, hd: (c.hidden_size, c.num_key_value_heads * hd),
+    "v_proj": lambda c, hd: (c.hidden_size, c.num_key_value_heads * hd),
+    "o_proj": lambda c, hd: (c.num_attention_heads * hd, c.hidden_size),
+    "gate_proj": lambda c, hd: (c.hidden_size, c.intermediate_size),
+    "up_proj": lambda c, hd: (c.hidden_size, c.intermediate_size),
+    "down_proj": lambda c, hd: (c.intermediate_size, c.hidden_size),
+}
+_FULL_COPIES = ("embed_tokens", "lm_head")
 
-    The same decoding as :func:`generate_without_peft` runs in its subprocess, so the two can be
-    compared string for string.
+
+def adapter_parameter_count(config, r: int, target_modules) -> dict[str, int]:
+    """Return how many numbers a CPT adapter of rank ``r`` holds for a Llama/Mistral-style ``config``,
+    keyed like :func:`adapter_composition`: ``{"LoRA A/B": ..., "full copies (embed_tokens, lm_head)": ...}``.
+
+    A LoRA pair on an ``in × out`` projection is ``A`` (r × in) plus ``B`` (out × r): ``r · (in + out)``
+    numbers, in every layer. ``embed_tokens`` and ``lm_head`` among the targets are stored as full
+    ``vocab × hidden`` copies, each, even when the model ties them (PEFT saves the shared matrix under
+    both names). Computed from the shapes only: no model is built. Raises ``ValueError`` for a target
+    that is neither a projection of this architecture nor an embedding.
     """
-    import torch
-
-    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-# Runs in a fresh interpreter: peft is made unimportable *before* transformers is imported, so the
-# folder demonstrably loads with transformers alone.
-_LOAD_WITHOUT_PEFT = r"""
-import json, sys
-sys.modules["peft"] = None  # `import peft` now raises ImportError; transformers sees peft as absent
-model_dir, prompt, max_new_tokens, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-torch.manual_seed(0)
-tokenizer = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(
-    model_dir, dtype="auto", device_map=None if device == "cpu" else {"": device}).eval()
-inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-with torch.no_grad():
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)
-text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-peft_loaded = sys.modules.get("peft") is not None
-print(json.dumps({"text": text, "class": type(model).__name__, "dtype": str(model.dtype),
-                  "peft_imported": peft_loaded}))
-"""
-
-
-def generate_without_peft(model_dir: Path | str, prompt: str, max_new_tokens: int, device: str = "cpu",
-                          timeout: float = 600) -> dict:
-    """Load ``model_dir`` with plain transformers in a fresh Python process and generate greedily.
-
-    The weights load in the dtype they were saved in (``dtype="auto"``), on ``device`` ("cpu", or
-    e.g. "cuda:0"). ``peft`` is blocked in that process (``import peft`` would fail), so success proves the folder
-    needs nothing but transformers. Returns ``{"text", "class", "dtype", "peft_imported"}``. Raises
-    ``RuntimeError`` with the subprocess's last error lines when loading or generating fails.
-    """
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_WITHOUT_PEFT, str(model_dir), prompt, str(max_new_tokens), device],
-        capture_output=True, text=True, timeout=timeout,
-    )
-    if result.returncode != 0:
-        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(f"loading {Path(model_dir).name}/ with plain transformers failed:\n{tail}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    targets = list(target_modules)
+    unknown = [t for t in targets if t not in _PROJECTIONS and t not in _FULL_COPIES]
+    if unknown:
+        raise ValueError(f"unknown target module(s) {unknown}; known: {[*_PROJECTIONS, *_FULL_COPIES]}")
+    if r < 1:
+        raise ValueError(f"the LoRA rank must be at least 1, not {r}")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_layer = sum(r * sum(_PROJECTIONS[t](config, head_dim)) for t in targets if t in _PROJECTIONS)
+    full = sum(config.vocab_size * config.hidden_size for t in targets if t in _FULL_COPIES)
+    return {"LoRA A/B": per_layer * config.num_hidden_layers, "full copies (embed_tokens, lm_head)": full}

@@ -23,8 +23,12 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "adapter": ("05_adapter", "05_training"),
     "train_result": ("05_train_result.json", "05_training"),
     "after": ("06_after.json", "06_inference_after_training"),
-    "merged": ("07_merged", "07_going_further"),
-    "going_further": ("07_results.json", "07_going_further"),
+    "forgetting": ("07_forgetting.json", "07_forgetting"),
+    "open_questions": ("08_open_questions.json", "08_open_questions"),
+    "merged": ("09_merged", "09_save_and_merge"),
+    "save_and_merge": ("09_save_and_merge.json", "09_save_and_merge"),
+    "packing_vs_padding": ("11_packing_vs_padding.json", "11_packing_vs_padding"),
+    "own_text": ("12_own_text.json", "12_your_own_text"),
     "memory_stages": ("memory_stages.json", "any notebook"),
 }
 

@@ -45,12 +45,10 @@ def check_runnable(profile: Profile, cuda: bool | None = None, unsloth_installed
 
 def device_description(profile: Profile) -> str:
     """Return a short description of the device the profile runs on (GPU name or CPU threads)."""
-    if profile.device == "cuda":
-        import torch
-
-        return f"cuda: {torch.cuda.get_device_name(0)}"
     import torch
 
+    if profile.device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
     return f"cpu: {platform.machine()}, {torch.get_num_threads()} torch threads"
 
 

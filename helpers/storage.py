@@ -1,4 +1,5 @@
-"""Writing results so that an interrupted or failed write never leaves a half-written file behind.
+"""Writing results so that an interrupted or failed write never leaves a half-written file behind
+(and measuring what was written: :func:`folder_size_bytes`).
 
 Both helpers write to a temporary name next to the target and rename it into place at the end: a
 rename within one folder is atomic on POSIX file systems, so readers see either the old complete
@@ -61,3 +62,8 @@ def save_directory_atomically(target: Path | str, write: Callable[[Path], None])
         raise
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def folder_size_bytes(folder: Path | str, pattern: str = "*") -> int:
+    """Return the total size in bytes of the files under ``folder`` matching ``pattern`` (recursive)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob(pattern) if f.is_file())

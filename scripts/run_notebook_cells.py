@@ -1,12 +1,12 @@
 """Run selected code cells of a notebook's jupytext source, in order, in one namespace.
 
-    python scripts/run_notebook_cells.py notebooks/py/07_going_further.py run_probe quantize_4bit compare_in_fresh_process
+    python scripts/run_notebook_cells.py notebooks/py/08_open_questions.py run_probe quantize_4bit compare_in_fresh_process
 
 Runs the notebook's first code cell (the session header: profile, seeds, versions), then every code
 cell whose source contains one of the given strings, after importing torch, importlib, math, os and
-sys (which skipped cells would otherwise have imported). Used to measure the GPU-only cells of notebook
-07 on a GPU machine without running the notebooks before it; the output is what those cells print
-in the full series.
+sys and creating an empty ``results`` dict (which skipped cells would otherwise have done). Used to
+measure the GPU-only cells of notebook 08 on a GPU machine without running the notebooks before it;
+the output is what those cells print in the full series.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     chosen = [cells[0]] + [c for c in cells[1:] if any(p in c for p in patterns)]
     namespace: dict = {"__name__": "__main__"}
     # the imports that earlier, skipped cells would have made
-    exec("import importlib.metadata, importlib.util, math, os, sys\nimport torch", namespace)
+    exec("import importlib.metadata, importlib.util, math, os, sys\nimport torch\nresults = {}", namespace)
     for index, source in enumerate(chosen):
         print(f"\n===== cell {index}: {source.strip().splitlines()[0][:80]}", flush=True)
         exec(compile(source, f"{path.name}[{index}]", "exec"), namespace)

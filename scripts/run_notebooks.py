@@ -37,13 +37,13 @@ def coalesce_streams(outputs: list) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/0*.ipynb")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--inplace", action="store_true", help="overwrite the notebooks with their executed versions")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "executed", help="folder for executed copies")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
-    notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("0*.ipynb"))
+    notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if not notebooks:
         print("no notebooks found", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Tests for helpers.merging: merged model == adapter model, and the merged folder loads without peft.
+"""Tests for helpers.merging (merged model == adapter model) and helpers.generation (the merged folder
+loads and generates without peft).
 
 A tiny random Llama with the profile's CPT LoRA (adapters on every projection, embed_tokens and
 lm_head trained in full) whose adapter weights are randomised, so that the adapter really changes
@@ -9,17 +10,17 @@ from __future__ import annotations
 
 import pytest
 
+from helpers.generation import generate_without_peft, greedy_text
 from helpers.merging import (
     MergeError,
     adapter_composition,
-    folder_size_bytes,
-    generate_without_peft,
-    greedy_text,
+    adapter_parameter_count,
     is_quantized,
     merge_adapter,
     save_merged,
 )
 from helpers.profiles import CPU_SMOLLM2
+from helpers.storage import folder_size_bytes
 
 PROMPT = "once upon a time there was"
 
@@ -120,6 +121,40 @@ def test_adapter_composition_and_sizes(torch_one_thread, word_tokenizer, tmp_pat
     assert full["bytes"] == 4 * full["parameters"]
     weights = folder_size_bytes(tmp_path / "adapter", "*.safetensors")
     assert full["bytes"] + lora["bytes"] <= weights <= folder_size_bytes(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_adapter_parameter_count_matches_the_saved_adapter(torch_one_thread, word_tokenizer, tmp_path, tied):
+    """The shape arithmetic gives exactly the numbers PEFT writes, tied embeddings included (saved twice)."""
+    _, model = trained_peft_model(word_tokenizer, tied=tied)
+    model.save_pretrained(tmp_path / "adapter")
+    saved = {kind: entry["parameters"] for kind, entry in adapter_composition(tmp_path / "adapter").items()}
+    config = model.get_base_model().config
+    r = model.peft_config["default"].r
+    assert adapter_parameter_count(config, r, CPU_SMOLLM2.target_modules) == saved
+
+
+def test_adapter_parameter_count_of_mistral_7b_at_rank_128():
+    """The walkthrough's adapter: 335.5 M LoRA numbers and two 32,768 x 4,096 embedding copies."""
+    from transformers import MistralConfig
+
+    from helpers.profiles import GPU_MISTRAL7B
+
+    config = MistralConfig(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=8)
+    counts = adapter_parameter_count(config, GPU_MISTRAL7B.lora_r, GPU_MISTRAL7B.target_modules)
+    assert counts == {"LoRA A/B": 335_544_320, "full copies (embed_tokens, lm_head)": 2 * 32768 * 4096}
+
+
+def test_adapter_parameter_count_rejects_unknown_targets_and_ranks():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(hidden_size=8, num_attention_heads=2, num_key_value_heads=1, intermediate_size=16,
+                             num_hidden_layers=1, vocab_size=10)
+    with pytest.raises(ValueError, match="unknown target module.*qkv_proj"):
+        adapter_parameter_count(config, 4, ["q_proj", "qkv_proj"])
+    with pytest.raises(ValueError, match="at least 1"):
+        adapter_parameter_count(config, 0, ["q_proj"])
 
 
 def test_adapter_composition_without_weights_file(tmp_path):

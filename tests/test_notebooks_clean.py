@@ -17,10 +17,16 @@ import pytest
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(root|home|tmp|work|Users|content)/")
-EXPECTED = [
+# The whole series, in order. The README's series table and notebook 00's table list every one.
+SERIES = [
     "00_setup", "01_load_quantized_model", "02_data_prep", "03_inference_before_training",
-    "04_lora", "05_training", "06_inference_after_training",
+    "04_lora", "05_training", "06_inference_after_training", "07_forgetting", "08_open_questions",
+    "09_save_and_merge", "10_export_gguf", "11_packing_vs_padding", "12_your_own_text",
+    "13_learning_rate_and_rank", "14_new_knowledge_lora_vs_full", "15_long_context_rope",
 ]
+# Being written on other branches when this list was agreed: not required yet, so that a branch without
+# them passes. Empty this set once all of them are merged.
+PENDING = {"10_export_gguf", "13_learning_rate_and_rank", "14_new_knowledge_lora_vs_full", "15_long_context_rope"}
 
 
 def _sources(nb) -> list[tuple[str, str]]:
@@ -28,7 +34,20 @@ def _sources(nb) -> list[tuple[str, str]]:
 
 
 def test_the_series_is_complete():
-    assert [p.stem for p in NOTEBOOKS][: len(EXPECTED)] == EXPECTED
+    present = [p.stem for p in NOTEBOOKS]
+    unknown = [name for name in present if name not in SERIES]
+    assert not unknown, f"notebooks not in the series list (add them to SERIES and the README): {unknown}"
+    missing = [name for name in SERIES if name not in present and name not in PENDING]
+    assert not missing, f"notebooks of the series are missing: {missing}"
+
+
+@pytest.mark.parametrize("listing", ["README.md", "notebooks/py/00_setup.py"])
+def test_every_notebook_is_listed_in_the_series_tables(listing):
+    text = (NOTEBOOKS_DIR.parent / listing).read_text(encoding="utf-8")
+    for name in SERIES:
+        number, title = name.split("_", 1)
+        listed = name in text or f"| {number} {title.replace('_', ' ')} |".lower() in text.lower()
+        assert listed, f"{listing} does not list {name} in its series table"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -52,7 +52,7 @@ model, tokenizer = load_model_and_tokenizer(profile)
 if profile.uses_unsloth:
     from unsloth import FastLanguageModel
 
-    FastLanguageModel.for_inference(model)  # unsloth's faster generation path (notebook 04 explains)
+    FastLanguageModel.for_inference(model)  # unsloth's faster generation path (notebook 06 explains)
 print(type(model).__name__, "on", model.device)
 
 # %% [markdown]

@@ -102,7 +102,7 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # unsloth's `get_peft_model` takes the walkthrough's arguments directly. The plain PEFT twin has to
 # split `target_modules` itself (projections get LoRA, embeddings go to `modules_to_save`) and turn
 # on gradient checkpointing through transformers. Later notebooks use `helpers.training.add_lora`,
-# which holds this same code.
+# which holds this same code (`tests/test_teaching_copies.py` checks that both build the same model).
 
 # %%
 from helpers.training import lora_config, split_target_modules

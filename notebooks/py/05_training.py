@@ -123,13 +123,12 @@ print(inspect.getsource(embedding_param_groups))
 # %%
 import math
 
-from helpers.checkpoints import build_resumable_trainer
+from helpers.checkpoints import build_resumable_trainer, planned_steps
 
 # helpers.training.build_trainer, set to write a checkpoint every few steps into outputs/05_trainer
 trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset, text_dataset=text_dataset)
 trainer.create_optimizer()
-num_steps = trainer.args.max_steps if trainer.args.max_steps > 0 else math.ceil(
-    len(trainer.train_dataset) / (profile.per_device_train_batch_size * profile.gradient_accumulation_steps))
+num_steps = planned_steps(trainer)  # max_steps, or the batches of the epochs / gradient accumulation
 print(f"{type(trainer).__name__} with {type(trainer.optimizer).__name__}, {num_steps} optimizer steps")
 
 # %%
@@ -274,35 +273,31 @@ for step, loss in losses:
 first, last = losses[0][1], sum(loss for _, loss in losses[-3:]) / min(3, len(losses))
 print(f"first step {first:.3f} -> mean of the last three {last:.3f}")
 uniform_guess = math.log(len(tokenizer))  # the loss of a model that knows nothing: ln(vocabulary size)
-assert all(loss == loss and loss < uniform_guess + 1 for _, loss in losses), "loss is nan or implausibly high"
+assert all(math.isfinite(loss) and loss < uniform_guess + 1 for _, loss in losses), "loss is nan or implausibly high"
 assert last < first, "the loss did not go down"
 
 # %% [markdown]
 # ## Save the adapter
 #
 # `save_pretrained` on a PEFT model writes only what was trained: the LoRA matrices and the full
-# embedding copies, plus the adapter config that names the base model. It is written through
-# `helpers.storage.save_directory_atomically`: into a temporary folder first, swapped in only once
-# complete, so an interrupted save can never leave a half-written adapter that would load.
-# Notebook 06 loads it on top of a fresh base model.
+# embedding copies, plus the adapter config that names the base model. `helpers.checkpoints.save_adapter`
+# calls it (and the tokenizer's) on a temporary folder that is swapped in only once complete, so an
+# interrupted save can never leave a half-written adapter that would load, and a full disk stops with
+# a message naming the folder and the free space. Notebook 06 loads it on top of a fresh base model.
 
 # %%
-from helpers.paths import artifact_path, relative
-from helpers.storage import save_directory_atomically, write_json
+from helpers.checkpoints import save_adapter
+from helpers.paths import relative
+from helpers.storage import folder_size_bytes, write_json
 
-
-def write_adapter(folder):
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-adapter_dir = save_directory_atomically(artifact_path("adapter"), write_adapter)
-size_mb = sum(f.stat().st_size for f in adapter_dir.rglob("*") if f.is_file()) / 1e6
+adapter_dir = save_adapter(model, tokenizer)  # to outputs/05_adapter
+size_mb = folder_size_bytes(adapter_dir) / 1e6
 print(f"adapter saved to {relative(adapter_dir)}: {size_mb:.0f} MB")
 print(sorted(p.name for p in adapter_dir.iterdir()))
 
 # %%
 from helpers.memory import snapshot
+from helpers.paths import artifact_path
 
 write_json(artifact_path("train_result"), {
     "profile": profile.name,

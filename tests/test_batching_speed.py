@@ -1,11 +1,11 @@
-"""Tests for helpers.packing: the padded-vs-packed training speed measurement, on a tiny model."""
+"""Tests for helpers.batching_speed: the padded-vs-packed training speed measurement, on a tiny model."""
 
 from __future__ import annotations
 
 import pytest
 
+from helpers.batching_speed import format_comparison, measure_training_speed
 from helpers.data import pack_blocks, truncate_rows
-from helpers.packing import format_comparison, measure_training_speed
 from helpers.profiles import CPU_SMOLLM2
 
 # token ids 3.. of the word tokenizer (0 = <pad>, 1 = <eos>, 2 = <unk>); documents of varied length

@@ -1,4 +1,7 @@
-"""Does unsloth patch transformers? Fingerprints of library functions, taken before and after.
+"""Does unsloth patch transformers? A probe that fingerprints library functions before and after.
+
+Nothing here patches anything: it only *records* what names point at, so that what unsloth replaced
+can be listed.
 
 unsloth speeds training up by replacing pieces of other libraries at run time: attention and RMSNorm
 forwards, the causal-LM forward (fused cross-entropy), TRL's trainer classes, gradient checkpointing.
@@ -94,15 +97,15 @@ def fingerprint(dotted: str) -> dict:
     }
 
 
-def snapshot(targets=PATCH_TARGETS) -> dict[str, dict]:
-    """Return ``{dotted name: fingerprint}`` for every target."""
+def fingerprint_all(targets=PATCH_TARGETS) -> dict[str, dict]:
+    """Return ``{dotted name: fingerprint}`` for every target (one record of what they point at)."""
     return {name: fingerprint(name) for name in targets}
 
 
 def changes(before: dict[str, dict], after: dict[str, dict], fields=COMPARED) -> dict[str, dict]:
-    """Return the targets whose fingerprint differs between two snapshots, as
+    """Return the targets whose fingerprint differs between two :func:`fingerprint_all` records, as
     ``{name: {"before": {...}, "after": {...}}}`` restricted to ``fields``. Pass ``fields=("id", ...)``
-    only for two snapshots of the same process."""
+    only for two records of the same process."""
     changed = {}
     for name in before.keys() | after.keys():
         a = {k: before.get(name, {}).get(k) for k in (*fields, "error")}
@@ -115,9 +118,9 @@ def changes(before: dict[str, dict], after: dict[str, dict], fields=COMPARED) ->
 def probe_main(argv: list[str] | None = None) -> None:
     """Entry point of the subprocess (see :func:`run_probe`); prints one JSON object.
 
-    ``plain``: import torch, transformers and trl without unsloth, snapshot. ``unsloth MODEL
-    MAX_SEQ_LENGTH LOAD_IN_4BIT``: ``import unsloth`` first, snapshot, load the model with
-    ``FastLanguageModel.from_pretrained``, snapshot again.
+    ``plain``: import torch, transformers and trl without unsloth, fingerprint every target. ``unsloth MODEL
+    MAX_SEQ_LENGTH LOAD_IN_4BIT``: ``import unsloth`` first, fingerprint, load the model with
+    ``FastLanguageModel.from_pretrained``, fingerprint again.
     """
     argv = sys.argv[1:] if argv is None else argv
     mode = argv[0]
@@ -127,24 +130,25 @@ def probe_main(argv: list[str] | None = None) -> None:
         import transformers  # noqa: F401
         import trl  # noqa: F401
 
-        result["snapshots"] = {"without unsloth": snapshot()}
+        result["records"] = {"without unsloth": fingerprint_all()}
     elif mode == "unsloth":
         model_name, max_seq_length, load_in_4bit = argv[1], int(argv[2]), argv[3] == "1"
         import unsloth  # noqa: F401  (first: this is the import order the notebooks use)
 
-        after_import = snapshot()
+        after_import = fingerprint_all()
         from unsloth import FastLanguageModel
 
         FastLanguageModel.from_pretrained(model_name=model_name, max_seq_length=max_seq_length,
                                           dtype=None, load_in_4bit=load_in_4bit)
-        result["snapshots"] = {"after import unsloth": after_import, "after from_pretrained": snapshot()}
+        result["records"] = {"after import unsloth": after_import, "after from_pretrained": fingerprint_all()}
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print("PROBE-RESULT " + json.dumps(result))
 
 
 def run_probe(*args: str, timeout: float = 600) -> dict:
-    """Run :func:`probe_main` with ``args`` in a fresh Python process; return its snapshots.
+    """Run :func:`probe_main` with ``args`` in a fresh Python process; return its records
+    (``{label: fingerprint_all()}``).
 
     The subprocess runs in a temporary folder with the project root on ``PYTHONPATH``, so ``helpers``
     imports the same code. Raises ``RuntimeError`` with the last lines of its error output on failure.
@@ -157,11 +161,11 @@ def run_probe(*args: str, timeout: float = 600) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="patch-probe-") as cwd:  # unsloth writes a compiled cache into the cwd
         result = subprocess.run(
-            [sys.executable, "-c", "from helpers.patches import probe_main; probe_main()", *args],
+            [sys.executable, "-c", "from helpers.patch_probe import probe_main; probe_main()", *args],
             capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
         )
     lines = [line for line in result.stdout.splitlines() if line.startswith("PROBE-RESULT ")]
     if result.returncode != 0 or not lines:
         tail = "\n".join(result.stderr.strip().splitlines()[-8:])
         raise RuntimeError(f"the patch probe ({' '.join(args[:1])}) failed:\n{tail}")
-    return json.loads(lines[-1][len("PROBE-RESULT "):])["snapshots"]
+    return json.loads(lines[-1][len("PROBE-RESULT "):])["records"]

@@ -1,4 +1,6 @@
-"""Padding vs packing, measured: real (non-pad) tokens trained per second, and the loss.
+"""Training speed of a batching scheme (padded rows vs packed blocks): real tokens per second, and the loss.
+
+This module packs nothing (:mod:`helpers.data` does); it *measures* how fast each kind of rows trains.
 
 Notebook ``02_data_prep`` explains the two ways of turning documents into rectangular batches;
 :mod:`helpers.data` builds both (:func:`helpers.data.truncate_rows`, :func:`helpers.data.pack_blocks`).

@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/11_packing_vs_padding.ipynb)
+#
+# # 11 · Packing vs padding, measured
+#
+# Notebook 02 introduced the two ways of turning documents into rectangular batches. **Padding**
+# (the walkthrough's setting) keeps one document per row, cut at `max_seq_length`, and fills shorter
+# rows with PAD up to the longest row of the batch; the padding costs compute and teaches nothing,
+# and whatever lies past `max_seq_length` is thrown away. **Packing** concatenates the documents
+# (each ending in EOS) and cuts the stream into full blocks, so there is no padding and nothing is
+# lost but the stream's tail. *Padding-free* batching, which unsloth switches on by itself on recent
+# GPUs, gets packing's efficiency while keeping documents apart in attention. Which to choose is a
+# question of speed, and speed should be measured, not assumed.
+#
+# **What it measures:** both kinds of rows built from this profile's training stories (notebook
+# 02's), trained for a few optimizer steps each on a freshly loaded base with fresh LoRA adapters,
+# with the causal-LM collator that pads each batch to its longest row. The two settings take turns
+# step by step, so a slow moment on a shared machine hits both; each keeps its own weights and
+# optimizer; the first step of each is not timed (first-call allocations); and the speed is the
+# median of the per-step rates, counting only **real** (non-pad) tokens
+# (`helpers.batching_speed.measure_training_speed`). On the CPU default it takes about a minute.
+
+# %%
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
+    import os
+    import subprocess
+
+    if not os.path.isdir("/content/cpt-raw-text"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
+                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
+    os.chdir("/content/cpt-raw-text/notebooks")
+    sys.path.insert(0, "/content/cpt-raw-text")
+
+from helpers.session import start
+
+profile = start("11_packing_vs_padding")
+
+# %% [markdown]
+# ## Both kinds of rows, from the same stories
+#
+# Notebook 02's stories, each ending in EOS, tokenized once; then cut two ways with the helpers
+# notebook 02 taught: `truncate_rows` (one story per row, cut at `max_seq_length`) and `pack_blocks`
+# (the stream cut into full blocks). With your own folder of text (`CPT_TEXT_DIR`), which may be too
+# small to fill a batch, the measurement uses the shipped sample instead.
+
+# %%
+from datasets import disable_progress_bars, load_from_disk
+
+from helpers.data import pack_blocks, tokenize, truncate_rows
+from helpers.modeling import load_model_and_tokenizer
+from helpers.paths import require
+from helpers.training import add_lora
+
+disable_progress_bars()  # datasets' per-call progress bars would bury the counts printed below
+train_model, tokenizer = load_model_and_tokenizer(profile)  # a fresh base: LoRA is added below
+
+if profile.text_dir:  # a small folder of your own may not fill a batch: measure on the shipped sample
+    from helpers.data import append_eos, load_raw_dataset
+
+    stories = append_eos(load_raw_dataset(profile.replace(text_dir=None))[0], tokenizer.eos_token)
+else:
+    stories = load_from_disk(str(require("text_dataset")))  # notebook 02's stories, each ending in EOS
+token_lists = tokenize(stories, tokenizer)["input_ids"]
+padded_rows, truncated = truncate_rows(token_lists, profile.max_seq_length)
+packed_rows, tail = pack_blocks(token_lists, profile.max_seq_length)
+print(f"{len(token_lists)} stories -> padded: {len(padded_rows)} rows ({truncated} truncated); "
+      f"packed: {len(packed_rows)} blocks of {profile.max_seq_length} ({tail} tail tokens left out)")
+
+# %% [markdown]
+# ## Train both, taking turns
+#
+# Fresh LoRA adapters on the base model, then three timed optimizer steps per setting (after one
+# untimed warm-up step each), with the profile's batch size and both learning rates. The table gives
+# the median rate of real tokens per second, the speed-up over padding, the share of padded
+# positions, and the mean training loss of the timed steps.
+
+# %%
+from helpers.batching_speed import format_comparison, measure_training_speed
+
+train_model = add_lora(train_model, profile)
+speed = measure_training_speed(
+    train_model, tokenizer, {"padded rows": padded_rows, "packed blocks": packed_rows},
+    batch_size=profile.per_device_train_batch_size, steps=3, learning_rate=profile.learning_rate,
+    embedding_learning_rate=profile.embedding_learning_rate, seed=profile.seed)
+print(format_comparison(speed))
+speedup = speed["packed blocks"]["real_tokens_per_s"] / speed["padded rows"]["real_tokens_per_s"]
+print(f"packing trains {speedup:.2f}x as many real tokens per second as padding "
+      f"(batch {profile.per_device_train_batch_size}, 3 timed steps each)")
+assert speed["packed blocks"]["padding_share"] == 0.0 < speed["padded rows"]["padding_share"]
+assert speedup >= 1.0, "packing should not train fewer real tokens per second than padding"
+
+# %% [markdown]
+# Where does the gain come from? Part is the padding share in the table: those positions go through
+# every layer and are then ignored by the loss. The rest is that a batch with padding needs an
+# explicit attention mask, while a batch of full blocks is plain causal attention, the fastest path.
+# The loss column is *not* a quality comparison: padded rows always start at a story's beginning
+# (the easy, formulaic "Once upon a time" part, and the part of a long story that survives truncation),
+# while packed blocks start anywhere, often mid-story with little context, so their average loss is
+# higher on the same model.
+#
+# Which is the default? The CPU profile packs (`packing=True`), the faster setting here, and the
+# one that also keeps the long stories' endings. The GPU profile keeps the walkthrough's padded rows,
+# where unsloth's padding-free batching removes most of the padding cost anyway. Either way it is one
+# switch: `profile.replace(packing=False)` (or `True`), which `helpers.data.build_train_dataset` and the
+# trainer both follow.
+
+# %%
+print(f"this profile: packing={profile.packing} "
+      f"({'packed blocks' if profile.packing else 'padded rows'}, one switch from the other)")
+if profile.device == "cpu":
+    assert profile.packing, "the CPU default should be the faster setting measured above"
+
+# %% [markdown]
+# ## Results
+#
+# The measured speeds go to `outputs/11_packing_vs_padding.json` (the per-step losses stay out).
+
+# %%
+from helpers.paths import artifact_path, relative
+from helpers.storage import write_json
+
+write_json(artifact_path("packing_vs_padding"), {
+    "profile": profile.name,
+    "stories": len(token_lists),
+    "padded_rows": len(padded_rows), "rows_truncated": truncated,
+    "packed_blocks": len(packed_rows), "tail_tokens_dropped": tail,
+    "measured": {name: {k: v for k, v in r.items() if k != "losses"} for name, r in speed.items()},
+    "packing_speedup": speedup,
+})
+print(f"saved {relative(artifact_path('packing_vs_padding'))}: packing {speedup:.2f}x the real tokens per second")
