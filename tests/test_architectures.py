@@ -65,8 +65,13 @@ def test_cpt_round_trip_on_each_architecture(family, tied, tmp_path, word_tokeni
     from datasets import Dataset
 
     from helpers.modeling import load_model_and_tokenizer, load_trained_model
-    from helpers.training import (add_lora, build_trainer, describe_param_groups, find_target_modules,
-                                  snapshot_embeddings)
+    from helpers.training import (
+        add_lora,
+        build_trainer,
+        describe_param_groups,
+        find_target_modules,
+        snapshot_embeddings,
+    )
 
     folder = tmp_path / f"tiny-{family}"
     class_name = save_tiny_model(folder, family, tied, word_tokenizer_with_specials)

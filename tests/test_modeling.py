@@ -61,7 +61,7 @@ def stub_conversion(monkeypatch, tmp_path):
     fake_gguf = tmp_path / EMBEDDED_GGUF_NAME
     fake_gguf.write_bytes(b"GGUF")
 
-    def fake_convert(gguf_path, out_dir):
+    def fake_convert(gguf_path, out_dir, **options):
         calls.append((gguf_path, out_dir))
         (out_dir / "config.json").write_text("{}", encoding="utf-8")
         (out_dir / "SOURCE.json").write_text("{}", encoding="utf-8")
