@@ -293,3 +293,17 @@ def test_sharded_weights_count_as_weights(isolated_root):
     (folder / "config.json").write_text("{}", encoding="utf-8")
     (folder / "model-00001-of-00002.safetensors").write_bytes(b"")
     profiles.check_model_folder(folder)  # no error
+
+
+def test_first_cell_prints_the_own_model_like_the_profile(isolated_root, monkeypatch, capsys):
+    from helpers.session import start
+
+    _weights_folder(isolated_root / "models" / "mine")
+    monkeypatch.setenv("CPT_MODEL", "models/mine")
+    monkeypatch.setenv("CPT_PROFILE", "cpu-smollm2")
+    profile = start("00_test")
+    header = capsys.readouterr().out
+    assert profile.own_model == "models/mine"
+    assert "profile  : cpu-smollm2 (CPT_PROFILE=cpu-smollm2 is set; model: CPT_MODEL=models/mine (local folder))" in header
+    assert "model    : models/mine (backend: transformers, 4-bit: False, replaces cpu-smollm2's model (CPT_MODEL))" in header
+    assert str(isolated_root) not in header  # no absolute local path
