@@ -318,10 +318,15 @@ def with_own_model(profile: Profile, reason: str, env: dict) -> tuple[Profile, s
             f"{MODEL_ENV_VAR}={value!r}: no such file or folder (relative paths start at the project root), "
             "and it is not a hub id of the form owner/name. Check the path, or unset it to use the profile's model.")
     else:
-        own = profile.replace(model_name=value, own_model=value)
-        return own, f"{reason}; model: {MODEL_ENV_VAR}={value} (hub id)"
-    own = profile.replace(model_name=str(candidate.resolve()), own_model=value)
+        return (profile.replace(model_name=value, own_model=value, description=_own_description(profile)),
+                f"{reason}; model: {MODEL_ENV_VAR}={value} (hub id)")
+    own = profile.replace(model_name=str(candidate.resolve()), own_model=value, description=_own_description(profile))
     return own, f"{reason}; model: {MODEL_ENV_VAR}={value} ({kind})"
+
+
+def _own_description(profile: Profile) -> str:
+    return (f"The {profile.name} recipe (data, LoRA, learning rates, steps) on your own model; "
+            f"the profile's own model would be {profile.model_name}.")
 
 
 def check_model_folder(folder: Path, value: str | None = None) -> None:

@@ -228,8 +228,10 @@ def test_own_model_hub_id_keeps_the_recipe():
     assert (p.name, p.model_name, p.own_model) == ("cpu-smollm2", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B")
     assert "CPT_MODEL=Qwen/Qwen2.5-0.5B (hub id)" in reason
     assert not p.is_local_model and not p.is_default_model
-    same = {k: v for k, v in p.as_dict().items() if k not in ("model_name", "own_model")}
-    assert same == {k: v for k, v in CPU_SMOLLM2.as_dict().items() if k not in ("model_name", "own_model")}
+    changed = ("model_name", "own_model", "description")
+    same = {k: v for k, v in p.as_dict().items() if k not in changed}
+    assert same == {k: v for k, v in CPU_SMOLLM2.as_dict().items() if k not in changed}
+    assert p.description.startswith("The cpu-smollm2 recipe") and "embedded:smollm2" in p.description
 
 
 def test_own_model_local_folder_is_resolved_from_the_project_root(isolated_root):
