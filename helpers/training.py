@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .profiles import EMBEDDING_MODULES, Profile
+from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
 
 EMBEDDING_GROUP = "embeddings (embed_tokens, lm_head)"
 ADAPTER_GROUP = "LoRA adapters"
@@ -28,15 +28,77 @@ def split_target_modules(target_modules: Iterable[str]) -> tuple[list[str], list
     return [m for m in targets if m not in EMBEDDING_MODULES], full
 
 
-def lora_config(profile: Profile, tie_embeddings: bool = False):
+class TargetModulesNotFound(ValueError):
+    """The model's linear layers or embeddings could not be found; the message says what to do."""
+
+
+def find_target_modules(model) -> tuple[list[str], list[str]]:
+    """Read the LoRA targets from the model itself: ``(linear_layers, embeddings)``.
+
+    ``linear_layers``: the distinct leaf names of every linear layer inside the repeated transformer
+    blocks (attention and MLP: ``q_proj``, ``k_proj``, ..., ``down_proj`` on Llama, Mistral, Qwen2 and
+    Gemma; ``c_attn``, ``c_fc``, ... on GPT-2), in the order they first appear. ``embeddings``: the
+    names of the input and output embedding modules (``embed_tokens``, ``lm_head``), the output one
+    included even when it is tied to the input one. Raises :class:`TargetModulesNotFound` for a model
+    without input embeddings or without linear layers in numbered blocks.
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = {id(module): name for name, module in base.named_modules(remove_duplicate=False)}
+    embeddings = []
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(base, getter)()
+        if module is None and getter == "get_output_embeddings":
+            continue
+        if module is None or id(module) not in names:
+            raise TargetModulesNotFound(
+                f"{type(base).__name__} has no input embedding module that transformers can report "
+                "(get_input_embeddings()); set the profile's target_modules by hand (print(model) shows the names).")
+        embeddings.append(names[id(module)].split(".")[-1])
+    output = base.get_output_embeddings()
+    linear = []
+    for name, module in base.named_modules():
+        parts = name.split(".")
+        in_block = any(part.isdigit() for part in parts)  # inside model.layers.N / transformer.h.N
+        if in_block and isinstance(module, torch.nn.Linear | Conv1D) and module is not output:
+            if parts[-1] not in linear and parts[-1] not in embeddings:
+                linear.append(parts[-1])
+    if not linear:
+        raise TargetModulesNotFound(
+            f"{type(base).__name__}: no linear layers found inside numbered transformer blocks, so the LoRA targets "
+            "cannot be chosen automatically. Set the profile's target_modules by hand (print(model) shows the "
+            "module names), e.g. profile.replace(target_modules=(...names..., 'embed_tokens', 'lm_head')).")
+    return linear, list(dict.fromkeys(embeddings))
+
+
+def uses_walkthrough_targets(profile: Profile) -> bool:
+    """True when the profile keeps the walkthrough's ``target_modules`` (every projection plus both
+    embeddings), which then means "the model's own linear layers and embeddings"; a profile with a
+    hand-made list gets exactly that list."""
+    return tuple(profile.target_modules) == LORA_PROJECTIONS + EMBEDDING_MODULES
+
+
+def target_modules_for(profile: Profile, model=None) -> tuple[list[str], list[str]]:
+    """Return ``(lora_targets, full_modules)`` for ``model`` under ``profile``: read from the model
+    (:func:`find_target_modules`) when a model is given and the profile keeps the walkthrough's
+    targets, else the profile's own list split by :func:`split_target_modules`."""
+    if model is not None and uses_walkthrough_targets(profile):
+        return find_target_modules(model)
+    return split_target_modules(profile.target_modules)
+
+
+def lora_config(profile: Profile, tie_embeddings: bool = False, model=None):
     """Return the PEFT ``LoraConfig`` equivalent to the profile's unsloth ``get_peft_model`` call.
 
     ``tie_embeddings``: for models whose input and output embeddings share one matrix (SmolLM2),
     keep them shared while training (one trainable copy) instead of silently untying them.
+    ``model``: read the target modules from it (see :func:`target_modules_for`).
     """
     from peft import LoraConfig
 
-    lora_targets, full = split_target_modules(profile.target_modules)
+    lora_targets, full = target_modules_for(profile, model)
     return LoraConfig(
         r=profile.lora_r,
         lora_alpha=profile.lora_alpha,
@@ -53,16 +115,19 @@ def lora_config(profile: Profile, tie_embeddings: bool = False):
 def add_lora(model, profile: Profile):
     """Wrap ``model`` with LoRA adapters (plus full embed_tokens / lm_head) the profile's way.
 
+    The targets are read from the model (:func:`target_modules_for`): its attention and MLP linear
+    layers get LoRA, its input and output embeddings are trained in full; tied embeddings stay tied.
     Returns the PEFT model. unsloth's ``FastLanguageModel.get_peft_model`` on the GPU; PEFT's
     ``get_peft_model`` plus transformers' gradient checkpointing elsewhere.
     """
+    lora_targets, full = target_modules_for(profile, model)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(
             model,
             r=profile.lora_r,
-            target_modules=list(profile.target_modules),
+            target_modules=lora_targets + full,
             lora_alpha=profile.lora_alpha,
             lora_dropout=profile.lora_dropout,
             bias=profile.bias,
@@ -81,12 +146,21 @@ def add_lora(model, profile: Profile):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    return get_peft_model(model, lora_config(profile, tie_embeddings=tied))
+    return get_peft_model(model, lora_config(profile, tie_embeddings=tied, model=model))
 
 
-def is_embedding_parameter(name: str) -> bool:
-    """Return True for the trainable copies of embed_tokens / lm_head (the embedding LR applies)."""
-    return any(module in name for module in EMBEDDING_MODULES)
+def is_embedding_parameter(name: str, modules: Iterable[str] = EMBEDDING_MODULES) -> bool:
+    """Return True for the trainable copies of embed_tokens / lm_head (the embedding LR applies);
+    ``modules`` names the embedding modules when a model calls them otherwise (e.g. GPT-2's ``wte``)."""
+    return any(module in name.split(".") for module in modules)
+
+
+def embedding_modules_of(model) -> tuple[str, ...]:
+    """Return the names of the modules trained in full (the embedding LR applies): the PEFT model's
+    ``modules_to_save``, or ``embed_tokens`` and ``lm_head`` for a model without them."""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    saved = tuple(getattr(config, "modules_to_save", None) or ())
+    return saved or EMBEDDING_MODULES
 
 
 def embedding_param_groups(model, learning_rate: float, embedding_learning_rate: float, weight_decay: float):
@@ -97,10 +171,11 @@ def embedding_param_groups(model, learning_rate: float, embedding_learning_rate:
     a ``name`` key so it can be printed and asserted.
     """
     adapters, embeddings = [], []
+    modules = embedding_modules_of(model)
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (embeddings if is_embedding_parameter(name) else adapters).append(param)
+        (embeddings if is_embedding_parameter(name, modules) else adapters).append(param)
     groups = [{"name": ADAPTER_GROUP, "params": adapters, "lr": learning_rate, "weight_decay": weight_decay}]
     if embeddings:
         groups.append(

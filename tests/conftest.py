@@ -43,6 +43,7 @@ def isolated_root(tmp_path, monkeypatch):
     monkeypatch.delenv("CPT_CACHE_DIR", raising=False)
     monkeypatch.delenv("CPT_TEXT_DIR", raising=False)
     monkeypatch.delenv("CPT_SPLIT_ON_BLANK_LINES", raising=False)
+    monkeypatch.delenv("CPT_MODEL", raising=False)
     return tmp_path
 
 

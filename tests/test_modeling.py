@@ -61,7 +61,7 @@ def stub_conversion(monkeypatch, tmp_path):
     fake_gguf = tmp_path / EMBEDDED_GGUF_NAME
     fake_gguf.write_bytes(b"GGUF")
 
-    def fake_convert(gguf_path, out_dir):
+    def fake_convert(gguf_path, out_dir, **options):
         calls.append((gguf_path, out_dir))
         (out_dir / "config.json").write_text("{}", encoding="utf-8")
         (out_dir / "SOURCE.json").write_text("{}", encoding="utf-8")
@@ -211,3 +211,98 @@ def test_load_trained_model_attaches_the_adapter_in_inference_mode(tmp_path, tin
     with torch.no_grad():
         expected = trained.eval()(**batch).logits
         assert torch.allclose(model(**batch).logits, expected, atol=1e-5)
+
+
+# --- CPT_MODEL: errors that say what to do, and a .gguf file end to end --------------------------
+
+
+def _own_profile(value):
+    from helpers.profiles import with_own_model
+
+    return with_own_model(CPU_SMOLLM2, "test", {"CPT_MODEL": str(value)})[0]
+
+
+def test_pad_token_choice_is_announced(capsys):
+    from conftest import build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(specials=("</s>", "<unk>"), eos_token="</s>")
+    ensure_pad_token(tokenizer)
+    said = capsys.readouterr().out
+    assert "has no pad token" in said and "'<unk>'" in said and "not EOS" in said
+    tokenizer = build_word_tokenizer(specials=("</s>",), eos_token="</s>", pad_token="</s>")  # PAD = EOS
+    assert ensure_pad_token(tokenizer) is True
+    assert "uses its EOS token '</s>' as pad token" in capsys.readouterr().out
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"model_type": "no-such-architecture"}, "does not know its architecture"),
+    ({"model_type": "t5", "vocab_size": 10, "d_model": 8, "num_layers": 1, "num_heads": 2, "d_ff": 8, "d_kv": 4},
+     "not as a causal language model"),
+])
+def test_unknown_architecture_says_what_to_do(tmp_path, tiny_llama_factory, config, expected):
+    import json
+
+    from conftest import build_word_tokenizer
+
+    from helpers.modeling import UnknownArchitectureError, load_model_and_tokenizer
+
+    folder = tmp_path / "odd-model"
+    folder.mkdir()
+    build_word_tokenizer(pad_token="<pad>", eos_token="<eos>").save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UnknownArchitectureError, match=expected):
+        load_model_and_tokenizer(_own_profile(folder))
+
+
+def _write_gguf(path, architecture="llama", qtype="F32"):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    block, size = gguf.GGML_QUANT_SIZES[kind]
+    if qtype == "F32":
+        writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    else:
+        writer.add_tensor("token_embd.weight", np.zeros((4, 32 // block * size), dtype=np.uint8), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_with_a_type_transformers_cannot_read(tmp_path, torch_one_thread):
+    from helpers.modeling import UnreadableGGUFError, check_gguf_readable, load_model_and_tokenizer
+
+    path = _write_gguf(tmp_path / "odd.gguf", qtype="Q8_1")
+    with pytest.raises(UnreadableGGUFError, match=r"Q8_1 \(1 tensors\).*llama-quantize"):
+        check_gguf_readable(path)
+    with pytest.raises(UnreadableGGUFError, match="Q8_1"):  # before any slow conversion
+        load_model_and_tokenizer(_own_profile(path))
+    assert check_gguf_readable(_write_gguf(tmp_path / "ok.gguf"))["tensor_types"] == {"F32": 1}
+
+
+def test_gguf_of_an_architecture_transformers_cannot_read(tmp_path, torch_one_thread):
+    from helpers.modeling import UnreadableGGUFError, check_gguf_readable
+
+    with pytest.raises(UnreadableGGUFError, match="architecture 'rwkv6'.*Hugging Face folder"):
+        check_gguf_readable(_write_gguf(tmp_path / "rwkv.gguf", architecture="rwkv6"))
+
+
+def test_own_gguf_file_loads_like_the_model_it_came_from(tmp_path, tokenizer, tiny_llama_factory):
+    import torch
+
+    from helpers.export import export_gguf
+    from helpers.modeling import load_model_and_tokenizer
+
+    original = tiny_llama_factory(len(tokenizer), tied=True)
+    path = export_gguf(original, tokenizer, tmp_path / "mine.gguf", "F32", tokenizer_pre="smollm")
+    model, loaded = load_model_and_tokenizer(_own_profile(path))  # converted once into the cache
+    assert list((tmp_path / "outputs" / "cache").glob("gguf-mine-*/model.safetensors"))
+    batch = tokenizer(["once upon a time"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, original(**batch).logits)
+    assert loaded("a cat")["input_ids"] == tokenizer("a cat")["input_ids"]

@@ -211,3 +211,101 @@ def test_every_profile_is_consistent():
         assert 0 <= p.warmup_ratio < 1
         assert set(EMBEDDING_MODULES) <= set(p.target_modules)
         assert p.max_seq_length > 0 and p.lora_r > 0
+
+
+# --- CPT_MODEL: your own model ------------------------------------------------------------------
+
+
+def _weights_folder(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_own_model_hub_id_keeps_the_recipe():
+    p, reason = profiles.select_profile(env={"CPT_MODEL": " Qwen/Qwen2.5-0.5B "}, cuda=False)
+    assert (p.name, p.model_name, p.own_model) == ("cpu-smollm2", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B")
+    assert "CPT_MODEL=Qwen/Qwen2.5-0.5B (hub id)" in reason
+    assert not p.is_local_model and not p.is_default_model
+    changed = ("model_name", "own_model", "description")
+    same = {k: v for k, v in p.as_dict().items() if k not in changed}
+    assert same == {k: v for k, v in CPU_SMOLLM2.as_dict().items() if k not in changed}
+    assert p.description.startswith("The cpu-smollm2 recipe") and "embedded:smollm2" in p.description
+
+
+def test_own_model_local_folder_is_resolved_from_the_project_root(isolated_root):
+    folder = _weights_folder(isolated_root / "models" / "mine")
+    p, reason = profiles.select_profile(env={"CPT_MODEL": "models/mine", "CPT_PROFILE": "cpu-smollm2"}, cuda=True)
+    assert p.model_name == str(folder.resolve()) and p.is_local_path_model and p.is_local_model
+    assert not p.is_gguf_model and p.model_label == "models/mine"  # printed without the absolute path
+    assert reason.endswith("model: CPT_MODEL=models/mine (local folder)")
+
+
+def test_own_model_gguf_file(isolated_root):
+    (isolated_root / "m.Q8_0.gguf").write_bytes(b"GGUF")
+    p, reason = profiles.select_profile(env={"CPT_MODEL": "m.Q8_0.gguf"}, cuda=False)
+    assert p.is_gguf_model and p.model_label == "m.Q8_0.gguf" and "(GGUF file)" in reason
+
+
+def test_own_model_combines_with_own_text(isolated_root):
+    _weights_folder(isolated_root / "mine")
+    (isolated_root / "texts").mkdir()
+    p, reason = profiles.select_profile(env={"CPT_MODEL": "mine", "CPT_TEXT_DIR": "texts"}, cuda=False)
+    assert p.text_dir and p.own_model == "mine" and "CPT_TEXT_DIR" in reason and "CPT_MODEL" in reason
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_blank_own_model_changes_nothing(value):
+    assert profiles.select_profile(env={"CPT_MODEL": value}, cuda=False)[0] is CPU_SMOLLM2
+
+
+@pytest.mark.parametrize("value", ["./missing", "missing.gguf", "/no/such/folder", "a/b/c"])
+def test_own_model_missing_path_says_so(value):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        profiles.select_profile(env={"CPT_MODEL": value}, cuda=False)
+
+
+def test_own_model_file_that_is_not_gguf(isolated_root):
+    (isolated_root / "model.bin").write_bytes(b"")
+    with pytest.raises(profiles.OwnModelError, match="not a .gguf file"):
+        profiles.select_profile(env={"CPT_MODEL": "model.bin"}, cuda=False)
+
+
+def test_own_model_folder_without_weights_says_what_to_copy(isolated_root):
+    folder = isolated_root / "empty-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(profiles.OwnModelError, match="no weights.*git lfs pull"):
+        profiles.select_profile(env={"CPT_MODEL": "empty-model"}, cuda=False)
+
+
+def test_own_model_folder_with_only_a_gguf_points_at_the_file(isolated_root):
+    folder = isolated_root / "downloads"
+    folder.mkdir()
+    (folder / "model-q4_k_m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(profiles.OwnModelError, match="model-q4_k_m.gguf: point CPT_MODEL at that file"):
+        profiles.select_profile(env={"CPT_MODEL": "downloads"}, cuda=False)
+
+
+def test_sharded_weights_count_as_weights(isolated_root):
+    folder = isolated_root / "sharded"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"")
+    profiles.check_model_folder(folder)  # no error
+
+
+def test_first_cell_prints_the_own_model_like_the_profile(isolated_root, monkeypatch, capsys):
+    from helpers.session import start
+
+    _weights_folder(isolated_root / "models" / "mine")
+    monkeypatch.setenv("CPT_MODEL", "models/mine")
+    monkeypatch.setenv("CPT_PROFILE", "cpu-smollm2")
+    profile = start("00_test")
+    header = capsys.readouterr().out
+    assert profile.own_model == "models/mine"
+    assert "profile  : cpu-smollm2 (CPT_PROFILE=cpu-smollm2 is set; model: CPT_MODEL=models/mine (local folder))" in header
+    assert "model    : models/mine (backend: transformers, 4-bit: False, replaces cpu-smollm2's model (CPT_MODEL))" in header
+    assert str(isolated_root) not in header  # no absolute local path

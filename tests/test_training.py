@@ -315,3 +315,42 @@ def test_build_trainer_keeps_a_given_optimizer(tiny_llama_factory, word_tokenize
     custom = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     trainer.optimizer = custom
     assert trainer.create_optimizer() is custom
+
+
+def test_find_target_modules_reads_gpt2_names(torch_one_thread):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from helpers.training import find_target_modules
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
+    assert find_target_modules(model) == (["c_attn", "c_proj", "c_fc"], ["wte", "lm_head"])
+
+
+def test_find_target_modules_without_blocks_says_what_to_do(torch_one_thread):
+    import torch
+
+    from helpers.training import TargetModulesNotFound, find_target_modules
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.proj = torch.nn.Linear(4, 10)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+        def get_output_embeddings(self):
+            return None
+
+    with pytest.raises(TargetModulesNotFound, match="target_modules by hand"):
+        find_target_modules(Flat())
+
+
+def test_hand_made_target_list_is_kept(tiny_llama_factory):
+    from helpers.training import target_modules_for
+
+    model = tiny_llama_factory(50)
+    attention_only = CPU_SMOLLM2.replace(target_modules=("q_proj", "v_proj", "embed_tokens"))
+    assert target_modules_for(attention_only, model) == (["q_proj", "v_proj"], ["embed_tokens"])
+    assert target_modules_for(CPU_SMOLLM2, model) == (list(LORA_PROJECTIONS), list(EMBEDDING_MODULES))

@@ -181,6 +181,14 @@ elif profile.is_smoke_model:
 
     model_dir = smoke_model_dir(profile.seed)
     print(f"random smoke-test model (meaningless outputs) in {relative(model_dir)}")
+elif profile.is_local_path_model:  # CPT_MODEL: your own folder, or a .gguf file converted once
+    from pathlib import Path
+
+    from helpers.modeling import resolve_model_source
+    from helpers.paths import relative
+
+    model_dir = Path(resolve_model_source(profile))
+    print(f"your own model (CPT_MODEL={profile.own_model}): Hugging Face folder {relative(model_dir)}")
 else:
     print(f"{profile.name} loads {profile.model_name} from the hub (or its local cache) in notebook 01.")
 
@@ -194,10 +202,15 @@ else:
 if profile.is_local_model:
     from transformers import AutoTokenizer
 
+    from helpers.modeling import ensure_pad_token
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ensure_pad_token(tokenizer)  # says so when the model has no pad token, and picks one that is not EOS
     print(f"BOS {tokenizer.bos_token!r} = {tokenizer.bos_token_id}, EOS {tokenizer.eos_token!r} = "
           f"{tokenizer.eos_token_id}, PAD {tokenizer.pad_token!r} = {tokenizer.pad_token_id}")
-    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert tokenizer.eos_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    if profile.is_embedded_model:
+        assert tokenizer.eos_token == "<|im_end|>"
 
 # %% [markdown]
 # ## Next

@@ -179,10 +179,11 @@ print(f"trained context (max_position_embeddings): {config.max_position_embeddin
 print(f"this run's max_seq_length: {profile.max_seq_length}")
 print(f"RoPE parameters in the config: {config.rope_parameters}")
 head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-theta = config.rope_parameters["rope_theta"]
+rope = config.rope_parameters.get("full_attention", config.rope_parameters)  # Gemma 3: one entry per layer type
+theta = rope["rope_theta"]
 inv_freq_plain = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
 scaled_config = copy.deepcopy(config)
-scaled_config.rope_parameters = {**config.rope_parameters, "rope_type": "linear", "factor": 2.0}
+scaled_config.rope_parameters = {**rope, "rope_type": "linear", "factor": 2.0}
 inv_freq_scaled, _ = ROPE_INIT_FUNCTIONS["linear"](scaled_config, "cpu")
 print(f"inverse frequencies, first three: plain {inv_freq_plain[:3].tolist()}, linear x2 {inv_freq_scaled[:3].tolist()}")
 assert torch.allclose(1000 * inv_freq_plain, 2000 * inv_freq_scaled)

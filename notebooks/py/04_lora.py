@@ -99,21 +99,29 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 #
 # ## The call, and its PEFT twin
 #
-# unsloth's `get_peft_model` takes the walkthrough's arguments directly. The plain PEFT twin has to
-# split `target_modules` itself (projections get LoRA, embeddings go to `modules_to_save`) and turn
-# on gradient checkpointing through transformers. Later notebooks use `helpers.training.add_lora`,
-# which holds this same code (`tests/test_teaching_copies.py` checks that both build the same model).
+# The walkthrough lists its targets by name, and those names are Llama's and Mistral's. Other
+# families name their layers differently (GPT-2's `c_attn`, `c_fc`; its embedding is `wte`), so
+# `helpers.training.target_modules_for` reads them from the model itself: every linear layer inside
+# the numbered transformer blocks (attention and MLP), plus the modules that
+# `get_input_embeddings()` and `get_output_embeddings()` return. On this model that gives exactly the
+# walkthrough's list; with `CPT_MODEL` it gives your model's own names.
+#
+# unsloth's `get_peft_model` takes that list directly. The plain PEFT twin has to split it
+# (projections get LoRA, embeddings go to `modules_to_save`) and turn on gradient checkpointing
+# through transformers. Later notebooks use `helpers.training.add_lora`, which holds this same code
+# (`tests/test_teaching_copies.py` checks that both build the same model).
 
 # %%
-from helpers.training import lora_config, split_target_modules
+from helpers.training import lora_config, target_modules_for
 
 if profile.uses_unsloth:
     from unsloth import FastLanguageModel
 
+    lora_targets, full_modules = target_modules_for(profile, model)  # read from the model itself
     model = FastLanguageModel.get_peft_model(
         model,
         r=profile.lora_r,
-        target_modules=list(profile.target_modules),  # includes "embed_tokens", "lm_head"
+        target_modules=lora_targets + full_modules,  # the projections, plus "embed_tokens", "lm_head"
         lora_alpha=profile.lora_alpha,
         lora_dropout=profile.lora_dropout,
         bias=profile.bias,
@@ -130,9 +138,9 @@ else:
     elif profile.use_gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lora_targets, full_modules = split_target_modules(profile.target_modules)
+    lora_targets, full_modules = target_modules_for(profile, model)  # read from the model itself
     print(f"LoRA on {lora_targets}; trained in full: {full_modules}")
-    config = lora_config(profile, tie_embeddings=model.config.tie_word_embeddings)
+    config = lora_config(profile, tie_embeddings=model.config.tie_word_embeddings, model=model)
     model = get_peft_model(model, config)
 
 model.print_trainable_parameters()
