@@ -424,17 +424,17 @@ def test_build_train_dataset_packed(word_tokenizer):
 
     from helpers.data import build_train_dataset
 
-    profile = CPU_SMOLLM2.replace(packing=True, max_seq_length=4)
+    profile = CPU_SMOLLM2.replace(packing=True, max_seq_length=8)  # the smallest block allowed
     dataset, stats = build_train_dataset(Dataset.from_dict({"text": STORIES}), word_tokenizer, profile)
     assert dataset.column_names == ["input_ids"]
-    assert all(len(ids) == 4 for ids in dataset["input_ids"])
+    assert all(len(ids) == 8 for ids in dataset["input_ids"])
     assert stats == {
         "documents": 3,
         "tokens": 25,
-        "longer_than_max_seq_length": 3,
+        "longer_than_max_seq_length": 2,
         "packing": True,
-        "max_seq_length": 4,
-        "rows": 6,
+        "max_seq_length": 8,
+        "rows": 3,
         "tail_tokens_dropped": 1,
     }
     ids = [word_tokenizer(s, add_special_tokens=False)["input_ids"] for s in STORIES]
