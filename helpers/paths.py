@@ -44,13 +44,14 @@ _cleaned: set[str] = set()  # folders already cleaned of interrupted saves in th
 def _folder(path: Path, what: str) -> Path:
     """Create ``path`` as a folder (explaining a file or a dangling link in the way) and, once per
     process, finish or remove what interrupted saves left in it."""
+    shown = path.name if path.parent == project_root() else f"{relative(path.parent)}/{path.name}"  # not resolved
     if path.is_symlink() and not path.exists():
         raise OutputsNotAFolderError(
-            f"{what} {relative(path)} is a link to a folder that does not exist. Create the folder it points to, "
+            f"{what} {shown} is a link to a folder that does not exist. Create the folder it points to, "
             f"or remove the link (a real folder is then made).")
     if path.exists() and not path.is_dir():
         raise OutputsNotAFolderError(
-            f"{what} {relative(path)} is a file, not a folder, so nothing can be saved there. Rename or remove "
+            f"{what} {shown} is a file, not a folder, so nothing can be saved there. Rename or remove "
             f"that file (the notebooks then create the folder), or set {ROOT_ENV_VAR} to another project root.")
     path.mkdir(parents=True, exist_ok=True)
     if str(path) not in _cleaned:

@@ -202,8 +202,9 @@ def check_files(name: str, path: Path, manifest: dict) -> None:
 
     producer = ARTIFACTS[name][1]
     redo = f"Re-run notebooks/{producer}.ipynb to write it again."
-    for rel, recorded in manifest["files"].items():
-        file = path if path.is_file() and rel == path.name else path / rel
+    files = {rel: path if path.is_file() and rel == path.name else path / rel for rel in manifest["files"]}
+    for rel, recorded in manifest["files"].items():  # cheap checks first: missing or cut-off files
+        file = files[rel]
         shown = relative(file)
         if not file.is_file():
             raise CorruptArtifactError(f"{shown} is missing: {relative(path)} is incomplete (the file was "
@@ -213,8 +214,9 @@ def check_files(name: str, path: Path, manifest: dict) -> None:
             state = "cut off" if size < recorded["bytes"] else "longer than written"
             raise CorruptArtifactError(f"{shown} is {state}: {size} bytes, {recorded['bytes']} when it was "
                                        f"written (an interrupted copy or a full disk?). {redo}")
-        if file_sha256(file) != recorded["sha256"]:
-            raise CorruptArtifactError(f"{shown} has changed since it was written (its SHA-256 differs from "
+    for rel, recorded in manifest["files"].items():
+        if file_sha256(files[rel]) != recorded["sha256"]:
+            raise CorruptArtifactError(f"{relative(files[rel])} has changed since it was written (its SHA-256 differs from "
                                        f"the manifest's): corrupted or overwritten by something else. {redo}")
 
 
@@ -250,6 +252,10 @@ def verify(name: str, path: Path, profile: Profile | None = None) -> dict | None
             + "\n  ".join(diff)
             + f"\nRe-run notebooks/{producer}.ipynb with the current settings (and then the notebooks after it), "
               "or go back to the settings it was made with.")
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        from .errors import check_adapter_folder
+
+        check_adapter_folder(path, profile)
     outputs = path.parent
     for input_name, digest in manifest.get("inputs", {}).items():
         current = read_manifest(input_name, outputs) if input_name in ARTIFACTS else None

@@ -282,13 +282,14 @@ assert last < first, "the loss did not go down"
 #
 # `save_pretrained` on a PEFT model writes only what was trained: the LoRA matrices and the full
 # embedding copies, plus the adapter config that names the base model. It is written through
-# `helpers.storage.save_directory_atomically`: into a temporary folder first, swapped in only once
-# complete, so an interrupted save can never leave a half-written adapter that would load.
+# `helpers.provenance.save_outputs` (notebook 02): into a temporary folder first, moved into place only
+# once complete, so an interrupted save can never leave a half-written adapter that would load; its
+# manifest records the data and settings it was trained with, which notebook 06 checks.
 # Notebook 06 loads it on top of a fresh base model.
 
 # %%
-from helpers.paths import artifact_path, relative
-from helpers.storage import save_directory_atomically, write_json
+from helpers.paths import relative
+from helpers.provenance import save_outputs
 
 
 def write_adapter(folder):
@@ -296,15 +297,16 @@ def write_adapter(folder):
     tokenizer.save_pretrained(folder)
 
 
-adapter_dir = save_directory_atomically(artifact_path("adapter"), write_adapter)
+adapter_dir = save_outputs(profile, {"adapter": write_adapter})["adapter"]
 size_mb = sum(f.stat().st_size for f in adapter_dir.rglob("*") if f.is_file()) / 1e6
 print(f"adapter saved to {relative(adapter_dir)}: {size_mb:.0f} MB")
 print(sorted(p.name for p in adapter_dir.iterdir()))
 
 # %%
 from helpers.memory import snapshot
+from helpers.paths import artifact_path
 
-write_json(artifact_path("train_result"), {
+save_outputs(profile, {"train_result": {
     "profile": profile.name,
     "metrics": train_output.metrics,
     "steps": steps,
@@ -315,5 +317,5 @@ write_json(artifact_path("train_result"), {
     "embedding_max_change": embedding_change,
     "adapter_mb": size_mb,
     "memory": snapshot(),
-})
+}})
 print("saved", relative(artifact_path("train_result")))
