@@ -150,8 +150,8 @@ def describe_data(data: dict | None) -> str:
     if not data:
         return "none"
     if data.get("kind") == "text folder":
-        unit = "paragraphs" if data.get("split_on_blank_lines") else "files"
-        return (f"text folder {data['folder']!r} ({data['files']} .txt files as {unit}, "
+        unit = "one document per paragraph" if data.get("split_on_blank_lines") else "one document per file"
+        return (f"text folder {data['folder']!r} ({data['files']} .txt files, {unit}, "
                 f"sha256 {data['files_sha256'][:12]})")
     return f"{data.get('dataset')} {data.get('split')}"
 
