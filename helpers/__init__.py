@@ -5,7 +5,10 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.profiles` - the run's settings as named profiles, and how one is chosen
 - :mod:`helpers.session` - the first cell of every notebook (profile check, seeds, versions)
 - :mod:`helpers.paths` - ``outputs/`` and the artifacts notebooks pass to each other
-- :mod:`helpers.storage` - atomic writes (JSON, model folders), folder sizes
+- :mod:`helpers.storage` - atomic writes (JSON, model folders), folder sizes, leftovers of killed saves
+- :mod:`helpers.provenance` - manifests: artifacts checked to belong to the current run, saved as a unit
+- :mod:`helpers.integrity` - file hashes; is a safetensors / torch.save / JSON file whole?
+- :mod:`helpers.validation` - settings that cannot train, refused before anything runs
 - :mod:`helpers.modeling` - loading the model (embedded GGUF, hub, unsloth or transformers)
 - :mod:`helpers.data` - raw text: loading, EOS, tokenizing, packing
 - :mod:`helpers.streaming` - streaming generation printed wrapped

@@ -7,6 +7,14 @@ where it was. :func:`train_resumable` starts from the last *complete* checkpoint
 so after a Ctrl-C, a crash or a killed process, running the same cell again continues the run
 rather than restarting it, and reaches the same weights and losses as an uninterrupted run.
 
+**Same run only.** Every checkpoint also records the run it belongs to (``run.json``): a hash of the
+training rows, the model, and the settings that shape the result (learning rates, batch, steps,
+schedule, LoRA). :func:`train_resumable` refuses to resume a checkpoint of another run (other data,
+another learning rate, another model) and says how to start fresh or keep the old run, so two runs
+never share a checkpoint folder silently. A checkpoint without its optimizer or scheduler state, with
+a cut-off file, or without its run record counts as incomplete and is set aside like a half-written
+one; the run resumes from the one before.
+
 It also turns three failures into messages that say what to do: Ctrl-C (where the last checkpoint
 is, how to resume), CUDA out of memory (which knobs to lower, see
 :func:`helpers.errors.explain_oom`) and a full disk (which folder, how much space is free).
@@ -24,7 +32,9 @@ again and :func:`check_param_groups` confirms the groups match, or stops with an
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 
 from .errors import disk_full_explained, out_of_memory_explained
@@ -36,6 +46,11 @@ from .training import describe_param_groups
 TRAINER_DIR_NAME = "05_trainer"
 TRAINABLE_SET_FILE = "trainable_set.json"
 TRAINER_STATE_FILE = "trainer_state.json"  # transformers writes it last in a checkpoint
+RUN_FILE = "run.json"  # the run a checkpoint belongs to (written by the recorder callback)
+STATE_FILES = ("optimizer.pt", "scheduler.pt")  # without them a resume restarts Adam and the warm-up
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors")
+PREVIOUS_SUFFIX = ".previous"
+INCOMPLETE_DIR = "incomplete"  # subfolder of the output folder for checkpoints set aside  # where the checkpoints of a replaced run are kept
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -88,9 +103,10 @@ def record_trainable_set(folder: Path | str, model, optimizer=None) -> Path:
     return write_json(Path(folder) / TRAINABLE_SET_FILE, record)
 
 
-def _recorder_callback():
-    """Return a ``TrainerCallback`` that records the trainable set into every checkpoint (built
-    lazily so that importing helpers does not import transformers)."""
+def _recorder_callback(run: dict | None = None):
+    """Return a ``TrainerCallback`` that records the trainable set and ``run`` (see
+    :func:`run_record`) into every checkpoint (built lazily so that importing helpers does not import
+    transformers). ``run.json`` is written last: a checkpoint without it is incomplete."""
     from transformers import TrainerCallback
 
     class TrainableSetRecorder(TrainerCallback):
@@ -98,8 +114,90 @@ def _recorder_callback():
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if model is not None and folder.is_dir():
                 record_trainable_set(folder, model, optimizer)
+                if run is not None:
+                    write_json(folder / RUN_FILE, run)
 
     return TrainableSetRecorder()
+
+
+# --- which run a checkpoint belongs to ----------------------------------------------------------
+
+
+def data_fingerprint(dataset) -> dict:
+    """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
+    from .integrity import text_sha256, token_sha256
+
+    if "input_ids" in dataset.column_names:
+        return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
+    return {"rows": len(dataset), "text_sha256": text_sha256(dataset["text"])}
+
+
+def run_record(trainer, profile: Profile, dataset) -> dict:
+    """Return what identifies a training run: the model, a fingerprint of the rows it trains on, and
+    the settings that shape its result, read from the trainer's arguments (so that overrides count)."""
+    from .provenance import model_identity
+
+    args = trainer.args
+    embedding_lr = getattr(args, "embedding_learning_rate", None)
+    if embedding_lr is None:
+        embedding_lr = getattr(trainer, "embedding_learning_rate", None)
+
+    def plain(value):
+        return str(getattr(value, "value", value))
+
+    return {
+        "profile": profile.name,
+        "model": model_identity(profile),
+        "data": data_fingerprint(dataset),
+        "settings": {
+            "learning_rate": args.learning_rate,
+            "embedding_learning_rate": embedding_lr,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "max_steps": args.max_steps,
+            "num_train_epochs": args.num_train_epochs,
+            "lr_scheduler_type": plain(args.lr_scheduler_type),
+            "warmup_steps": args.warmup_steps,
+            "weight_decay": args.weight_decay,
+            "optim": plain(args.optim),
+            "seed": args.seed,
+            "max_seq_length": profile.max_seq_length,
+            "packing": profile.packing,
+            "lora": [profile.lora_r, profile.lora_alpha, profile.use_rslora, list(profile.target_modules)],
+        },
+    }
+
+
+def run_differences(recorded: dict, current: dict) -> list[str]:
+    """Return one line per difference between two :func:`run_record` results."""
+    lines = []
+    if recorded.get("model") != current.get("model"):
+        lines.append(f"model: checkpoint {recorded.get('model')}, now {current.get('model')}")
+    if recorded.get("data") != current.get("data"):
+        lines.append(f"training data: checkpoint {recorded.get('data')}, now {current.get('data')}")
+    old, new = recorded.get("settings", {}), current.get("settings", {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append(f"{key}: checkpoint {old.get(key, 'not recorded')!r}, now {new.get(key, 'not set')!r}")
+    return lines
+
+
+def set_aside_run(output_dir: Path | str) -> Path | None:
+    """Move every ``checkpoint-*`` of ``output_dir`` into ``<output_dir>.previous`` (replacing what
+    was there), so that a new run starts in a clean folder; return that folder (None if nothing)."""
+    output_dir = Path(output_dir)
+    found = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    if not found:
+        return None
+    previous = output_dir.with_name(output_dir.name + PREVIOUS_SUFFIX)
+    if previous.exists():
+        shutil.rmtree(previous)
+    previous.mkdir(parents=True)
+    for folder in found:
+        os.replace(folder, previous / folder.name)
+    print(f"Moved the {len(found)} checkpoint folder(s) of the previous run to {relative(previous)}: this run starts "
+          "from step 0 in a clean folder (delete them when you no longer need them).")
+    return previous
 
 
 def repair_trainable_set(model, checkpoint: Path | str | None = None) -> list[str]:
@@ -182,26 +280,49 @@ def checkpoint_step(folder: Path | str) -> int:
     return int(match.group(1))
 
 
-def is_complete_checkpoint(folder: Path | str) -> bool:
-    """Return True when a checkpoint folder was written to the end.
+def checkpoint_problem(folder: Path | str) -> str | None:
+    """Return why a checkpoint folder cannot be resumed from exactly, or None when it is complete.
 
-    transformers writes a checkpoint's files one after the other, straight into ``checkpoint-N``, and
-    ``trainer_state.json`` last; a process killed while saving leaves a folder without it, or with a
-    truncated one. So: complete = ``trainer_state.json`` parses and names this step.
+    transformers writes a checkpoint's files one after the other, straight into ``checkpoint-N``,
+    ``trainer_state.json`` near the end, and this module's ``run.json`` last; a process killed while
+    saving leaves a folder without some of them, or with a cut-off one. Complete means:
+    ``trainer_state.json`` parses and names this step; ``optimizer.pt`` and ``scheduler.pt`` are whole
+    (without them a resume would restart Adam's statistics and the warm-up, and end elsewhere); the
+    weights file is whole; ``run.json`` parses.
     """
-    state_file = Path(folder) / TRAINER_STATE_FILE
+    from .integrity import file_problem
+
+    folder = Path(folder)
     try:
-        return read_json(state_file).get("global_step") == checkpoint_step(folder)
-    except (OSError, ValueError, AttributeError):
-        return False
+        state = read_json(folder / TRAINER_STATE_FILE)
+        if not isinstance(state, dict) or state.get("global_step") != checkpoint_step(folder):
+            return f"{TRAINER_STATE_FILE} does not name step {checkpoint_step(folder)}"
+    except (OSError, ValueError) as err:
+        return f"{TRAINER_STATE_FILE} {'missing' if isinstance(err, FileNotFoundError) else 'unreadable'}"
+    for name in STATE_FILES:
+        if (problem := file_problem(folder / name)) is not None:
+            return f"{name} {problem}"
+    weights = [folder / name for name in WEIGHT_FILES if (folder / name).exists()]
+    if not weights:
+        return "no weights file"
+    if (problem := file_problem(weights[0])) is not None:
+        return f"{weights[0].name} {problem}"
+    if (problem := file_problem(folder / RUN_FILE)) is not None:
+        return f"{RUN_FILE} {problem} (no record of which run it belongs to)"
+    return None
+
+
+def is_complete_checkpoint(folder: Path | str) -> bool:
+    """Return True when a checkpoint folder was written to the end (see :func:`checkpoint_problem`)."""
+    return checkpoint_problem(folder) is None
 
 
 def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
 
     Finds the newest with ``transformers.trainer_utils.get_last_checkpoint``; an incomplete one (see
-    :func:`is_complete_checkpoint`) is renamed to ``checkpoint-N.incomplete`` (kept, not deleted, and
-    no longer picked up) and the next newest is tried.
+    :func:`checkpoint_problem`) is moved to ``incomplete/checkpoint-N`` (kept, not deleted, and no
+    longer picked up) and the next newest is tried.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -210,16 +331,18 @@ def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
         return None
     while (found := get_last_checkpoint(str(output_dir))) is not None:
         folder = Path(found)
-        if is_complete_checkpoint(folder):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return folder
-        aside = folder.with_name(f"{folder.name}.incomplete")
+        # kept in a subfolder: transformers' rotation would delete a "checkpoint-4.incomplete" beside
+        # the others (it counts every name matching checkpoint-<digits>)
+        aside = output_dir / INCOMPLETE_DIR / folder.name
         if aside.exists():
-            import shutil
-
             shutil.rmtree(aside)
+        aside.parent.mkdir(exist_ok=True)
         folder.rename(aside)
-        print(f"{relative(folder)} was not written to the end (interrupted while saving); "
-              f"set aside as {aside.name} and not used.")
+        print(f"{relative(folder)} was not written to the end ({problem}); "
+              f"set aside as {INCOMPLETE_DIR}/{aside.name} and not used.")
     return None
 
 
@@ -238,12 +361,17 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
                             **overrides):
     """Return :func:`helpers.training.build_trainer`'s trainer, set to save a checkpoint every
     ``save_steps`` optimizer steps into ``output_dir`` (default ``outputs/05_trainer``), keeping the
-    newest ``save_total_limit``, each with its trainable set recorded (see the module docstring).
-    Train it with :func:`train_resumable`."""
+    newest ``save_total_limit``, each with its trainable set and its run record (see the module
+    docstring; the record is also ``trainer.cpt_run``). Raises
+    :class:`helpers.validation.SettingsError` for settings that cannot train. Train it with
+    :func:`train_resumable`."""
     from .training import build_trainer
+    from .validation import check_training_settings
 
+    check_training_settings(profile)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
-    rows = len(text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset)
+    trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
+    rows = len(trained_on)
     settings = {
         "save_strategy": "steps",
         "save_steps": save_steps or default_save_steps(profile, rows),
@@ -252,7 +380,8 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     }
     trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(output_dir),
                             text_dataset=text_dataset, **settings)
-    trainer.add_callback(_recorder_callback())
+    trainer.cpt_run = run_record(trainer, profile, trained_on)
+    trainer.add_callback(_recorder_callback(trainer.cpt_run))
     return trainer
 
 
@@ -294,9 +423,13 @@ def planned_steps(trainer) -> int:
 def train_resumable(trainer, profile: Profile | None = None, resume: bool = True):
     """Train, continuing from the last complete checkpoint in ``trainer.args.output_dir`` if any.
 
-    Before resuming, the model's trainable set is repaired and the optimizer's groups are checked
-    against the checkpoint (unsloth #3108, see the module docstring), so the saved optimizer state
-    loads into the right tensors. Returns ``trainer.train()``'s output.
+    Before resuming, the checkpoint's run record must match the trainer's (same data, model and
+    settings; else :class:`ResumeMismatchError` says how to start fresh or keep the old run), the
+    model's trainable set is repaired and the optimizer's groups are checked against the checkpoint
+    (unsloth #3108, see the module docstring), so the saved optimizer state loads into the right
+    tensors. With ``resume=False``, or when the last checkpoint ends a finished run, the old
+    checkpoints are moved to ``<output_dir>.previous`` and training starts from step 0.
+    Returns ``trainer.train()``'s output.
 
     Raises :class:`TrainingInterrupted` on Ctrl-C (saying where the last checkpoint is),
     :class:`helpers.errors.TrainingOutOfMemory` on CUDA out-of-memory (listing the knobs, with
@@ -306,9 +439,19 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
     output_dir = Path(trainer.args.output_dir)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
     if checkpoint is not None and checkpoint_step(checkpoint) >= planned_steps(trainer):
-        print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over "
-              f"(its checkpoints are replaced as the new run writes its own).")
+        print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over.")
         checkpoint = None
+    if checkpoint is not None and getattr(trainer, "cpt_run", None) is not None:
+        diff = run_differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run)
+        if diff:
+            raise ResumeMismatchError(
+                f"{relative(checkpoint)} belongs to another run than this trainer's, so resuming it would "
+                "silently continue that run:\n  " + "\n  ".join(diff) + "\n"
+                f"To start this run fresh: train_resumable(trainer, resume=False) (the old checkpoints move to "
+                f"{relative(output_dir)}{PREVIOUS_SUFFIX}). To keep both runs: build the trainer with another "
+                f"output_dir. To continue the old run: go back to its settings and data.")
+    if checkpoint is None:
+        set_aside_run(output_dir)  # a new run never writes into another run's checkpoints
     if checkpoint is not None:
         model = trainer.model
         repaired = repair_trainable_set(model, checkpoint)
@@ -334,21 +477,33 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
 # --- saving the adapter -------------------------------------------------------------------------
 
 
-def save_adapter(model, tokenizer=None, target: Path | str | None = None) -> Path:
+def save_adapter(model, tokenizer=None, target: Path | str | None = None, profile: Profile | None = None,
+                 also: dict | None = None) -> Path:
     """Save a PEFT adapter (and the tokenizer) atomically to ``target`` (default: the ``adapter``
-    artifact, ``outputs/05_adapter``); return the folder.
+    artifact, ``outputs/05_adapter``, with its manifest for ``profile``, by default the one the
+    environment selects: see :func:`helpers.provenance.save_outputs`); return the folder.
+
+    ``also``: more artifacts of the same notebook (name -> JSON object or writer) committed in the
+    same unit as the adapter, so an interrupted save never leaves one without the other.
 
     Written into a temporary folder and swapped in only when complete
     (:func:`helpers.storage.save_directory_atomically`): an interrupted save leaves the previous
     adapter, or no folder, never a half-written one. A full disk raises
     :class:`helpers.errors.DiskFullError` naming the folder and the free space.
     """
-    target = Path(target) if target is not None else artifact_path("adapter")
-
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 
+    if target is None or Path(target) == artifact_path("adapter"):
+        from .profiles import select_profile
+        from .provenance import save_outputs
+
+        return save_outputs(profile or select_profile()[0], {"adapter": write, **(also or {})},
+                            what="the adapter")["adapter"]
+    if also:
+        raise ValueError("save_adapter(also=...) commits artifacts with the adapter artifact; give no target")
+    target = Path(target)
     with disk_full_explained(target, "the adapter"):
         return save_directory_atomically(target, write)

@@ -7,12 +7,16 @@ Notebook ``02_data_prep`` walks through each step; later notebooks call these fu
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from pathlib import Path
 
 from .paths import project_root, relative
 from .profiles import Profile
+
+ANY_TEXT_DIR_ENV_VAR = "CPT_ALLOW_ANY_TEXT_DIR"  # 1: read a text folder inside .venv or holding the repo
+BOM = "\ufeff"
 
 
 class DataError(ValueError):
@@ -30,7 +34,8 @@ def validate_jsonl(path: Path | str, column: str = "text") -> int:
 
     Raises :class:`DataError` naming the problem: missing or empty file, bytes that are not UTF-8,
     a line that is not JSON (with its line number), or rows without the ``column`` field (listing
-    the fields found).
+    the fields found). A UTF-8 byte-order mark at the start (Windows editors write one) is accepted,
+    as ``datasets`` accepts it.
     """
     path = Path(path)
     if not path.is_file():
@@ -39,7 +44,7 @@ def validate_jsonl(path: Path | str, column: str = "text") -> int:
     if not raw.strip():
         raise DataError(f"Data file is empty: {relative(path)}. Put one JSON object per line, with a {column!r} field.")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
@@ -79,6 +84,11 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     documents of that folder are split deterministically: every tenth document (at least one) is
     held out as ``"validation"``, the rest is ``"train"``. Returns ``(dataset, source)``, where
     ``source`` says which was used.
+
+    When a hub profile falls back to the sample and its split asks for more training rows than the
+    sample holds (``train[:2500]`` vs 188), the sample is repeated up to that count
+    (:func:`cycle_to`), so the run takes the walkthrough's number of steps; this is printed and said
+    in ``source``. Profiles that use the sample by design (the CPU default) get it as it is.
     """
     from datasets import load_dataset
 
@@ -98,7 +108,32 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     path = local_sample_files(profile)[split]
     validate_jsonl(path)
     dataset = load_dataset("json", data_files=str(path), split="train")
-    return dataset, f"local sample: {relative(path)}"
+    source = f"local sample: {relative(path)}"
+    wanted = requested_rows(profile.dataset_split)
+    if prefer_hub and not profile.is_local_model and split == "train" and wanted and wanted > dataset.num_rows:
+        sample_rows = dataset.num_rows
+        dataset = cycle_to(dataset, wanted)
+        note = (f"repeated {wanted / sample_rows:.1f}x: {sample_rows} stories cycled to the {wanted} rows of "
+                f"{profile.dataset_split}")
+        print(f"NOTE: the hub is unreachable, so the {sample_rows}-story sample stands in for "
+              f"{profile.dataset_name} {profile.dataset_split}; it is {note}, so that the run takes the "
+              "walkthrough's number of optimizer steps. The model sees each story several times: expect a lower "
+              "training loss than on 2,500 different stories.")
+        source += f" ({note})"
+    return dataset, source
+
+
+def requested_rows(split: str) -> int | None:
+    """Return N for a split like ``"train[:N]"`` (None for a whole split or a percentage)."""
+    match = re.fullmatch(r"\s*\w+\s*\[\s*:\s*(\d+)\s*\]\s*", split)
+    return int(match.group(1)) if match else None
+
+
+def cycle_to(dataset, rows: int):
+    """Return ``dataset`` repeated in order (row 0, 1, ..., n-1, 0, 1, ...) up to exactly ``rows`` rows."""
+    if dataset.num_rows == 0:
+        raise DataError("Cannot repeat an empty dataset.")
+    return dataset.select([i % dataset.num_rows for i in range(rows)])
 
 
 def held_out_indices(count: int) -> list[int]:
@@ -109,26 +144,91 @@ def held_out_indices(count: int) -> list[int]:
     return list(range(9, count, 10)) or [count - 1]
 
 
-def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False):
-    """Load every ``*.txt`` file of a folder as raw-text documents; return a ``datasets.Dataset``.
+def _is_hidden(relative_path: Path) -> bool:
+    return any(part.startswith(".") for part in relative_path.parts)
+
+
+def check_text_folder_location(folder: Path | str, allow_any: bool | None = None) -> Path:
+    """Return the resolved folder, or raise :class:`DataError` when it lies inside a virtual
+    environment (``.venv``, ``site-packages``: licence files, not your text) or contains the project
+    itself (``CPT_TEXT_DIR=.`` would train on everything in the repository, .venv included), unless
+    ``allow_any`` (default: ``$CPT_ALLOW_ANY_TEXT_DIR`` is 1)."""
+    folder = Path(folder).expanduser().resolve()
+    if allow_any is None:
+        allow_any = os.environ.get(ANY_TEXT_DIR_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    if allow_any:
+        return folder
+    root = project_root().resolve()
+    told = f"If you really mean it, set {ANY_TEXT_DIR_ENV_VAR}=1."
+    if any(part in (".venv", "venv", "site-packages", "node_modules") for part in folder.parts):
+        raise DataError(f"The text folder {folder.name!r} lies inside a virtual environment or package folder: its "
+                        f".txt files are licences and package metadata, not your text. Point it at your own folder "
+                        f"of .txt files. {told}")
+    if folder == root or root.is_relative_to(folder):
+        raise DataError(f"The text folder {folder.name!r} contains the project itself, so its .txt files would "
+                        "include the project's own files (and any .venv). Point it at a folder holding only your "
+                        f"text, e.g. tests/data/own_text. {told}")
+    return folder
+
+
+def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[str, list[str]]]:
+    """Return the ``.txt`` files a text folder contributes, and what was left out.
+
+    Files: ``[(relative name, path)]``, sorted, every file whose name ends in ``.txt`` in any case
+    (``A.TXT``, ``b.Txt``), in the folder and its subfolders. Left out (``{"hidden": [...],
+    "not_files": [...]}``): anything hidden or inside a hidden folder (``.ipynb_checkpoints/`` keeps
+    copies of your documents, ``.git/``), and ``.txt`` names that are not readable files (a folder
+    named ``x.txt``, a link to nothing), each with the reason.
+    """
+    folder = Path(folder)
+    files, hidden, not_files = [], [], []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if not path.name.lower().endswith(".txt"):
+            continue
+        if _is_hidden(rel):
+            hidden.append(str(rel))
+        elif path.is_file():
+            files.append((str(rel), path))
+        elif path.is_symlink() and not path.exists():
+            not_files.append(f"{rel} (a link to nothing)")
+        elif path.is_dir():
+            not_files.append(f"{rel} (a folder, not a file)")
+        else:
+            not_files.append(f"{rel} (not a regular file)")
+    return files, {"hidden": hidden, "not_files": not_files}
+
+
+def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, allow_any: bool | None = None):
+    """Load every ``.txt`` file of a folder as raw-text documents; return a ``datasets.Dataset``.
 
     One document per file, or one per blank-line-separated paragraph when ``split_on_blank_lines``.
-    Empty documents are dropped (and counted in the printed summary).
+    Which files count: see :func:`text_folder_files` (any case of ``.txt``; hidden files and folders
+    skipped). A UTF-8 byte-order mark at the start of a file is removed (it would be trained as a
+    character). Empty documents are dropped. The printed summary counts every file left out, and
+    names the ``.txt`` names that are not files. Refuses a folder inside a virtual environment or
+    holding the project (see :func:`check_text_folder_location`, ``allow_any``).
     """
     from datasets import Dataset
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"Text folder not found: {folder}. Point the profile's text_dir at a folder of .txt files.")
-    files = sorted(folder.rglob("*.txt"))
+    check_text_folder_location(folder, allow_any)
+    files, skipped = text_folder_files(folder)
     if not files:
-        raise DataError(f"No .txt files in {folder}.")
-    documents, empty = [], 0
-    for file in files:
+        hidden = f" ({len(skipped['hidden'])} hidden .txt files skipped)" if skipped["hidden"] else ""
+        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.")
+    documents, empty, boms = [], 0, 0
+    for name, file in files:
         try:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise DataError(f"{file.name} is not valid UTF-8; re-encode it (e.g. with iconv).") from None
+            raise DataError(f"{name} is not valid UTF-8; re-encode it (e.g. with iconv).") from None
+        except OSError as err:
+            raise DataError(f"{name} cannot be read ({err.strerror}); check its permissions.") from None
+        if text.startswith(BOM):
+            text, boms = text[1:], boms + 1
         parts = re.split(r"\n\s*\n", text) if split_on_blank_lines else [text]
         for part in parts:
             part = part.strip()
@@ -136,7 +236,14 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False):
                 documents.append(part)
             else:
                 empty += 1
-    print(f"Loaded {len(documents)} documents from {len(files)} .txt files ({empty} empty skipped).")
+    notes = [f"{empty} empty skipped"]
+    if skipped["hidden"]:
+        notes.append(f"{len(skipped['hidden'])} hidden .txt files skipped, e.g. {skipped['hidden'][0]}")
+    if boms:
+        notes.append(f"byte-order mark removed from {boms}")
+    print(f"Loaded {len(documents)} documents from {len(files)} .txt files ({'; '.join(notes)}).")
+    if skipped["not_files"]:
+        print(f"Skipped {len(skipped['not_files'])} .txt name(s) that are not files: {', '.join(skipped['not_files'])}.")
     return Dataset.from_dict({"text": documents})
 
 
@@ -192,6 +299,8 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
 
     Returns ``(dataset, stats)``: a ``datasets.Dataset`` with ``input_ids`` and a dict of counts
     (documents, tokens, rows, tokens dropped or rows truncated), which the notebooks print.
+    Raises :class:`helpers.validation.SettingsError` for settings that cannot train, and
+    :class:`DataError` when there is no text, or (packing) less than one row of it.
     Stories longer than ``max_seq_length`` are never dropped: packing continues them into the next
     block, one-row-per-story truncates them; either way they are counted
     (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
@@ -199,6 +308,9 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     """
     from datasets import Dataset
 
+    from .validation import check_training_settings
+
+    check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:
         raise DataError("No training text: the dataset has no rows (empty rows were dropped, and none was left).")
     tokenized = tokenize(dataset_with_eos, tokenizer)
@@ -218,6 +330,12 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     long = stats["longer_than_max_seq_length"]
     if profile.packing:
         rows, dropped = pack_blocks(token_lists, profile.max_seq_length)
+        if not rows:
+            raise DataError(
+                f"The text is too short to train on: {stats['tokens']} tokens in {stats['documents']} document(s), "
+                f"fewer than one packed row of max_seq_length={profile.max_seq_length} tokens. Add at least "
+                f"{profile.max_seq_length - stats['tokens']} more tokens of text, or lower max_seq_length to at most "
+                f"{stats['tokens']} (and at least 8). Nothing was saved; the previous training set is kept.")
         stats.update(rows=len(rows), tail_tokens_dropped=dropped)
         if long:
             print(f"{long} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length} tokens; "

@@ -309,3 +309,88 @@ def disk_full_explained(folder: Path | str, what: str = "the results", previous_
         if not is_disk_full(err):
             raise
         raise explain_disk_full(folder, what, previous_kept) from err
+
+
+# --- adapters -----------------------------------------------------------------------------------
+
+
+class AdapterError(OSError):
+    """A saved adapter cannot be loaded: a file is missing or cut off, or it belongs to another
+    model or LoRA rank. The message names the file or the mismatch and what to do."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> None:
+    """Raise :class:`AdapterError` when ``folder`` is not a loadable PEFT adapter: no
+    ``adapter_config.json``, no weights file, a cut-off ``adapter_model.safetensors``, or (with
+    ``profile``) another LoRA rank than the profile's. (The manifest that
+    :func:`helpers.paths.require` checks also compares the model and every LoRA setting.)"""
+    import json
+
+    from .integrity import file_problem
+
+    folder = Path(folder)
+    redo = "Re-run notebooks/05_training.ipynb to train and save it again."
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise AdapterError(f"{relative(folder)} is not an adapter folder: it has no adapter_config.json. {redo}")
+    weights = [folder / name for name in ADAPTER_WEIGHTS if (folder / name).exists()]
+    if not weights:
+        raise AdapterError(f"{relative(folder)} has no adapter weights ({ADAPTER_WEIGHTS[0]} is missing: deleted, or "
+                           f"the save never finished). {redo}")
+    if (problem := file_problem(weights[0])) is not None:
+        raise AdapterError(f"{relative(weights[0])} is damaged: {problem}. {redo}")
+    if profile is None:
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterError(f"{relative(config_file)} is not valid JSON ({err}). {redo}") from None
+    if config.get("r") is not None and config["r"] != profile.lora_r:
+        raise AdapterError(f"{relative(folder)} was trained with LoRA rank r={config['r']}, but profile "
+                           f"{profile.name!r} uses r={profile.lora_r}: it belongs to another run. {redo}")
+
+
+@contextmanager
+def adapter_errors_explained(folder: Path | str) -> Iterator[None]:
+    """Re-raise the raw errors of loading an adapter from ``folder`` (``PeftModel.from_pretrained``,
+    unsloth's ``from_pretrained`` on the folder) as :class:`AdapterError` (chained):
+
+    - ``SafetensorError`` (a cut-off weights file);
+    - ``HFValidationError: Repo id must be in the form...`` (the weights file is gone, so PEFT takes
+      the folder name for a hub id);
+    - ``RuntimeError: Error(s) in loading state_dict`` with one "size mismatch" line per tensor (an
+      adapter of another model or rank): summarised as a count and the first mismatch.
+    """
+    import re
+
+    try:
+        yield
+    except AdapterError:
+        raise
+    except Exception as err:
+        names = {cls.__name__ for e in _exception_chain(err) for cls in type(e).__mro__}
+        text = str(err)
+        shown = relative(folder)
+        redo = "Re-run notebooks/05_training.ipynb to train and save it again."
+        if "SafetensorError" in names:
+            raise AdapterError(f"The adapter weights in {shown} cannot be read ({text.strip()[:120]}): the file is "
+                               f"cut off or damaged. {redo}") from err
+        if "HFValidationError" in names or "Repo id must be" in text:
+            raise AdapterError(f"{shown} holds no adapter weights (adapter_model.safetensors is missing), so PEFT "
+                               f"took the folder's name for a hub model id. {redo}") from err
+        mismatches = re.findall(r"size mismatch for ([^:]+): copying a param with shape (.+?) from checkpoint, "
+                                r"the shape in current model is (.+?)\.?$", text, flags=re.MULTILINE)
+        if mismatches:
+            name, saved, now = mismatches[0]
+            raise AdapterError(
+                f"The adapter in {shown} does not fit this model: {len(mismatches)} tensor(s) have other shapes, "
+                f"e.g. {name}: {saved} in the adapter, {now} in the model. It was trained on another model or "
+                f"with another LoRA rank. Load it with the base model and profile it was trained with, or {redo[0].lower()}"
+                f"{redo[1:]}") from err
+        raise

@@ -2,7 +2,8 @@
 
 Every notebook runs in its own kernel, so state passes through files under ``outputs/``. Each
 artifact is registered in :data:`ARTIFACTS` with the notebook that writes it, so a notebook run out of
-order can say exactly which notebook to run first (:func:`require`).
+order can say exactly which notebook to run first (:func:`require`). :func:`require` also checks,
+through :mod:`helpers.provenance`, that the artifact is whole and belongs to the current run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,34 @@ class MissingArtifactError(FileNotFoundError):
     """An input a notebook needs is missing: the message names the notebook that writes it."""
 
 
+class OutputsNotAFolderError(NotADirectoryError):
+    """``outputs`` (or the cache folder) exists but is not a folder; the message says what to do."""
+
+
+_cleaned: set[str] = set()  # folders already cleaned of interrupted saves in this process
+
+
+def _folder(path: Path, what: str) -> Path:
+    """Create ``path`` as a folder (explaining a file or a dangling link in the way) and, once per
+    process, finish or remove what interrupted saves left in it."""
+    shown = path.name if path.parent == project_root() else f"{relative(path.parent)}/{path.name}"  # not resolved
+    if path.is_symlink() and not path.exists():
+        raise OutputsNotAFolderError(
+            f"{what} {shown} is a link to a folder that does not exist. Create the folder it points to, "
+            f"or remove the link (a real folder is then made).")
+    if path.exists() and not path.is_dir():
+        raise OutputsNotAFolderError(
+            f"{what} {shown} is a file, not a folder, so nothing can be saved there. Rename or remove "
+            f"that file (the notebooks then create the folder), or set {ROOT_ENV_VAR} to another project root.")
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in _cleaned:
+        _cleaned.add(str(path))
+        from .storage import clean_stale_temp
+
+        clean_stale_temp(path)
+    return path
+
+
 def project_root() -> Path:
     """Return the repository root: ``$CPT_ROOT`` if set, else the nearest parent of the current
     directory holding ``pyproject.toml`` and ``helpers/``, else the parent of this package."""
@@ -51,16 +80,12 @@ def project_root() -> Path:
 
 def outputs_dir() -> Path:
     """Return ``<root>/outputs`` (created if missing); every notebook writes its results there."""
-    path = project_root() / "outputs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _folder(project_root() / "outputs", "The outputs folder")
 
 
 def cache_dir() -> Path:
     """Return the folder for converted models (``$CPT_CACHE_DIR`` or ``outputs/cache``), created if missing."""
-    path = Path(os.environ.get("CPT_CACHE_DIR") or outputs_dir() / "cache")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _folder(Path(os.environ.get("CPT_CACHE_DIR") or outputs_dir() / "cache"), "The cache folder")
 
 
 def artifact_path(name: str) -> Path:
@@ -70,18 +95,26 @@ def artifact_path(name: str) -> Path:
     return outputs_dir() / ARTIFACTS[name][0]
 
 
-def require(name: str) -> Path:
-    """Return the path of an artifact that must already exist.
+def require(name: str, profile=None) -> Path:
+    """Return the path of an artifact that must already exist and belong to the current run.
 
-    Raises :class:`MissingArtifactError` naming the notebook to run first when it is missing.
+    Raises :class:`MissingArtifactError` naming the notebook to run first when it is missing, and
+    (see :func:`helpers.provenance.verify`) ``CorruptArtifactError`` when one of its files is
+    missing, cut off or changed, ``ProvenanceError`` when it was made for another profile, model,
+    data or settings than ``profile`` (default: the profile the environment selects) or from inputs
+    that changed since. Each message names the notebook to re-run.
     """
+    from .provenance import recover_commits, verify
+
     path = artifact_path(name)
+    recover_commits(path.parent)
     if not path.exists():
         producer = ARTIFACTS[name][1]
         raise MissingArtifactError(
             f"{relative(path)} is missing. Run notebooks/{producer}.ipynb first "
             f"(the notebooks pass state through outputs/ and must run in order)."
         )
+    verify(name, path, profile)
     return path
 
 

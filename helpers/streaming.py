@@ -98,6 +98,9 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     import torch
     from transformers import TextIteratorStreamer
 
+    from .validation import check_prompt
+
+    check_prompt(prompt)  # an empty prompt fails inside generate with "cannot reshape tensor of 0 elements"
     inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         target = path if args.inplace else args.out / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
-        print(f"ok {path.name:<40} {time.perf_counter() - started:6.1f} s -> {target.relative_to(ROOT)}", flush=True)
+        shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target  # --out may lie outside the repo
+        print(f"ok {path.name:<40} {time.perf_counter() - started:6.1f} s -> {shown}", flush=True)
     print(f"all {len(notebooks)} notebooks ran in {time.perf_counter() - total:.1f} s")
     return 0
 

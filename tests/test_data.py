@@ -424,17 +424,17 @@ def test_build_train_dataset_packed(word_tokenizer):
 
     from helpers.data import build_train_dataset
 
-    profile = CPU_SMOLLM2.replace(packing=True, max_seq_length=4)
+    profile = CPU_SMOLLM2.replace(packing=True, max_seq_length=8)  # the smallest block allowed
     dataset, stats = build_train_dataset(Dataset.from_dict({"text": STORIES}), word_tokenizer, profile)
     assert dataset.column_names == ["input_ids"]
-    assert all(len(ids) == 4 for ids in dataset["input_ids"])
+    assert all(len(ids) == 8 for ids in dataset["input_ids"])
     assert stats == {
         "documents": 3,
         "tokens": 25,
-        "longer_than_max_seq_length": 3,
+        "longer_than_max_seq_length": 2,
         "packing": True,
-        "max_seq_length": 4,
-        "rows": 6,
+        "max_seq_length": 8,
+        "rows": 3,
         "tail_tokens_dropped": 1,
     }
     ids = [word_tokenizer(s, add_special_tokens=False)["input_ids"] for s in STORIES]
@@ -465,3 +465,162 @@ def test_build_train_dataset_after_append_eos_ends_stories_with_eos(word_tokeniz
     dataset, stats = build_train_dataset(with_eos, word_tokenizer, profile)
     assert stats["documents"] == 3
     assert all(ids[-1] == word_tokenizer.eos_token_id for ids in dataset["input_ids"])
+
+
+# --- issue 12: what the text loader used to get silently wrong -------------------------------------
+
+
+def text_folder(tmp_path, files: dict):
+    folder = tmp_path / "texts"
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return folder
+
+
+def test_hidden_files_and_folders_are_skipped_and_counted(tmp_path, capsys):
+    """A .ipynb_checkpoints/ copy of a held-out document used to land in training."""
+    folder = text_folder(tmp_path, {"a.txt": "Visible story.", ".ipynb_checkpoints/b-checkpoint.txt": "Held-out copy.",
+                                    ".hidden.txt": "Hidden file."})
+    dataset = load_text_folder(folder)
+    assert dataset["text"] == ["Visible story."]
+    assert "2 hidden .txt files skipped" in capsys.readouterr().out
+
+
+def test_txt_in_any_case_is_read(tmp_path):
+    """A.TXT and B.Txt used to be skipped without notice."""
+    folder = text_folder(tmp_path, {"A.TXT": "Upper.", "B.Txt": "Mixed.", "c.txt": "Lower.", "d.md": "Not text."})
+    assert load_text_folder(folder)["text"] == ["Upper.", "Mixed.", "Lower."]
+
+
+def test_a_utf8_bom_is_stripped(tmp_path, capsys):
+    """A UTF-8 BOM used to stay on every document and get trained."""
+    folder = text_folder(tmp_path, {"a.txt": "\ufeffOnce upon a time.".encode(), "b.txt": "No mark."})
+    assert load_text_folder(folder)["text"] == ["Once upon a time.", "No mark."]
+    assert "byte-order mark removed from 1" in capsys.readouterr().out
+
+
+def test_a_txt_that_is_not_a_file_is_named(tmp_path, capsys):
+    """A directory named x.txt or a dangling link gave a raw IsADirectoryError / FileNotFoundError."""
+    folder = text_folder(tmp_path, {"a.txt": "Real text.", "x.txt/inner.md": "inside a folder named x.txt"})
+    (folder / "gone.txt").symlink_to(tmp_path / "does-not-exist.txt")
+    assert load_text_folder(folder)["text"] == ["Real text."]
+    out = capsys.readouterr().out
+    assert "gone.txt (a link to nothing)" in out and "x.txt (a folder, not a file)" in out
+
+
+@pytest.mark.parametrize("where", ["venv", "repo"])
+def test_a_folder_inside_venv_or_holding_the_repo_is_refused_unless_told(tmp_path, monkeypatch, where):
+    """CPT_TEXT_DIR=. used to train on 261 licence files of .venv."""
+    if where == "venv":
+        folder = text_folder(tmp_path, {".venv/lib/site-packages/pkg/LICENSE.txt": "MIT License"}) / ".venv" / "lib"
+        expected = "inside a virtual environment"
+    else:
+        (tmp_path / "notes.txt").write_text("A note at the project root.", encoding="utf-8")
+        folder = tmp_path  # the project root (CPT_ROOT) itself
+        expected = "contains the project itself"
+    with pytest.raises(DataError, match=rf"{expected}.*CPT_ALLOW_ANY_TEXT_DIR=1"):
+        load_text_folder(folder)
+    monkeypatch.setenv("CPT_ALLOW_ANY_TEXT_DIR", "1")
+    assert len(load_text_folder(folder)) == 1
+
+
+def test_validate_jsonl_accepts_a_utf8_bom(tmp_path):
+    """A JSONL file with a BOM was refused with 'Unexpected UTF-8 BOM' (datasets itself reads it)."""
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes("\ufeff".encode() + b'{"text": "a"}\n{"text": "b"}\n')
+    assert validate_jsonl(path) == 2
+
+
+# --- issue 12: settings that cannot train, refused before anything is written ----------------------
+
+
+@pytest.mark.parametrize("change, expected", [
+    (dict(max_seq_length=1), "max_seq_length=1: use at least 8"),
+    (dict(max_steps=0), "max_steps=0: use at least 1, or -1"),
+    (dict(per_device_train_batch_size=0), "per_device_train_batch_size=0: use at least 1"),
+    (dict(gradient_accumulation_steps=0), "gradient_accumulation_steps=0: use at least 1"),
+])
+def test_build_train_dataset_refuses_settings_that_cannot_train(word_tokenizer, change, expected):
+    """scripts/train_cpt.py --max-seq-length 1 reported 'final loss 0.0' and saved an adapter;
+    --max-steps 0 trained one step and exited 0. The script builds its rows here first."""
+    from datasets import Dataset
+
+    from helpers.data import build_train_dataset
+    from helpers.validation import SettingsError
+
+    with pytest.raises(SettingsError, match=expected):
+        build_train_dataset(Dataset.from_dict({"text": STORIES}), word_tokenizer, CPU_SMOLLM2.replace(**change))
+
+
+def test_empty_prompt_is_refused_with_what_to_do():
+    from helpers.validation import SettingsError, check_prompt
+
+    for prompt in ("", "   ", None):
+        with pytest.raises(SettingsError, match="The prompt is empty"):
+            check_prompt(prompt)
+    assert check_prompt("Once") == "Once"
+
+
+# --- issue 13: the GPU profile offline gets the walkthrough's 2,500 rows ---------------------------
+
+from conftest import REPO_ROOT  # noqa: E402
+
+
+def hub_unreachable(monkeypatch):
+    """Make load_dataset fail for the hub dataset the way it does without network (ConnectionError)."""
+    import datasets
+
+    real = datasets.load_dataset
+
+    def fake(path, *args, **kwargs):
+        if path == "roneneldan/TinyStories":
+            raise ConnectionError("Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+
+
+def test_gpu_profile_offline_cycles_the_sample_to_the_requested_rows(monkeypatch, capsys):
+    from helpers.data import load_raw_dataset, requested_rows
+    from helpers.profiles import GPU_MISTRAL7B
+
+    hub_unreachable(monkeypatch)
+    monkeypatch.setenv("CPT_ROOT", str(REPO_ROOT))  # the shipped sample (nothing is written)
+    dataset, source = load_raw_dataset(GPU_MISTRAL7B, split="train")
+    sample = [json.loads(line)["text"] for line in local_sample_files(GPU_MISTRAL7B)["train"].read_text().splitlines()]
+    assert requested_rows(GPU_MISTRAL7B.dataset_split) == 2500
+    assert len(dataset) == 2500 and dataset["text"][: len(sample)] == sample
+    assert dataset[len(sample)]["text"] == sample[0]  # cycled in order
+    assert f"{len(sample)} stories cycled to the 2500 rows of train[:2500]" in source
+    out = capsys.readouterr().out
+    assert "Hub dataset unavailable (ConnectionError)" in out and "NOTE: the hub is unreachable" in out
+    batch = GPU_MISTRAL7B.per_device_train_batch_size * GPU_MISTRAL7B.gradient_accumulation_steps
+    assert -(-len(dataset) // batch) == 157  # the walkthrough's padded epoch at bs 2 x GA 8
+    validation, _ = load_raw_dataset(GPU_MISTRAL7B, split="validation")
+    assert len(validation) == 640  # held-out data is never repeated
+
+
+def test_cpu_profile_uses_the_sample_as_it_is(monkeypatch):
+    from helpers.data import load_raw_dataset
+
+    hub_unreachable(monkeypatch)
+    monkeypatch.setenv("CPT_ROOT", str(REPO_ROOT))  # the shipped sample (nothing is written)
+    dataset, source = load_raw_dataset(CPU_SMOLLM2, split="train")
+    assert len(dataset) == 188 and "cycled" not in source
+
+
+def test_requested_rows_and_cycle_to():
+    from datasets import Dataset
+
+    from helpers.data import cycle_to, requested_rows
+
+    assert requested_rows("train[:2500]") == 2500 and requested_rows("train") is None
+    assert requested_rows("train[:10%]") is None
+    assert cycle_to(Dataset.from_dict({"text": ["a", "b"]}), 5)["text"] == ["a", "b", "a", "b", "a"]
+    with pytest.raises(DataError):
+        cycle_to(Dataset.from_dict({"text": []}), 3)

@@ -420,3 +420,90 @@ def test_explain_disk_full_names_folder_and_free_space(tmp_path):
     assert "Disk full while saving the adapter to outputs/05_adapter" in message
     assert "GB free" in message
     assert "previous version" in message
+
+
+# --- adapters that cannot load (issue 12) ------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_adapter(word_tokenizer, tiny_llama_factory, tmp_path):
+    """A tiny LoRA + embedding-copies adapter saved with save_pretrained; returns its folder."""
+    from helpers.profiles import CPU_SMOLLM2
+    from helpers.training import add_lora
+
+    model = add_lora(tiny_llama_factory(len(word_tokenizer)), CPU_SMOLLM2)
+    folder = tmp_path / "adapter"
+    model.save_pretrained(folder)
+    return folder
+
+
+def load_with_peft(base, folder):
+    from peft import PeftModel
+
+    from helpers.errors import adapter_errors_explained
+
+    with adapter_errors_explained(folder):
+        return PeftModel.from_pretrained(base, str(folder))
+
+
+def test_half_cut_adapter_file_is_named(tiny_adapter, word_tokenizer, tiny_llama_factory):
+    """Used to be a raw SafetensorError."""
+    from helpers.errors import AdapterError, check_adapter_folder
+
+    weights = tiny_adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(AdapterError, match=r"cannot be read .* cut off or damaged.*05_training") as info:
+        load_with_peft(tiny_llama_factory(len(word_tokenizer)), tiny_adapter)
+    assert type(info.value.__cause__).__name__ == "SafetensorError"
+    with pytest.raises(AdapterError, match=r"adapter_model.safetensors is damaged: .* cut off"):
+        check_adapter_folder(tiny_adapter)
+
+
+def test_deleted_adapter_weights_are_named(tiny_adapter, word_tokenizer, tiny_llama_factory):
+    """Used to be HFValidationError: Repo id must be in the form..."""
+    from helpers.errors import AdapterError, check_adapter_folder
+
+    (tiny_adapter / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterError, match=r"holds no adapter weights \(adapter_model.safetensors is missing\)"):
+        load_with_peft(tiny_llama_factory(len(word_tokenizer)), tiny_adapter)
+    with pytest.raises(AdapterError, match=r"has no adapter weights"):
+        check_adapter_folder(tiny_adapter)
+
+
+def test_adapter_of_another_model_is_one_message_not_a_page_of_size_mismatches(tiny_adapter, word_tokenizer,
+                                                                              tiny_llama_factory):
+    """Used to be RuntimeError: Error(s) in loading state_dict, then one size-mismatch line per tensor."""
+    from helpers.errors import AdapterError
+
+    other = tiny_llama_factory(len(word_tokenizer) + 7)  # another vocabulary: the embedding copies differ
+    with pytest.raises(AdapterError) as info:
+        load_with_peft(other, tiny_adapter)
+    message = str(info.value)
+    assert "does not fit this model" in message and "tensor(s) have other shapes" in message
+    assert message.count("\n") == 0 and "size mismatch" not in message
+
+
+def test_adapter_of_another_rank_is_named(tiny_adapter):
+    from helpers.errors import AdapterError, check_adapter_folder
+    from helpers.profiles import CPU_SMOLLM2
+
+    check_adapter_folder(tiny_adapter, CPU_SMOLLM2)
+    with pytest.raises(AdapterError, match=r"LoRA rank r=16, but profile 'cpu-smollm2' uses r=64"):
+        check_adapter_folder(tiny_adapter, CPU_SMOLLM2.replace(lora_r=64))
+
+
+def test_other_loading_errors_pass_through(tmp_path):
+    from helpers.errors import adapter_errors_explained
+
+    with pytest.raises(KeyError):
+        with adapter_errors_explained(tmp_path):
+            raise KeyError("unrelated")
+
+
+def test_empty_prompt_in_stream_generate_is_explained(word_tokenizer, tiny_llama_factory):
+    """Used to be RuntimeError: cannot reshape tensor of 0 elements."""
+    from helpers.streaming import stream_generate
+    from helpers.validation import SettingsError
+
+    with pytest.raises(SettingsError, match=r"The prompt is empty .* profile.prompt"):
+        stream_generate(tiny_llama_factory(len(word_tokenizer)), word_tokenizer, "", max_new_tokens=2)

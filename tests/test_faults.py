@@ -235,7 +235,7 @@ def test_disk_full_while_checkpointing_is_reported_and_the_run_resumes(word_toke
     resumed = resumable_trainer(word_tokenizer, output_dir)  # space freed: run the cell again
     train_resumable(resumed)
     assert resumed.state.global_step == PROFILE.max_steps
-    assert (output_dir / "checkpoint-4.incomplete").is_dir()  # the half-written one was not used
+    assert (output_dir / "incomplete" / "checkpoint-4").is_dir()  # the half-written one was not used
 
 
 @pytest.mark.parametrize(

@@ -166,14 +166,18 @@ def test_example_folder_counts_add_up(tokenizer, packing):
     assert stream.count(tokenizer.eos_token_id) <= 3
 
 
-def test_example_folder_smaller_than_one_block_gives_no_packed_rows(tokenizer):
-    from helpers.data import append_eos, build_train_dataset, load_raw_dataset
+def test_example_folder_smaller_than_one_block_is_refused_with_the_minimum(tokenizer):
+    """Packing a corpus smaller than one block gives 0 rows; it used to be saved as an empty training
+    set (replacing a good one), and notebook 05 then failed with IndexError."""
+    from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset, tokenize
 
     profile, _ = select_profile(env={TEXT_DIR_ENV_VAR: str(EXAMPLE)}, cuda=False)
     profile = profile.replace(max_seq_length=2048)  # the GPU profile's block size
-    dataset, _ = load_raw_dataset(profile)
-    _, stats = build_train_dataset(append_eos(dataset, tokenizer.eos_token), tokenizer, profile)
-    assert stats["rows"] == 0 and stats["tail_tokens_dropped"] == stats["tokens"] > 0
+    dataset = append_eos(load_raw_dataset(profile)[0], tokenizer.eos_token)
+    tokens = sum(len(ids) for ids in tokenize(dataset, tokenizer)["input_ids"])
+    with pytest.raises(DataError, match=rf"{tokens} tokens .* fewer than one packed row of max_seq_length=2048.*"
+                                        rf"lower max_seq_length to at most {tokens}"):
+        build_train_dataset(dataset, tokenizer, profile)
 
 
 def test_own_text_holds_out_every_tenth_document_for_validation(tmp_path):

@@ -100,11 +100,48 @@ def test_missing_artifact_error_is_a_file_not_found_error():
 
 
 def test_require_returns_existing_file_and_folder(tmp_path):
+    from helpers.profiles import CPU_SMOLLM2
+    from helpers.provenance import save_outputs
+
     outputs = tmp_path / "outputs"
-    (outputs / "05_adapter").mkdir(parents=True)
-    (outputs / "03_before.json").write_text("{}", encoding="utf-8")
-    assert require("adapter") == outputs / "05_adapter"
+    save_outputs(CPU_SMOLLM2, {"dataset": lambda folder: (folder / "data.arrow").write_bytes(b"rows")})
+    save_outputs(CPU_SMOLLM2, {"before": {"perplexity": 9.0}})
+    assert require("dataset") == outputs / "02_dataset"
     assert require("before") == outputs / "03_before.json"
+
+
+def test_require_passes_an_unchecked_notebooks_artifact_without_manifest(tmp_path, capsys):
+    """Artifacts of notebooks that do not write manifests yet are passed through, with a note."""
+    (tmp_path / "outputs" / "07_merged").mkdir(parents=True)
+    assert require("merged") == tmp_path / "outputs" / "07_merged"
+    assert "has no manifest, so where it came from is not checked" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling link"])
+def test_outputs_that_is_not_a_folder_is_explained(tmp_path, kind):
+    """`outputs` being a file gave a raw FileExistsError."""
+    if kind == "file":
+        (tmp_path / "outputs").write_text("not a folder", encoding="utf-8")
+        expected = r"outputs is a file, not a folder.*Rename or remove that file.*CPT_ROOT"
+    else:
+        (tmp_path / "outputs").symlink_to(tmp_path / "nowhere")
+        expected = r"outputs is a link to a folder that does not exist"
+    with pytest.raises(paths.OutputsNotAFolderError, match=expected):
+        outputs_dir()
+    with pytest.raises(NotADirectoryError):
+        artifact_path("before")
+
+
+def test_outputs_dir_removes_what_a_killed_save_left_once_per_process(tmp_path, capsys):
+    """A process killed while saving the adapter or converting the model left hidden .tmp-* folders of
+    100-235 MB that were never cleaned."""
+    stale = tmp_path / "outputs" / ".05_adapter.tmp-999999999-abcd"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"\0" * 1000)
+    paths._cleaned.discard(str(tmp_path / "outputs"))
+    outputs_dir()
+    assert not stale.exists()
+    assert "removed .05_adapter.tmp-999999999-abcd" in capsys.readouterr().out
 
 
 def test_require_unknown_artifact_is_a_key_error():

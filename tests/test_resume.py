@@ -21,14 +21,17 @@ from tiny_runs import (
 )
 
 from helpers.checkpoints import (
+    RUN_FILE,
     TRAINABLE_SET_FILE,
     ResumeMismatchError,
     TrainingInterrupted,
     build_resumable_trainer,
+    checkpoint_problem,
     last_complete_checkpoint,
     train_resumable,
 )
 from helpers.profiles import GPU_MISTRAL7B, LORA_PROJECTIONS
+from helpers.storage import read_json, write_json
 from helpers.training import EMBEDDING_GROUP
 
 SAVE_STEPS = 2
@@ -127,11 +130,21 @@ def test_resume_repairs_by_rule_without_a_recorded_set(word_tokenizer, tmp_path,
     assert_same_run(trainer, uninterrupted)
 
 
+def adopt_run_record(output_dir, trainer):
+    """Give every checkpoint the trainer's run record, as if the settings had not changed: reaches the
+    finer checks (trainable set, optimizer groups) behind the run check."""
+    for folder in output_dir.glob("checkpoint-*"):
+        write_json(folder / RUN_FILE, trainer.cpt_run)
+
+
 def test_resume_refuses_a_model_with_other_trainable_parameters(word_tokenizer, tmp_path):
     output_dir = tmp_path / "run"
     interrupted_run(word_tokenizer, output_dir, at=3)
     lora_only = PROFILE.replace(target_modules=LORA_PROJECTIONS)  # no embedding copies at all
     trainer = make_trainer(word_tokenizer, output_dir, profile=lora_only)
+    with pytest.raises(ResumeMismatchError, match=r"belongs to another run.*\n  lora: checkpoint"):
+        train_resumable(trainer)
+    adopt_run_record(output_dir, trainer)
     with pytest.raises(ResumeMismatchError, match="delete") as info:
         train_resumable(trainer)
     assert "embed_tokens" in str(info.value)
@@ -143,8 +156,97 @@ def test_resume_refuses_other_optimizer_groups(word_tokenizer, tmp_path):
     output_dir = tmp_path / "run"
     interrupted_run(word_tokenizer, output_dir, at=3)
     trainer = make_trainer(word_tokenizer, output_dir, profile=PROFILE.replace(embedding_learning_rate=None))
+    adopt_run_record(output_dir, trainer)
     with pytest.raises(ResumeMismatchError, match=r"parameter groups .* differ from those saved .*#3108"):
         train_resumable(trainer)
+
+
+# --- issue 12: resume only the same run, and only from a checkpoint with everything in it ---------
+
+
+def test_resume_refuses_other_training_data(word_tokenizer, tmp_path):
+    """Used to resume silently: a checkpoint of run A continued on the rows of run B."""
+    output_dir = tmp_path / "run"
+    interrupted_run(word_tokenizer, output_dir, at=3)
+    model = tiny_peft_model(word_tokenizer)
+    trainer = build_resumable_trainer(PROFILE, model, word_tokenizer, tiny_dataset(word_tokenizer, seed=1),
+                                      output_dir=output_dir, save_steps=SAVE_STEPS, disable_tqdm=True)
+    with pytest.raises(ResumeMismatchError) as info:
+        train_resumable(trainer)
+    message = str(info.value)
+    assert "training data: checkpoint" in message and "token_sha256" in message
+    assert "resume=False" in message and "another output_dir" in message
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-2"]  # nothing touched
+
+
+def test_resume_refuses_another_learning_rate(word_tokenizer, tmp_path):
+    """Used to resume silently and keep the old learning rate (the saved scheduler overrides it)."""
+    output_dir = tmp_path / "run"
+    interrupted_run(word_tokenizer, output_dir, at=3)
+    trainer = make_trainer(word_tokenizer, output_dir, profile=PROFILE.replace(learning_rate=1e-3))
+    with pytest.raises(ResumeMismatchError, match=r"learning_rate: checkpoint 0.005, now 0.001"):
+        train_resumable(trainer)
+
+
+def test_a_second_run_into_the_same_folder_starts_fresh_and_keeps_the_first(word_tokenizer, tmp_path):
+    """Used to resume the first run's checkpoint. Now: refused; with resume=False the first run's
+    checkpoints are moved to run.previous and the second starts at step 1 in a clean folder."""
+    output_dir = tmp_path / "run"
+    interrupted_run(word_tokenizer, output_dir, at=3)
+    recorder = step_recorder()
+    second = make_trainer(word_tokenizer, output_dir, recorder, profile=PROFILE.replace(seed=7))
+    with pytest.raises(ResumeMismatchError, match="seed: checkpoint 3407, now 7"):
+        train_resumable(second)
+    train_resumable(second, resume=False)
+    assert recorder.steps == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in (tmp_path / "run.previous").iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert read_json(output_dir / "checkpoint-6" / RUN_FILE)["settings"]["seed"] == 7
+
+
+@pytest.mark.parametrize("damage", ["delete optimizer.pt", "delete scheduler.pt", "cut optimizer.pt",
+                                    "cut adapter_model.safetensors", "delete run.json"])
+def test_a_checkpoint_missing_state_is_set_aside_and_the_one_before_is_used(
+        word_tokenizer, tmp_path, uninterrupted, capsys, damage):
+    """Without optimizer.pt / scheduler.pt a resume restarted Adam and the warm-up (lr 0.0 at step 3)
+    and ended elsewhere; a cut optimizer.pt failed every rerun with OSError [Errno 22]."""
+    output_dir = tmp_path / "run"
+    interrupted_run(word_tokenizer, output_dir, at=5)
+    action, name = damage.split()
+    file = output_dir / "checkpoint-4" / name
+    if action == "delete":
+        file.unlink()
+    else:
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    recorder = step_recorder()
+    trainer = make_trainer(word_tokenizer, output_dir, recorder)
+    train_resumable(trainer)
+    out = capsys.readouterr().out
+    assert f"checkpoint-4 was not written to the end ({name}" in out
+    assert recorder.steps == [3, 4, 5, 6]  # from checkpoint-2
+    assert (output_dir / "incomplete" / "checkpoint-4").is_dir()
+    assert_same_run(trainer, uninterrupted)
+
+
+def test_checkpoint_problem_names_what_is_missing(tmp_path):
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    assert "trainer_state.json missing" in checkpoint_problem(folder)
+    write_json(folder / "trainer_state.json", {"global_step": 2})
+    assert checkpoint_problem(folder) == "optimizer.pt missing"
+    (folder / "optimizer.pt").write_bytes(b"PK\x03\x04 cut")
+    assert "optimizer.pt not a complete torch.save archive" in checkpoint_problem(folder)
+
+
+def test_build_resumable_trainer_refuses_settings_that_cannot_train(word_tokenizer, tmp_path):
+    from helpers.validation import SettingsError
+
+    model = tiny_peft_model(word_tokenizer)
+    for bad, match in ((dict(max_steps=0), "max_steps=0: use at least 1, or -1"),
+                       (dict(per_device_train_batch_size=0), "per_device_train_batch_size=0: use at least 1")):
+        with pytest.raises(SettingsError, match=match):
+            build_resumable_trainer(PROFILE.replace(**bad), model, word_tokenizer, tiny_dataset(word_tokenizer),
+                                    output_dir=tmp_path / "run")
 
 
 def test_resume_skips_a_checkpoint_cut_off_while_saving(word_tokenizer, tmp_path, uninterrupted, capsys):
@@ -159,7 +261,7 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving(word_tokenizer, tmp_path
 
     assert "checkpoint-4 was not written to the end" in capsys.readouterr().out
     assert recorder.steps == [3, 4, 5, 6]  # from checkpoint-2
-    assert (output_dir / "checkpoint-4.incomplete").is_dir()  # set aside, not deleted
+    assert (output_dir / "incomplete" / "checkpoint-4").is_dir()  # set aside, not deleted
     assert_same_run(trainer, uninterrupted)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 
 import pytest
 
@@ -202,4 +203,52 @@ def test_save_directory_failure_after_stale_old_folder_restores_it(tmp_path):
     with pytest.raises(OSError):
         save_directory_atomically(target, write)
     assert_old_target_intact(target)
+    assert listing(tmp_path) == ["adapter"]
+
+
+# --- leftovers of killed saves (issue 12) ------------------------------------------------------------
+
+
+def test_clean_stale_temp_removes_dead_writers_and_keeps_live_ones(tmp_path):
+    from helpers.storage import clean_stale_temp
+
+    dead = tmp_path / ".model.tmp-999999999-x1"  # no such process
+    live = tmp_path / f".model.tmp-{os.getpid()}-x2"  # this process: a save in progress
+    dead_file = tmp_path / ".result.json.999999999.abc"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(b"\0" * 10)
+    dead_file.write_text("{", encoding="utf-8")
+    (tmp_path / "model").mkdir()
+    lines = clean_stale_temp(tmp_path, quiet=True)
+    assert not dead.exists() and not dead_file.exists() and live.is_dir()
+    assert len(lines) == 2 and all("left by an interrupted save" in line for line in lines)
+
+
+def test_clean_stale_temp_restores_a_target_lost_between_the_two_renames(tmp_path):
+    from helpers.storage import clean_stale_temp
+
+    (tmp_path / ".adapter.old").mkdir()
+    (tmp_path / ".adapter.old" / "a.bin").write_bytes(b"old")
+    lines = clean_stale_temp(tmp_path, quiet=True)
+    assert (tmp_path / "adapter" / "a.bin").read_bytes() == b"old"
+    assert "restored adapter" in lines[0]
+
+
+def test_clean_stale_temp_reports_a_recent_folder_without_pid(tmp_path):
+    from helpers.storage import clean_stale_temp
+
+    (tmp_path / ".model.tmp-abcd1234").mkdir()  # the name of earlier versions: no PID to check
+    lines = clean_stale_temp(tmp_path, quiet=True)
+    assert (tmp_path / ".model.tmp-abcd1234").is_dir() and "kept .model.tmp-abcd1234" in lines[0]
+    old = time.time() - 3600
+    os.utime(tmp_path / ".model.tmp-abcd1234", (old, old))
+    clean_stale_temp(tmp_path, quiet=True)
+    assert not (tmp_path / ".model.tmp-abcd1234").exists()
+
+
+def test_a_new_save_cleans_its_target_s_leftovers(tmp_path):
+    stale = tmp_path / ".adapter.tmp-999999999-zz"
+    stale.mkdir()
+    save_directory_atomically(tmp_path / "adapter", lambda tmp: (tmp / "new.bin").write_bytes(b"new"))
     assert listing(tmp_path) == ["adapter"]

@@ -269,11 +269,11 @@ else:
 # %% [markdown]
 # ## Hand-over to the next notebooks
 #
-# The facts measured here go to `outputs/01_model_info.json`.
+# The facts measured here go to `outputs/01_model_info.json`, with a manifest saying which model and
+# profile they belong to (`helpers.provenance.save_outputs`, explained in notebook 02).
 
 # %%
-from helpers.paths import artifact_path
-from helpers.storage import write_json
+from helpers.provenance import save_outputs
 
 model_info = {
     "profile": profile.name,
@@ -285,5 +285,5 @@ model_info = {
     "max_seq_length": profile.max_seq_length,
     "tie_word_embeddings": config.tie_word_embeddings,
 }
-write_json(artifact_path("model_info"), model_info)
+save_outputs(profile, {"model_info": model_info})
 print(model_info)

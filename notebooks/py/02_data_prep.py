@@ -52,25 +52,26 @@ profile = start("02_data_prep")
 # builder in the other. The helper checks the file first (missing, empty, not UTF-8, a broken line,
 # no `text` field) so that a bad file fails with a message that says what to fix.
 #
-# The code below is what `helpers.data.load_raw_dataset` runs.
+# The code below is what `helpers.data.load_raw_dataset` runs. The hub branch is the walkthrough's
+# `load_dataset("roneneldan/TinyStories", split="train[:2500]")`; it runs through the helper, which
+# makes that same call and, when the hub cannot be reached, falls back to the sample, repeated up to
+# the 2,500 rows asked for so that the run keeps the walkthrough's number of steps (and says so).
 
 # %%
 from datasets import load_dataset
 
-from helpers.data import local_sample_files, validate_jsonl
+from helpers.data import load_raw_dataset, local_sample_files, validate_jsonl
 from helpers.paths import relative
 
 if profile.text_dir:  # your own folder of .txt files (CPT_TEXT_DIR; see the README)
-    from helpers.data import load_raw_dataset
-
     dataset, source = load_raw_dataset(profile, split="train")
-    print(source)
 elif profile.is_local_model:  # offline profiles: the shipped sample
     path = local_sample_files(profile)["train"]
     print(f"{relative(path)}: {validate_jsonl(path)} valid rows")
-    dataset = load_dataset("json", data_files=str(path), split="train")
-else:  # the walkthrough's slice of the hub dataset
-    dataset = load_dataset(profile.dataset_name, split=profile.dataset_split)
+    dataset, source = load_dataset("json", data_files=str(path), split="train"), f"local sample: {relative(path)}"
+else:  # the walkthrough's slice of the hub dataset: load_dataset(profile.dataset_name, split=profile.dataset_split)
+    dataset, source = load_raw_dataset(profile, split="train")
+print(source)
 print(dataset)
 
 # %% [markdown]
@@ -212,17 +213,27 @@ assert sum(len(b) for b in blocks) + tail == sum(lengths)  # packing keeps every
 # stories with EOS as text: on the GPU, unsloth's trainer tokenizes them itself and picks packing or
 # padding-free batching (notebook 05). Notebook 03 uses the validation stories, which are never
 # trained on.
+#
+# The three are saved as one unit by `helpers.provenance.save_outputs`, each with a small manifest
+# (`outputs/manifests/`): the profile, the model, the data (its source and a hash of the text), the
+# settings that shaped it, and a hash of every file. Every later notebook reads them through
+# `helpers.paths.require`, which checks that manifest: a dataset made from other text, for another
+# model or with another `max_seq_length`, or a file cut off, stops with a message naming the notebook
+# to re-run, instead of a silently wrong result. An interrupted save leaves the previous three intact.
 
 # %%
 from helpers.data import build_train_dataset
+from helpers.integrity import text_sha256
 from helpers.paths import artifact_path
-from helpers.storage import save_directory_atomically, write_json
+from helpers.provenance import save_outputs
 
-train_dataset, stats = build_train_dataset(dataset, tokenizer, profile)
+train_dataset, stats = build_train_dataset(dataset, tokenizer, profile)  # refuses a corpus smaller than one row
 print(stats)
-save_directory_atomically(artifact_path("dataset"), lambda tmp: train_dataset.save_to_disk(str(tmp)))
-# the stories with EOS, untokenized: unsloth's trainer tokenizes and packs them itself (notebook 05)
-save_directory_atomically(artifact_path("text_dataset"), lambda tmp: dataset.save_to_disk(str(tmp)))
-write_json(artifact_path("data_stats"), {**stats, "length_summary": summary})
 assert stats["rows"] == len(train_dataset) > 0
+save_outputs(profile, {
+    "dataset": lambda folder: train_dataset.save_to_disk(str(folder)),
+    # the stories with EOS, untokenized: unsloth's trainer tokenizes and packs them itself (notebook 05)
+    "text_dataset": lambda folder: dataset.save_to_disk(str(folder)),
+    "data_stats": {**stats, "length_summary": summary},
+}, data={"source": source, "documents": len(dataset), "text_sha256": text_sha256(dataset["text"])})
 print(f"saved {len(train_dataset)} rows to {relative(artifact_path('dataset'))}")

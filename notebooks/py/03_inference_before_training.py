@@ -200,12 +200,13 @@ if not profile.is_smoke_model:  # a trained model is far better than guessing am
 # We record memory after inference and save the "before" text and perplexity for notebook 06.
 
 # %%
+from helpers.integrity import text_sha256
 from helpers.memory import format_snapshot, record_stage
-from helpers.paths import artifact_path, relative
-from helpers.storage import write_json
+from helpers.paths import relative
+from helpers.provenance import save_outputs
 
 print(format_snapshot(record_stage("inference before training", "03")))
-saved = write_json(artifact_path("before"), {
+saved = save_outputs(profile, {"before": {
     "profile": profile.name,
     "prompt": profile.prompt,
     "text": before.text,
@@ -213,5 +214,5 @@ saved = write_json(artifact_path("before"), {
     "eval_stories": len(eval_texts),
     "eval_max_tokens": profile.eval_max_tokens,
     "first_chunk": chunks[0],
-})
+}}, data={"source": source, "documents": len(eval_texts), "text_sha256": text_sha256(eval_texts)})["before"]
 print(f"saved {relative(saved)}")

@@ -213,15 +213,15 @@ print(f"gradient checkpointing: {profile.use_gradient_checkpointing!r}; "
 
 # %%
 from helpers.memory import format_snapshot, record_stage
-from helpers.paths import artifact_path, relative
-from helpers.storage import write_json
+from helpers.paths import relative
+from helpers.provenance import save_outputs
 
 print(format_snapshot(record_stage("LoRA added", "04")))
-saved = write_json(artifact_path("lora_info"), {
+saved = save_outputs(profile, {"lora_info": {
     "trainable_parameters": trainable,
     "total_parameters": total,
     "breakdown": breakdown,
     "embedding_tensors": embedding_names,
     "rslora_scale": scale_rslora,
-})
+}})["lora_info"]
 print(f"saved {relative(saved)}")

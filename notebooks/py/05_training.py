@@ -283,23 +283,17 @@ assert last < first, "the loss did not go down"
 # embedding copies, plus the adapter config that names the base model. `helpers.checkpoints.save_adapter`
 # calls it (and the tokenizer's) on a temporary folder that is swapped in only once complete, so an
 # interrupted save can never leave a half-written adapter that would load, and a full disk stops with
-# a message naming the folder and the free space. Notebook 06 loads it on top of a fresh base model.
+# a message naming the folder and the free space. Its manifest (`helpers.provenance`, notebook 02)
+# records the data and settings it was trained with, which notebook 06 checks before it loads the
+# adapter on top of a fresh base model.
 
 # %%
 from helpers.checkpoints import save_adapter
-from helpers.paths import relative
-from helpers.storage import folder_size_bytes, write_json
-
-adapter_dir = save_adapter(model, tokenizer)  # to outputs/05_adapter
-size_mb = folder_size_bytes(adapter_dir) / 1e6
-print(f"adapter saved to {relative(adapter_dir)}: {size_mb:.0f} MB")
-print(sorted(p.name for p in adapter_dir.iterdir()))
-
-# %%
 from helpers.memory import snapshot
-from helpers.paths import artifact_path
+from helpers.paths import relative
+from helpers.storage import folder_size_bytes
 
-write_json(artifact_path("train_result"), {
+train_result = {
     "profile": profile.name,
     "metrics": train_output.metrics,
     "steps": steps,
@@ -308,7 +302,10 @@ write_json(artifact_path("train_result"), {
     "log_history": trainer.state.log_history,
     "param_groups": groups,
     "embedding_max_change": embedding_change,
-    "adapter_mb": size_mb,
     "memory": snapshot(),
-})
-print("saved", relative(artifact_path("train_result")))
+}
+# the adapter and the training record are committed together, as one unit (notebook 02 explains why)
+adapter_dir = save_adapter(model, tokenizer, profile=profile, also={"train_result": train_result})
+size_mb = folder_size_bytes(adapter_dir) / 1e6
+print(f"adapter saved to {relative(adapter_dir)}: {size_mb:.0f} MB")
+print(sorted(p.name for p in adapter_dir.iterdir()))

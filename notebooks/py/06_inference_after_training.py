@@ -233,8 +233,7 @@ assert {"model loaded", "LoRA added", "after training", "inference after trainin
 # The numbers of this run go to `outputs/06_after.json`.
 
 # %%
-from helpers.paths import artifact_path
-from helpers.storage import write_json
+from helpers.provenance import save_outputs
 
 result = {
     "profile": profile.name,
@@ -246,5 +245,5 @@ result = {
     "train_runtime_s": train_result["metrics"]["train_runtime"],
     "seconds_per_step": train_result["seconds_per_step"],
 }
-write_json(artifact_path("after"), result)
+save_outputs(profile, {"after": result})
 print({k: v for k, v in result.items() if not k.startswith("text")})
