@@ -320,3 +320,58 @@ def set_rope(model, rope_theta: float, linear_factor: float = 1.0) -> None:
         inv_freq = 1.0 / (rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)) / linear_factor
         module.inv_freq.copy_(inv_freq.to(module.inv_freq.device))
         module.original_inv_freq = inv_freq.clone().to(module.inv_freq.device)
+
+
+# --- notebook 05: which embedding rows get a gradient? ---------------------------------------------
+
+
+def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
+    """Return how many rows of the input and the output embedding get a non-zero gradient from one
+    batch: ``{"embed_tokens": n, "lm_head": n, "vocabulary": V, "distinct_input_tokens": n}``.
+
+    One forward and backward pass on ``input_ids`` (labels = the inputs, as in CPT). The input side's
+    gradient is measured at the embedding layer's output and scattered back to the rows of the tokens
+    that were looked up, which is exactly the gradient ``embed_tokens`` receives; the output side is
+    the gradient of the ``lm_head`` weight, minus the input side's share when the two matrices are tied
+    (one tensor). Gradients are zeroed afterwards, so a trainer can start from this model unchanged.
+    """
+    import torch
+
+    from .training import _embedding_copies
+
+    embedding = model.get_input_embeddings()
+    captured = {}
+
+    def keep_output(module, args, output):
+        output.retain_grad()
+        captured["output"] = output
+
+    model.zero_grad(set_to_none=True)
+    hook = embedding.register_forward_hook(keep_output)
+    try:
+        loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels).loss
+        loss.backward()
+    finally:
+        hook.remove()
+    out_grad = captured["output"].grad.float()
+    copies = _embedding_copies(model)
+    head = next((p for n, p in copies.items() if "lm_head" in n), None)
+    embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
+    if head is None or embed is None or head.grad is None:
+        model.zero_grad(set_to_none=True)
+        raise ValueError("embed_tokens and lm_head must both be trainable (target_modules / modules_to_save)")
+    vocab, hidden = head.shape
+    input_side = torch.zeros(vocab, hidden, device=out_grad.device)
+    input_side.index_add_(0, input_ids.reshape(-1).to(out_grad.device), out_grad.reshape(-1, hidden))
+    head_grad = head.grad.float()
+    if head is embed:  # tied: one matrix collects both gradients
+        head_grad = head_grad - input_side
+    result = {
+        "embed_tokens": int((input_side.abs().sum(dim=1) > 0).sum().item()),
+        "lm_head": int((head_grad.abs().sum(dim=1) > 0).sum().item()),
+        "vocabulary": int(vocab),
+        "distinct_input_tokens": int(input_ids.unique().numel()),
+        "tied": head is embed,
+    }
+    model.zero_grad(set_to_none=True)
+    return result

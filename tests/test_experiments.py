@@ -123,3 +123,23 @@ def test_set_rope_changes_the_frequencies_and_the_logits(tokenizer, torch_one_th
         set_rope(model, theta, linear_factor=0)
     with pytest.raises(ValueError, match="rotary"):
         set_rope(torch.nn.Linear(2, 2), theta)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_embedding_gradient_rows_input_side_only_seen_tokens_output_side_all(tokenizer, torch_one_thread, tied):
+    from conftest import build_tiny_llama
+
+    from helpers.experiments import embedding_gradient_rows
+    from helpers.training import add_lora
+
+    torch = torch_one_thread
+    model = add_lora(build_tiny_llama(len(tokenizer), tied=tied), PROFILE)
+    ids = torch.tensor([[10, 11, 12, 10, 13, 14, 10, 15]])
+    rows = embedding_gradient_rows(model, ids)
+    assert rows["tied"] == tied and rows["vocabulary"] == len(tokenizer)
+    # a row of embed_tokens gets a gradient only when its token is an input: 6 distinct ids, of which
+    # the last (15) only feeds its own prediction, which has no label (causal attention), so 5 rows
+    assert rows["distinct_input_tokens"] == 6
+    assert rows["embed_tokens"] == 5
+    assert rows["lm_head"] == len(tokenizer)  # every row of the output matrix, through the softmax
+    assert all(p.grad is None for p in model.parameters())
