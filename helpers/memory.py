@@ -159,16 +159,137 @@ def stage_value(entry: dict) -> tuple[float, str]:
 
 
 def plot_stages(stages: list[dict], ax=None):
-    """Draw a bar chart of memory per stage; return the matplotlib Axes."""
+    """Draw a bar chart of memory per stage (labelled with its notebook, since each notebook is its own
+    process); return the matplotlib Axes."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.5))
     values = [stage_value(s) for s in stages]
-    ax.bar([s["stage"] for s in stages], [v for v, _ in values], color="tab:blue")
+    labels = [f"{s['stage']} ({s['notebook']})" if s.get("notebook") else s["stage"] for s in stages]
+    ax.bar(labels, [v for v, _ in values], color="tab:blue")
     ax.set_ylabel(values[0][1] if values else "GiB")
     ax.set_title("Memory by stage")
     ax.tick_params(axis="x", rotation=30)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
     return ax
+
+
+# --- "memory used for training", the walkthrough's way -------------------------------------------
+
+
+def peak_rss_gib() -> float:
+    """Return the highest resident host memory this process has had so far, in GiB (Linux/macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB  # bytes on macOS, KiB on Linux
+
+
+def training_memory_start() -> dict:
+    """Return the memory reading to take right before ``trainer.train()``.
+
+    On a GPU it is the walkthrough's ``start_gpu_memory``: ``torch.cuda.max_memory_reserved()``. On the
+    CPU, the analogue: this process's resident host memory (RSS) now.
+    """
+    cuda = torch_cuda_memory()
+    if cuda:
+        return {"device": "cuda", "start_gib": cuda["peak_reserved_gib"], "total_gib": cuda["total_gib"]}
+    import psutil
+
+    return {"device": "cpu", "start_gib": process_rss_gib(), "total_gib": psutil.virtual_memory().total / GIB}
+
+
+def training_memory_end(start: dict) -> dict:
+    """Return the walkthrough's four training-memory figures, given :func:`training_memory_start`'s reading.
+
+    GPU: ``peak_gib`` = ``torch.cuda.max_memory_reserved()`` after training, ``training_gib`` = peak
+    minus the start, and both as a percentage of the GPU's memory (the walkthrough's "Peak reserved
+    memory", "... for training" and their "% of max memory"). CPU: the same arithmetic on host memory,
+    with the process's peak RSS (``getrusage``) for the peak and the machine's RAM as the total.
+    ``measure`` names what was read.
+    """
+    if start["device"] == "cuda":
+        peak = torch_cuda_memory()["peak_reserved_gib"]
+        measure = "torch.cuda.max_memory_reserved (GPU)"
+    else:
+        peak = max(peak_rss_gib(), start["start_gib"])
+        measure = "process RSS, peak from getrusage (host memory; the CPU analogue)"
+    training = peak - start["start_gib"]
+    return {"device": start["device"], "measure": measure, "start_gib": start["start_gib"], "peak_gib": peak,
+            "training_gib": training, "total_gib": start["total_gib"],
+            "peak_pct": 100 * peak / start["total_gib"], "training_pct": 100 * training / start["total_gib"]}
+
+
+# --- the walkthrough's figures beside this project's -------------------------------------------------
+
+# What the walkthrough (Unsloth's raw-text notebook, Mistral-7B v0.3 in 4-bit on an A100-40GB, one
+# Python process) printed. nvidia-smi figures are "GB" as nvidia-smi's MiB/1024; torch figures are
+# GiB (bytes / 1024**3), printed as "GB". Its GPU total as torch reports it: 39.564.
+WALKTHROUGH_MEMORY = {
+    "gpu": "A100-40GB",
+    "nvidia_smi_gb": {"model loaded": 4.78, "after a forward pass": 5.03, "inference before training": 6.17,
+                      "after training": 9.85},
+    "peak_reserved_gb": 9.332,
+    "training_gb": 4.969,
+    "total_gb": 39.564,
+}
+
+
+def stage_reading(entry: dict) -> tuple[float | None, str]:
+    """Return ``(GiB, what)`` for the figure of one recorded stage that compares with the
+    walkthrough's nvidia-smi reading: nvidia-smi (else NVML) on a GPU, process RSS on the CPU."""
+    for key, what in (("nvidia_smi", "nvidia-smi used"), ("nvml", "NVML used")):
+        if entry.get(key):
+            return entry[key]["used_gib"], what
+    return entry.get("rss_gib"), "process RSS (host)"
+
+
+def comparison_rows(stages: list[dict], training: dict | None, walkthrough: dict = WALKTHROUGH_MEMORY) -> list[dict]:
+    """Return the rows of the "walkthrough vs this run" memory table.
+
+    One row per walkthrough stage (nvidia-smi) with this run's reading of the same stage
+    (:func:`stage_reading`; None when the stage was not recorded), then peak reserved, memory for
+    training and both as a percentage of the device's memory (from :func:`training_memory_end`'s
+    result; None when ``training`` is None). Each row: ``{"figure", "walkthrough", "this_run",
+    "measures"}``; numbers in GiB (percent for the ``%`` rows).
+    """
+    by_stage = {s["stage"]: s for s in stages}
+    rows = []
+    for stage, value in walkthrough["nvidia_smi_gb"].items():
+        reading, what = stage_reading(by_stage[stage]) if stage in by_stage else (None, "not recorded")
+        notebook = by_stage[stage]["notebook"] if stage in by_stage else "-"
+        rows.append({"figure": f"{stage} (notebook {notebook})", "walkthrough": value, "this_run": reading,
+                     "measures": f"walkthrough: nvidia-smi; this run: {what}"})
+    t = training or {}
+    what = t.get("measure", "not measured")
+    total = walkthrough["total_gb"]
+    rows += [
+        {"figure": "peak memory during training", "walkthrough": walkthrough["peak_reserved_gb"],
+         "this_run": t.get("peak_gib"), "measures": f"walkthrough: torch max_memory_reserved; this run: {what}"},
+        {"figure": "memory used for training (peak - start)", "walkthrough": walkthrough["training_gb"],
+         "this_run": t.get("training_gib"), "measures": "the same difference, taken around trainer.train()"},
+        {"figure": "peak, % of the device's memory", "walkthrough": 100 * walkthrough["peak_reserved_gb"] / total,
+         "this_run": t.get("peak_pct"), "measures": f"walkthrough: of {total} GB ({walkthrough['gpu']}); this run: "
+         + ("of the GPU" if t.get("device") == "cuda" else "of the machine's RAM")},
+        {"figure": "training, % of the device's memory", "walkthrough": 100 * walkthrough["training_gb"] / total,
+         "this_run": t.get("training_pct"), "measures": "the same ratio for the training share"},
+    ]
+    return rows
+
+
+def format_comparison(rows: list[dict], this_run_label: str = "this run") -> str:
+    """Return :func:`comparison_rows` as a fixed-width text table ("-" where a figure is missing)."""
+    def cell(value, figure):
+        if value is None:
+            return "-"
+        return f"{value:.1f} %" if "%" in figure else f"{value:.2f}"
+
+    header = f"{'figure':<44}{'walkthrough':>13}{this_run_label:>16}   measures"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(f"{row['figure']:<44}{cell(row['walkthrough'], row['figure']):>13}"
+                     f"{cell(row['this_run'], row['figure']):>16}   {row['measures']}")
+    return "\n".join(lines)

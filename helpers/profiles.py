@@ -9,6 +9,9 @@ Selection order (see :func:`select_profile`):
 2. otherwise automatic: CUDA present -> the walkthrough's GPU profile (``gpu-mistral7b``),
    no CUDA -> the offline CPU default (``cpu-smollm2``).
 
+Random weights: ``CPT_RANDOM_WEIGHTS=1`` says that the model behind the profile's name has random
+weights (the GPU run of ``gpu-mistral7b`` on a fake hub sets it); see :func:`weights_are_random`.
+
 Your own text: ``CPT_TEXT_DIR=<folder of .txt files>`` (optionally with ``CPT_SPLIT_ON_BLANK_LINES=1``)
 keeps the profile chosen above and points its ``text_dir`` at that folder instead of TinyStories.
 
@@ -32,6 +35,7 @@ MODEL_ENV_VAR = "CPT_MODEL"  # a hub id, a local Hugging Face folder or a .gguf 
 # Files that hold the weights of a Hugging Face model folder (single file or sharded).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+RANDOM_WEIGHTS_ENV_VAR = "CPT_RANDOM_WEIGHTS"  # 1: the model has the real architecture but random weights
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 # The walkthrough trains these seven projections with LoRA, plus the two embedding matrices.
@@ -216,6 +220,19 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2, 
 def register_profile(profile: Profile) -> None:
     """Add a profile to :data:`PROFILES` (used by tests and by readers who define their own)."""
     PROFILES[profile.name] = profile
+
+
+def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
+    """Return True when this run's model has random weights, so that its quality numbers (perplexity,
+    generated text, recall) mean nothing and only speed and memory are measured.
+
+    True for a smoke profile (a random Llama built at run time), and whenever ``CPT_RANDOM_WEIGHTS``
+    is set to a yes value (1/true/yes/on): the GPU run of the walkthrough's profile on a fake hub,
+    whose ``unsloth/mistral-7b-v0.3`` has the real architecture and tokenizer but random weights,
+    sets it. Notebooks guard every assert that only a trained model can meet with this function.
+    """
+    env = os.environ if env is None else env
+    return profile.is_smoke_model or env.get(RANDOM_WEIGHTS_ENV_VAR, "").strip().lower() in _TRUE
 
 
 def cuda_available() -> bool:

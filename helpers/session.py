@@ -7,7 +7,15 @@ import importlib.util
 import platform
 import warnings
 
-from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile, cuda_available, select_profile
+from .profiles import (
+    CPU_SMOLLM2,
+    PROFILE_ENV_VAR,
+    RANDOM_WEIGHTS_ENV_VAR,
+    Profile,
+    cuda_available,
+    select_profile,
+    weights_are_random,
+)
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "unsloth")
 
@@ -81,4 +89,8 @@ def start(notebook: str) -> Profile:
     if profile.is_smoke_model:
         print("NOTE     : smoke-test profile: the model is randomly initialised, so every generated text "
               "below is meaningless; the run checks that each code path works.")
+    elif weights_are_random(profile):
+        print(f"NOTE     : {RANDOM_WEIGHTS_ENV_VAR}=1: {profile.model_name} has its real architecture but random "
+              "weights here, so this run measures speed and memory, not quality (texts, perplexities and "
+              "recall below are meaningless, and the asserts that need a trained model are skipped).")
     return profile

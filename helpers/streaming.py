@@ -1,8 +1,8 @@
 """Streaming generation: run ``model.generate`` in a thread and print its text as it arrives,
 wrapped at a fixed width on word boundaries.
 
-Notebook ``03_inference_before_training`` shows three naive ways to print a stream and why each
-falls short, then uses :class:`WrappedPrinter` and :func:`stream_generate`.
+Notebook ``03_inference_before_training`` shows the walkthrough's three ways to print a stream and
+the quirk of each, then uses :class:`WrappedPrinter` and :func:`stream_generate`.
 """
 
 from __future__ import annotations
@@ -80,11 +80,27 @@ class StreamResult:
     prompt: str
     text: str  # the generated continuation only
     chunks: list[str] = field(default_factory=list)  # as the streamer yielded them
+    token_ids: list[int] = field(default_factory=list)  # the generated tokens, special tokens included
+    eos_token_ids: tuple[int, ...] = ()  # the ids that end generation (the model's generation config)
+    max_new_tokens: int | None = None
 
     @property
     def full_text(self) -> str:
         """Prompt followed by the continuation."""
         return self.prompt + self.text
+
+    @property
+    def stopped_at_eos(self) -> bool:
+        """True when generation ended because the model produced an end-of-sequence token."""
+        return bool(self.token_ids) and self.token_ids[-1] in self.eos_token_ids
+
+    def stop_reason(self) -> str:
+        """Return a sentence saying where and why generation stopped."""
+        words = len(self.text.split())
+        if self.stopped_at_eos:
+            return f"stopped by itself: EOS after {len(self.token_ids)} tokens ({words} words)"
+        return (f"did not stop: no EOS within max_new_tokens={self.max_new_tokens} "
+                f"({len(self.token_ids)} tokens, {words} words)")
 
 
 def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, width: int = 100,
@@ -110,11 +126,12 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     if echo_prompt:
         printer.feed(prompt)
     errors: list[BaseException] = []
+    outputs: list = []
 
     def run():
         try:
             with torch.no_grad():
-                model.generate(**kwargs)
+                outputs.append(model.generate(**kwargs))
         except BaseException as err:  # surface errors from the thread instead of hanging
             errors.append(err)
             streamer.end()
@@ -129,4 +146,9 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     printer.close()
     if errors:
         raise errors[0]
-    return StreamResult(prompt=prompt, text="".join(chunks), chunks=chunks)
+    token_ids = outputs[0][0, inputs["input_ids"].shape[1]:].tolist() if outputs else []
+    eos = kwargs.get("eos_token_id", getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    eos = tokenizer.eos_token_id if eos is None else eos
+    eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
+    return StreamResult(prompt=prompt, text="".join(chunks), chunks=chunks, token_ids=token_ids,
+                        eos_token_ids=eos_ids, max_new_tokens=kwargs["max_new_tokens"])

@@ -4,9 +4,10 @@ For each notebooks/py/NN_*.py (the jupytext sources), this makes sure that:
 
 * the first cell is a markdown cell holding an "Open in Colab" badge for that notebook (the GitHub
   path form of the URL, built from REPOSITORY below), followed by the notebook's title;
-* the first code cell starts with the Colab-only install block, which clones the repository and
-  installs the GPU extra with the project's pins when (and only when) it runs on Colab, and then
-  calls `helpers.session.start`.
+* the first code cell starts with the Colab-only block: on Colab (and only there) it clones the
+  repository and runs this file's :func:`bootstrap` from the clone, which installs the GPU extra with
+  the project's pins, makes ``helpers`` importable and moves into ``notebooks/``; then the cell calls
+  `helpers.session.start`.
 
     python scripts/colab_cells.py          # rewrite the sources in place
     python scripts/colab_cells.py --check  # exit 1 if any source is out of date (run by the tests)
@@ -31,18 +32,16 @@ BADGE = (
     "(https://colab.research.google.com/github/{repo}/blob/{branch}/notebooks/{name}.ipynb)\n"
     "#\n"
 )
+CLONE_DIR = "/content/cpt-raw-text"
+# The first code cell of every notebook: on Colab (only there) clone the repository, then run
+# bootstrap() below from the clone. Everything else (install, sys.path, working folder) lives here.
 INSTALL = '''import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "{branch}",
-                        "https://github.com/{repo}.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d {clone} || git clone -q --depth 1 -b {branch} https://github.com/{repo}.git {clone}", shell=True, check=True)
+    runpy.run_path("{clone}/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 '''
 BADGE_LINE = re.compile(r"^# \[!\[Open In Colab\].*\n#\n", re.M)
@@ -54,12 +53,28 @@ def render(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     name = path.stem
     badge = BADGE.format(repo=REPOSITORY, branch=BRANCH, name=name)
-    install = INSTALL.format(repo=REPOSITORY, branch=BRANCH)
+    install = INSTALL.format(repo=REPOSITORY, branch=BRANCH, clone=CLONE_DIR)
     text = BADGE_LINE.sub("", text, count=1)
     text = text.replace("# %% [markdown]\n", "# %% [markdown]\n" + badge, 1)
     text = INSTALL_BLOCK.sub("", text, count=1)
     first_code = text.index("# %%\n")
     return text[: first_code + len("# %%\n")] + install + text[first_code + len("# %%\n"):]
+
+
+def bootstrap(clone_dir: str = CLONE_DIR) -> None:
+    """Colab only (the first cell runs this file from the fresh clone): install the repository with
+    the GPU extra and the project's pins (once per runtime), make ``helpers`` importable, and move
+    into ``notebooks/`` so that every notebook runs where it runs locally."""
+    import os
+    import subprocess
+
+    marker = Path(clone_dir) / ".colab-installed"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{clone_dir}[gpu]"], check=True)
+        marker.touch()
+    if clone_dir not in sys.path:
+        sys.path.insert(0, clone_dir)
+    os.chdir(f"{clone_dir}/notebooks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,5 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "colab_bootstrap":  # runpy.run_path(..., run_name="colab_bootstrap") from a notebook's first cell
+    bootstrap()
+elif __name__ == "__main__":
     sys.exit(main())

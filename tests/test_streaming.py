@@ -242,6 +242,14 @@ def test_stream_result_full_text():
     assert result.full_text == "Once upon a time"
 
 
+def test_stream_result_says_where_generation_stopped():
+    stopped = StreamResult(prompt="", text=" The end.", token_ids=[5, 6, 2], eos_token_ids=(2,), max_new_tokens=10)
+    assert stopped.stopped_at_eos and "EOS after 3 tokens (2 words)" in stopped.stop_reason()
+    cut = StreamResult(prompt="", text=" and then", token_ids=[5, 6], eos_token_ids=(2,), max_new_tokens=2)
+    assert not cut.stopped_at_eos and "max_new_tokens=2" in cut.stop_reason()
+    assert not StreamResult(prompt="", text="").stopped_at_eos
+
+
 @pytest.fixture(scope="module", params=["smollm2-tokenizer", "word-tokenizer"])
 def tiny_model_and_tokenizer(request):
     """A tiny random Llama with the local SmolLM2 tokenizer (skipped when missing), or with the
@@ -280,6 +288,10 @@ def test_stream_generate_matches_plain_greedy_generate(tiny_model_and_tokenizer)
     # the printer saw the prompt (echo_prompt) and then every chunk, and wrapped it
     assert printer.received == prompt + result.text
     assert_well_wrapped("".join(writes), 30)
+    # the generated ids are kept, so where generation stopped can be reported
+    assert result.token_ids == output[0, inputs["input_ids"].shape[1] :].tolist()
+    assert result.stopped_at_eos == (result.token_ids[-1] in result.eos_token_ids)
+    assert result.stopped_at_eos or len(result.token_ids) == 24
 
 
 def test_stream_generate_without_echo_prints_only_the_continuation(tiny_model_and_tokenizer):

@@ -26,16 +26,11 @@
 # %%
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
-                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d /content/cpt-raw-text || git clone -q --depth 1 -b main https://github.com/cpt-tutorial/cpt-raw-text.git /content/cpt-raw-text", shell=True, check=True)
+    runpy.run_path("/content/cpt-raw-text/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 from helpers.session import start
 
@@ -86,9 +81,24 @@ for index, story in enumerate(dataset["text"][:5]):
     for paragraph in story.split("\n"):
         print(textwrap.fill(paragraph, width=100) if paragraph else "")
 
+# %% [markdown]
+# The walkthrough prints these five: Lily and the needle, Beep the car, Fin the fish, the cherry tree,
+# and Lily who pretends to be a princess. The cell checks the start of each, so a sample that joins
+# two stories into one row (or drops one) fails here.
+
 # %%
-if not profile.text_dir:  # the walkthrough's first story
-    assert dataset[0]["text"].startswith("One day, a little girl named Lily found a needle in her room.")
+WALKTHROUGH_FIRST_FIVE = (
+    "One day, a little girl named Lily found a needle in her room.",
+    "Once upon a time, there was a little car named Beep.",
+    "One day, a little fish named Fin was swimming near the shore.",
+    "Once upon a time, in a land full of trees, there was a little cherry tree.",
+    "Once upon a time, there was a little girl named Lily. Lily liked to pretend she was a popular princess.",
+)
+if not profile.text_dir:  # with your own text there is nothing to compare with
+    for index, start in enumerate(WALKTHROUGH_FIRST_FIVE):
+        assert dataset[index]["text"].startswith(start), f"row {index} is not the walkthrough's story {index}"
+    assert all("Once upon a time" not in story[1:] for story in dataset["text"][:5]), "a row holds two stories"
+    print("rows 0-4 are the walkthrough's first five stories, one story per row")
 assert all(len(story) > 0 for story in dataset["text"][:5])
 
 # %% [markdown]
@@ -154,6 +164,53 @@ print(summary)
 longer = sum(n > profile.max_seq_length for n in lengths)
 print(f"{longer} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length}")
 assert tokenized[0]["input_ids"][-1] == tokenizer.eos_token_id
+
+# %% [markdown]
+# ### What does `dataset_num_proc` buy?
+#
+# The walkthrough passes `dataset_num_proc = 2` to its trainer, which hands it to `Dataset.map` as
+# `num_proc`: the tokenization is split across that many worker processes. Whether that saves time
+# depends on how much text there is, because starting the workers and shipping the rows to them and
+# back costs a fixed amount. The cell times the same tokenization with 1 and 2 processes, on this
+# sample and on the walkthrough's 2,500 stories (the sample repeated to that length), with the
+# datasets cache off so that each call really tokenizes. Fast tokenizers can also use threads inside
+# one call; that is switched off here (as it is in forked workers anyway) so that only the processes
+# differ.
+
+# %%
+import os
+import time
+
+from datasets import concatenate_datasets
+from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def time_tokenization(data, num_proc: int) -> float:
+    started = time.perf_counter()
+    data.map(lambda batch: tokenizer(batch["text"], add_special_tokens=False), batched=True,
+             remove_columns=data.column_names, num_proc=num_proc, load_from_cache_file=False,
+             desc=f"Tokenizing ({num_proc} proc)")
+    return time.perf_counter() - started
+
+
+walkthrough_size = concatenate_datasets([dataset] * (2500 // len(dataset) + 1)).select(range(2500))
+num_proc_seconds = {}
+disable_progress_bar()  # only the timings below, not eight progress bars
+for label, data in ((f"{len(dataset)} stories", dataset), ("2,500 stories", walkthrough_size)):
+    num_proc_seconds[label] = {n: time_tokenization(data, n) for n in (1, 2)}
+    one, two = num_proc_seconds[label][1], num_proc_seconds[label][2]
+    print(f"{label:>14}: num_proc=1 {one:.2f} s, num_proc=2 {two:.2f} s ({one / two:.2f}x)")
+enable_progress_bar()
+print(f"this machine has {os.cpu_count()} CPU cores")
+
+# %% [markdown]
+# On a couple of thousand short stories the whole tokenization takes a few seconds either way, and a
+# second process saves little or nothing (on the run committed here, with the two cores shared with
+# other work, the ratios above): the fixed cost of starting it is of the same size as the work. `dataset_num_proc` pays off on datasets of hundreds of thousands of
+# documents, and then up to the number of cores; the walkthrough's setting is harmless, not a
+# speed-up you would notice.
 
 # %%
 import matplotlib.pyplot as plt

@@ -25,16 +25,11 @@
 # %%
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
-                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d /content/cpt-raw-text || git clone -q --depth 1 -b main https://github.com/cpt-tutorial/cpt-raw-text.git /content/cpt-raw-text", shell=True, check=True)
+    runpy.run_path("/content/cpt-raw-text/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 from helpers.session import start
 
@@ -66,8 +61,9 @@ print(type(model).__name__, "on", model.device)
 # can be decoded unambiguously (typically at word boundaries), so the chunks are words or bits of
 # words, with their spaces attached.
 #
-# First, what the chunks look like. With `skip_prompt=False` the streamer also emits the prompt.
-# The cell collects every chunk and checks what the **first chunk** holds.
+# First, what the chunks look like. The walkthrough builds its streamer as
+# `TextIteratorStreamer(tokenizer)`, so `skip_prompt=False`: the streamer also emits the prompt. The
+# cell collects every chunk of a 120-token continuation and checks what the **first chunk** holds.
 
 # %%
 from threading import Thread
@@ -78,7 +74,7 @@ from transformers import TextIteratorStreamer
 torch.manual_seed(profile.seed)
 inputs = tokenizer(profile.prompt, return_tensors="pt").to(model.device)
 streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
-generation = dict(inputs, streamer=streamer, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+generation = dict(inputs, streamer=streamer, max_new_tokens=120, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 thread = Thread(target=model.generate, kwargs=generation)
 thread.start()
 chunks = list(streamer)
@@ -92,74 +88,132 @@ assert profile.prompt.startswith(chunks[0]) and chunks[0] != profile.prompt
 # The first chunk is the prompt **minus its last word**: the streamer only releases text up to the
 # last space it has seen, because the next token might still extend the current word. The prompt's
 # final word ("away,") therefore arrives together with the first generated word. Empty chunks
-# appear while a word spread over several tokens is still incomplete. With `skip_prompt=True` the
-# prompt is never emitted at all. A printer has to cope with all three: partial words, empty
-# chunks, and a prompt that may or may not be part of the stream.
+# appear while a word spread over several tokens is still incomplete. A printer has to cope with
+# partial words, empty chunks, and a first chunk that carries the prompt.
 #
-# ## Printing a stream readably: three naive attempts
+# ## Printing a stream readably: the walkthrough's three attempts
 #
-# The walkthrough wraps the streamed text at a fixed width. It is worth seeing why the obvious ways
-# do not work; each is shown on the chunks collected above, without calling the model again.
+# The walkthrough tries three ways of printing the stream, and each is worth seeing, because each has
+# a quirk. They run here on the chunks collected above (no new generation), each writing into a
+# string so that the cell can measure its lines.
 #
-# **1. Print each chunk as it comes** (`print(chunk, end="")`). Correct text, but no wrapping: one
-# paragraph becomes one very long line.
+# **1. Print each chunk as it comes** (`print(new_text, end="")`). The text is right, but nothing
+# wraps it: a paragraph is one long line.
 
 # %%
-print("".join(chunks))
+attempt_1 = "".join(chunks)
+print(attempt_1)
+print(f"\nlongest line: {max(len(line) for line in attempt_1.splitlines())} characters")
 
 # %% [markdown]
-# **2. Wrap each chunk separately** (`textwrap.fill(chunk)`). Each chunk is a word or less, so wrapping
-# it does nothing useful, and printing every piece on its own line destroys the text.
+# **2. A newline every 20 chunks.** Counting chunks instead of characters is cheap, and since a
+# chunk is about a word, 20 chunks make a line of roughly even length. Except the first: the first
+# chunk carries the whole prompt, so the first line is the prompt plus 19 words, much longer than
+# the rest.
+
+# %%
+attempt_2 = ""
+for j, new_text in enumerate(chunks):
+    attempt_2 += new_text
+    if (j + 1) % 20 == 0:
+        attempt_2 += "\n"
+print(attempt_2)
+line_lengths = [len(line) for line in attempt_2.split("\n") if line]
+print(f"\nline lengths: {line_lengths}")
+assert line_lengths[0] == max(line_lengths)  # the prompt makes the first line the longest
+
+# %% [markdown]
+# **3. unsloth's own wrap: count characters.** The walkthrough's final version keeps a running
+# character count. The first chunk (`j == 0`), the one holding the prompt, is wrapped with
+# `textwrap.wrap` and the count starts at the length of its last line; after that, every chunk adds
+# its length, and once the count reaches the width a newline goes out *before* the chunk and the
+# count restarts at 0. The same logic, written as a function of the chunks and the width:
+
 
 # %%
 import textwrap
 
-for chunk in chunks[:8]:
-    print(textwrap.fill(chunk, width=30))
+
+def walkthrough_wrap(chunks: list[str], max_print_width: int) -> str:
+    out, length = "", 0
+    for j, new_text in enumerate(chunks):
+        if j == 0:
+            wrapped = textwrap.wrap(new_text, width=max_print_width)
+            length = len(wrapped[-1])
+            out += "\n".join(wrapped)
+        else:
+            length += len(new_text)
+            if length >= max_print_width:
+                length = 0
+                out += "\n"
+            out += new_text
+    return out
+
+
+width = 100
+attempt_3 = walkthrough_wrap(chunks, width)
+print(attempt_3)
+lines_3 = attempt_3.split("\n")
+too_long = [len(line) for line in lines_3 if len(line) > width]
+print(f"\nlines longer than {width}: {too_long}; lines starting with a space: {sum(line.startswith(' ') for line in lines_3)}")
 
 # %% [markdown]
-# **3. Re-wrap everything received so far, after every chunk.** The *result* is right, but the work
-# grows with the square of the length, and in a terminal each re-print scrolls the screen (in
-# Jupyter you would need `clear_output`, which flickers). Here we only count the characters printed.
+# It works, nearly. Its quirks, measured above and below:
+#
+# * when the count restarts at 0 the chunk that crossed the width is not counted, so the next line
+#   can run past the width by up to one chunk;
+# * the chunk that opens a new line brings its leading space with it, so lines start with a space;
+# * the model's own newlines do not reset the count, so after a paragraph break a line is cut early;
+# * the `j == 0` case assumes the first chunk holds text: `textwrap.wrap("")` is an empty list, so an
+#   empty first chunk (the streamer emits empty chunks, as counted above) ends the loop with an
+#   `IndexError`.
 
 # %%
-printed, received = 0, ""
-for chunk in chunks:
-    received += chunk
-    printed += len(textwrap.fill(received, width=30))
-print(f"text of {len(received)} characters -> {printed} characters printed by re-wrapping after every chunk")
+try:
+    walkthrough_wrap([""] + chunks[1:], width)
+    print("no error")
+except IndexError as err:
+    print(f"first chunk empty -> IndexError: {err}")
 
 # %% [markdown]
-# **The fix: wrap incrementally.** Keep track of the current column; hold back the word being
-# received until a space or newline completes it; then either print it on the current line or start
-# a new line first. The model's own newlines are honoured, and a word longer than a line is cut.
-# That is `helpers.streaming.WrappedPrinter` (unit-tested in `tests/test_streaming.py` for long
-# words, newlines inside chunks, empty chunks, and chunks that land exactly on the width), and
+# **The fix: wrap on words, incrementally.** Keep track of the current column; hold back the word
+# being received until a space or newline completes it; then either print it on the current line or
+# start a new line first. The model's own newlines reset the column, a word longer than a line is
+# cut, empty chunks and a prompt-bearing first chunk need no special case. That is
+# `helpers.streaming.WrappedPrinter` (unit-tested in `tests/test_streaming.py` for long words,
+# newlines inside chunks, empty chunks, and chunks that land exactly on the width), and
 # `helpers.streaming.stream_generate` wraps the thread and the streamer above around it.
 
 # %%
 from helpers.streaming import WrappedPrinter
 
 lines = []
-printer = WrappedPrinter(width=30, write=lines.append)
-for chunk in chunks:
+printer = WrappedPrinter(width=width, write=lines.append)
+for chunk in [""] + chunks:  # an empty first chunk is no problem
     printer.feed(chunk)
 printer.close()
 wrapped = "".join(lines)
 print(wrapped)
-assert max(len(line) for line in wrapped.splitlines()) <= 30
+assert max(len(line) for line in wrapped.splitlines()) <= width
+assert not any(line.startswith(" ") for line in wrapped.splitlines())
 assert wrapped.split() == "".join(chunks).split()  # same words, only the line breaks differ
 
 # %% [markdown]
 # ## The "before" story
 #
 # Now the real thing: the walkthrough's prompt, greedy decoding (always the most likely next token,
-# so the result is reproducible), wrapped at 100 characters as it streams.
+# so the result is reproducible), wrapped at 100 characters as it streams. A reader wants to see
+# whether the model can *finish* a story, so the limit is generous: generation runs until the model
+# produces its end-of-sequence token or `max_new_tokens` tokens, at least 384 (a TinyStories story is
+# about 200 tokens long, notebook 02). The last line says which of the two ended it. Notebook 06 uses
+# the same limit after training.
 
 # %%
 from helpers.streaming import stream_generate
 
-before = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=profile.max_new_tokens, width=100)
+story_tokens = max(profile.max_new_tokens, 384)
+before = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=story_tokens, width=100)
+print(f"\n[{before.stop_reason()}]")
 assert before.text.strip(), "the model generated nothing"
 
 # %% [markdown]
@@ -184,6 +238,7 @@ import math
 
 from helpers.data import load_raw_dataset
 from helpers.evaluation import perplexity
+from helpers.profiles import weights_are_random
 
 validation, source = load_raw_dataset(profile, split="validation")
 eval_texts = validation["text"][: profile.eval_stories]
@@ -191,8 +246,10 @@ print(f"held-out stories: {len(eval_texts)} from {source}")
 ppl_before = perplexity(model, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens)
 print(f"held-out perplexity before training: {ppl_before:.2f}")
 assert math.isfinite(ppl_before) and ppl_before > 1.0
-if not profile.is_smoke_model:  # a trained model is far better than guessing among all tokens
+if not weights_are_random(profile):  # a trained model is far better than guessing among all tokens
     assert ppl_before < len(tokenizer) / 100
+else:
+    print("random weights: this perplexity is not a quality measure (see the run header)")
 
 # %% [markdown]
 # ## Memory and hand-over
@@ -214,5 +271,8 @@ saved = save_outputs(profile, {"before": {
     "eval_stories": len(eval_texts),
     "eval_max_tokens": profile.eval_max_tokens,
     "first_chunk": chunks[0],
+    "max_new_tokens": story_tokens,
+    "stopped_at_eos": before.stopped_at_eos,
+    "new_tokens": len(before.token_ids),
 }}, data={"source": source, "documents": len(eval_texts), "text_sha256": text_sha256(eval_texts)})["before"]
 print(f"saved {relative(saved)}")

@@ -25,16 +25,11 @@
 # %%
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
-                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d /content/cpt-raw-text || git clone -q --depth 1 -b main https://github.com/cpt-tutorial/cpt-raw-text.git /content/cpt-raw-text", shell=True, check=True)
+    runpy.run_path("/content/cpt-raw-text/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 from helpers.session import start
 
@@ -82,9 +77,12 @@ model.print_trainable_parameters()
 #
 # The adapters train at `learning_rate` (5e-5 in the walkthrough); `embed_tokens` and `lm_head`
 # at `embedding_learning_rate`, ten times less (5e-6). Why slower? The embedding matrices are
-# trained *in full*, not through a low-rank bottleneck. Each row belongs to one token and only gets
-# a gradient when that token appears, so rows of rare tokens see few, noisy updates; and every row
-# carries knowledge the model needs everywhere else. A small learning rate lets them drift towards
+# trained *in full*, not through a low-rank bottleneck. Each row of `embed_tokens` belongs to one
+# token and only gets a gradient when that token appears in the batch, so rows of rare tokens see
+# few, noisy updates. `lm_head` is different: every row scores its token at every position through
+# the softmax, so *every* row gets a gradient at every step (pushed down for all the tokens that did
+# not come next), which makes it the matrix that moves most. The cell after the parameter groups
+# measures both. And every row carries knowledge the model needs everywhere else. A small learning rate lets them drift towards
 # the domain without wrecking what they encode. The walkthrough's own wording is that this stops the
 # embeddings from being trained "too much", and it asks whether the rate also applies to `lm_head`:
 # the parameter groups printed below answer that.
@@ -130,6 +128,27 @@ trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset, text
 trainer.create_optimizer()
 num_steps = planned_steps(trainer)  # max_steps, or the batches of the epochs / gradient accumulation
 print(f"{type(trainer).__name__} with {type(trainer.optimizer).__name__}, {num_steps} optimizer steps")
+
+# %% [markdown]
+# unsloth's trainer prints a banner when training starts: examples, epochs, total steps, batch sizes
+# and trainable parameters. The walkthrough's read: 2,500 examples, 1 epoch, 156 steps, batch 2 x 8 =
+# 16, 603,979,776 trainable parameters of 7,852,003,328 (7.69%). The plain `transformers.Trainer`
+# prints none of it, so the cell prints the same facts from the trainer itself, on every path.
+
+# %%
+world = trainer.args.world_size
+per_epoch = max(1, len(trainer.train_dataset) // (trainer.args.per_device_train_batch_size * world)
+                // trainer.args.gradient_accumulation_steps)
+epochs = math.ceil(trainer.args.max_steps / per_epoch) if trainer.args.max_steps > 0 else trainer.args.num_train_epochs
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+total_params = sum(p.numel() for p in model.parameters())
+batch = trainer.args.per_device_train_batch_size
+accumulation = trainer.args.gradient_accumulation_steps
+print(f"Num examples = {len(trainer.train_dataset):,} | Num Epochs = {epochs} | Total steps = {num_steps}")
+print(f"Batch size per device = {batch} | Gradient accumulation steps = {accumulation}")
+print(f"Data Parallel GPUs = {world} | Total batch size ({batch} x {accumulation} x {world}) = {batch * accumulation * world}")
+print(f"Trainable parameters = {trainable:,} of {total_params:,} ({100 * trainable / total_params:.2f}% trained)")
+assert num_steps > 0 and trainable > 0
 
 # %%
 import matplotlib.pyplot as plt
@@ -197,6 +216,34 @@ print("\nembedding LR applies to:", embedding_group["modules"],
       "(lm_head shares embed_tokens' matrix)" if model.get_base_model().config.tie_word_embeddings else "")
 
 # %% [markdown]
+# ## Which embedding rows get a gradient?
+#
+# The claim above, measured: one forward and backward pass on the first training row, then a count of the rows with a non-zero gradient in each matrix.
+# `helpers.experiments.embedding_gradient_rows` reads the input side's gradient where the embedding
+# lookup hands it on, and the output side's as the gradient of the `lm_head` weight (for SmolLM2,
+# whose two matrices are one tied tensor, it separates the two shares). The gradients are cleared
+# afterwards, so training starts as if this cell had not run.
+
+# %%
+import torch
+
+from helpers.experiments import embedding_gradient_rows
+
+probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]], device=model.device)
+model.train()
+rows = embedding_gradient_rows(model, probe_ids)
+print(f"one row of {probe_ids.numel()} tokens, {rows['distinct_input_tokens']} distinct; vocabulary {rows['vocabulary']:,} rows"
+      f"{' (tied matrices)' if rows['tied'] else ''}")
+print(f"embed_tokens rows with a gradient: {rows['embed_tokens']:,} ({rows['embed_tokens'] / rows['vocabulary']:.2%})")
+print(f"lm_head rows with a gradient     : {rows['lm_head']:,} ({rows['lm_head'] / rows['vocabulary']:.2%})")
+assert rows["embed_tokens"] <= rows["distinct_input_tokens"] < rows["vocabulary"] / 10
+assert rows["lm_head"] >= 0.99 * rows["vocabulary"]
+
+# %% [markdown]
+# So one row touches a few hundred rows of `embed_tokens` and (nearly) all rows of `lm_head`. The
+# embedding learning rate slows both, which matters most for `lm_head`: every one of its rows moves at
+# every step.
+#
 # ## Train
 #
 # A real CPT run takes hours, and kernels die, Colab disconnects, people press stop. So the trainer
@@ -216,13 +263,14 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 import time
 
 from helpers.checkpoints import train_resumable
-from helpers.memory import format_snapshot, record_stage
+from helpers.memory import format_snapshot, record_stage, training_memory_start
 from helpers.training import snapshot_embeddings
 
 embeddings_before = snapshot_embeddings(model)  # copies of the trainable embed_tokens / lm_head
 lora_b_param = next(p for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n)
 lora_b_before = lora_b_param.detach().float().clone()
 
+memory_at_start = training_memory_start()  # the walkthrough's start_gpu_memory (host RSS on the CPU)
 started = time.perf_counter()
 train_output = train_resumable(trainer, profile)
 wall_seconds = time.perf_counter() - started
@@ -230,6 +278,26 @@ steps = trainer.state.global_step
 print(f"{steps} optimizer steps in {train_output.metrics['train_runtime']:.1f} s "
       f"({train_output.metrics['train_runtime'] / steps:.2f} s per step)")
 print(format_snapshot(record_stage("after training", "05")))
+
+# %% [markdown]
+# ## Memory used for training, the walkthrough's way
+#
+# The walkthrough reads `torch.cuda.max_memory_reserved()` right before `trainer.train()` ("start")
+# and again after it ("peak"), and reports the peak, the difference ("memory for training"), and both
+# as a share of the GPU's memory. `helpers.memory.training_memory_start` took the start reading at the
+# top of the training cell, just before `train_resumable`; on the CPU the same arithmetic runs on
+# host memory (the process's RSS before training, its peak RSS after), which is an analogue, not the
+# same quantity. Notebook 06 puts these figures beside the walkthrough's.
+
+# %%
+from helpers.memory import training_memory_end
+
+training_memory = training_memory_end(memory_at_start)
+print(f"measure: {training_memory['measure']}")
+print(f"start {training_memory['start_gib']:.3f} GiB, peak {training_memory['peak_gib']:.3f} GiB "
+      f"= {training_memory['peak_pct']:.2f}% of {training_memory['total_gib']:.1f} GiB")
+print(f"memory used for training: {training_memory['training_gib']:.3f} GiB = {training_memory['training_pct']:.2f}%")
+assert training_memory["peak_gib"] >= training_memory["start_gib"]
 
 # %% [markdown]
 # ## Did both groups really train?
@@ -303,6 +371,7 @@ train_result = {
     "param_groups": groups,
     "embedding_max_change": embedding_change,
     "memory": snapshot(),
+    "training_memory": training_memory,
 }
 # the adapter and the training record are committed together, as one unit (notebook 02 explains why)
 adapter_dir = save_adapter(model, tokenizer, profile=profile, also={"train_result": train_result})

@@ -26,16 +26,11 @@
 # %%
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
-                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d /content/cpt-raw-text || git clone -q --depth 1 -b main https://github.com/cpt-tutorial/cpt-raw-text.git /content/cpt-raw-text", shell=True, check=True)
+    runpy.run_path("/content/cpt-raw-text/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 from helpers.session import start
 
@@ -114,13 +109,17 @@ assert training_mode["training"] and not inference_mode["training"]
 # %% [markdown]
 # ## The same prompt, after training
 #
-# Same prompt, same greedy decoding, same length limit as notebook 03, streamed with
-# `helpers.streaming.stream_generate` (taught in notebook 03).
+# Same prompt, same greedy decoding, same length limit as notebook 03 (long enough for a story to
+# end), streamed with `helpers.streaming.stream_generate` (taught in notebook 03). Notebook 02 appended
+# an end-of-sequence token to every training story, so one thing to watch is whether the model now
+# *stops* by itself at the end of a story, and where.
 
 # %%
 from helpers.streaming import stream_generate
 
-after = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=profile.max_new_tokens, width=100)
+story_tokens = before.get("max_new_tokens", profile.max_new_tokens)
+after = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=story_tokens, width=100)
+print(f"\n[{after.stop_reason()}]")
 
 # %% [markdown]
 # Side by side:
@@ -134,6 +133,9 @@ for label, text in (("BEFORE (notebook 03)", before["text"]), ("AFTER  (this not
         print(textwrap.fill(paragraph, width=100))
     print()
 assert after.text != before["text"], "training did not change the model's output"
+stops = {"before": before.get("stopped_at_eos"), "after": after.stopped_at_eos}
+print(f"stopped at EOS by itself: before {stops['before']} ({before.get('new_tokens')} tokens), "
+      f"after {stops['after']} ({len(after.token_ids)} tokens), limit {story_tokens}")
 
 # %% [markdown]
 # What to look for: TinyStories are written for small children, with a small vocabulary, short
@@ -203,16 +205,29 @@ ax2.plot([e["step"] for e in log], [e["learning_rate"] for e in log], color="tab
          label="learning rate (adapters)")
 ax2.set_ylabel("learning rate", color="tab:orange")
 ax.set_title(f"Training loss, {profile.name}")
-fig.legend(loc="upper right")
+lines = ax.get_lines() + ax2.get_lines()
+ax.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+          frameon=False)  # below the plot, clear of the title and the curves
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # ## Memory by stage
 #
-# Each notebook recorded memory at its stage into `outputs/memory_stages.json`. On a GPU the bars
-# show PyTorch's peak *reserved* memory; on the CPU, the process's resident host memory. Because
-# every notebook runs in its own process, each bar is the footprint of the process at that stage,
-# not a running total.
+# Each notebook recorded memory at its stage into `outputs/memory_stages.json`. What a bar measures
+# depends on the device: on a GPU, PyTorch's peak *reserved* memory of that notebook's process (the
+# allocator's high-water mark); on the CPU, the process's resident host memory (RSS) at that moment.
+#
+# **Why separate kernels change the picture.** The walkthrough runs everything in one Python process,
+# so each of its readings includes everything before it: the model, then the adapters, then the
+# optimizer state and the cached activations of training, and PyTorch's caching allocator keeps what
+# it once reserved. Its figures can only grow. Here every notebook is a fresh process that loads the
+# model again, so a bar is the footprint of *that notebook's* work alone. On the CPU that is why
+# "LoRA added" (notebook 04: load the model, wrap it, print parameters) comes out *smaller* than
+# "inference before training" (notebook 03: the same model plus generation's key/value cache and the
+# perplexity batches, whose logits alone are 4 x 256 x 49,152 floats, about 200 MB, and whose freed
+# memory the C allocator keeps in the process). On a GPU the same effect appears in the reserved
+# figures: a notebook that only adds LoRA never reserves what an earlier notebook's inference did.
 
 # %%
 from helpers.memory import format_snapshot, load_stages, plot_stages, record_stage
@@ -226,6 +241,27 @@ plot_stages(stages)
 plt.tight_layout()
 plt.show()
 assert {"model loaded", "LoRA added", "after training", "inference after training"} <= {s["stage"] for s in stages}
+
+# %% [markdown]
+# ## The walkthrough's memory figures beside this run's
+#
+# The walkthrough printed nvidia-smi at four stages of its one process (4.78, 5.03, 6.17 and 9.85
+# GB), and, around `trainer.train()`, a peak reserved memory of 9.332 GB of which 4.969 GB was used
+# for training (peak minus the reserved memory at the start), 23.6% and 12.6% of its A100-40GB.
+# The table puts this run's readings of the same stages beside them, and names what each side
+# measured: on a GPU, nvidia-smi per stage and PyTorch's reserved memory around training, as the
+# walkthrough did; on the CPU, host RSS, which is an analogue, not the same quantity. Notebook 05
+# took the training figures (`helpers.memory.training_memory_end`). Expect differences even on a GPU:
+# another GPU and unsloth version, and one kernel per notebook instead of one process.
+
+# %%
+from helpers.memory import comparison_rows, format_comparison
+
+device_label = "this run (GPU)" if profile.device == "cuda" else "this run (CPU)"
+memory_rows = comparison_rows(stages, train_result.get("training_memory"))
+print(format_comparison(memory_rows, device_label))
+training_row = next(r for r in memory_rows if r["figure"].startswith("memory used for training"))
+assert training_row["this_run"] is not None and training_row["this_run"] >= 0
 
 # %% [markdown]
 # ## Results
