@@ -164,7 +164,7 @@ def lab_page(browser, lab_server):
     """A page with JupyterLab loaded and its file browser listed."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
-    page.goto(f"{lab_server.url}/lab?token={lab_server.token}")
+    page.goto(f"{lab_server.url}/lab?reset&token={lab_server.token}")  # no tabs restored from a workspace
     page.locator(".jp-DirListing-content").wait_for(timeout=120_000)
     yield page
     context.close()
