@@ -18,6 +18,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     Raises ``ValueError`` when no text yields at least two tokens.
     """
     import torch
+
     from .progress import progress_bar
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
