@@ -1,6 +1,8 @@
 # One entry point for set-up, running and testing. Everything installs into .venv on first use.
 #   make run        execute every notebook (notebooks/NN_*.ipynb) in order on the chosen profile; executed copies in outputs/executed/
-#   make test       lint, unit tests, notebook checks, then every notebook under pytest --nbval-lax
+#   make test       lint, unit tests, notebook checks, every notebook under pytest --nbval-lax, then the
+#                   browser test (notebooks 00-02 run in JupyterLab through headless Chromium)
+#   make browser    the browser test alone; installs Chromium with apt-get when run as root
 #   make notebooks  rebuild notebooks/*.ipynb from notebooks/py/*.py and execute them in place (to commit)
 #   make test-gpu   the notebooks under nbval on a CUDA machine (CPT_PROFILE picks the CUDA profile)
 PYTHON ?= python3
@@ -8,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-cpu
 
-.PHONY: setup run test lint unit nbval notebooks test-gpu clean
+.PHONY: setup run test lint unit nbval browser chromium notebooks test-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +31,29 @@ lint: setup
 	$(PY) -m ruff check helpers tests scripts notebooks
 
 unit: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --ignore=tests/browser
 
 nbval: setup
 	$(PY) -m pytest --nbval-lax notebooks -q -p no:cacheprovider
 
-test: lint unit nbval
+# The browser test drives the system's Chromium (Playwright's own browser download is not used).
+# CPT_CHROMIUM may name another Chromium or Chrome binary.
+chromium:
+	@if [ -n "$$CPT_CHROMIUM" ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Chromium for the browser test: apt-get install -y chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "The browser test needs Chromium, and this make is not root with apt-get to install it." >&2; \
+	  echo "Install it (Debian: sudo apt-get install -y chromium), or set CPT_CHROMIUM=/path/to/chromium." >&2; \
+	  exit 1; \
+	fi
+
+browser: setup chromium
+	CPT_BROWSER_TEST=1 $(PY) -m pytest tests/browser -q -p no:cacheprovider
+
+test: lint unit nbval browser
 
 notebooks: setup
 	$(PY) scripts/colab_cells.py

@@ -18,7 +18,8 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     Raises ``ValueError`` when no text yields at least two tokens.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from .progress import progress_bar
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     encoded = [ids for ids in encoded if len(ids) >= 2]
@@ -31,7 +32,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     model.eval()
     batches = range(0, len(encoded), batch_size)
     with torch.no_grad():
-        for start in tqdm(batches, desc="Perplexity", disable=not progress):
+        for start in progress_bar(batches, desc="Perplexity", enabled=progress):
             chunk = encoded[start : start + batch_size]
             width = max(len(ids) for ids in chunk)
             input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

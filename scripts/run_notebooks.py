@@ -6,11 +6,18 @@
 
 The kernel runs in notebooks/ (as in JupyterLab and under nbval). Stops at the first failing
 notebook and prints the time each one took.
+
+Progress bars stay out of the saved notebooks: the kernels start with helpers.progress.QUIET_PROGRESS_ENV
+(the switches of tqdm, transformers/huggingface_hub and datasets), and any bar drawn all the same (a
+library's plain tqdm.auto, which ignores TQDM_DISABLE in a notebook) is removed before saving: widget
+views and the "\\r"-rewritten text lines of a tqdm meter.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -20,6 +27,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # helpers/, also when the script runs without the editable install
+    sys.path.insert(0, str(ROOT))
+
+from helpers.progress import QUIET_PROGRESS_ENV  # noqa: E402
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# One tqdm meter: "Loading weights:  42%|████▏     | 114/272 [00:00<00:00, 1117.97it/s]"
+PROGRESS_METER = re.compile(r"\d+%\|[^|\r\n]*\|[^\r\n]*\[[\d:]+<[\d:?]+")
 
 
 def coalesce_streams(outputs: list) -> list:
@@ -33,6 +48,47 @@ def coalesce_streams(outputs: list) -> list:
         else:
             merged.append(output)
     return merged
+
+
+def strip_progress_text(text: str) -> str:
+    """Return ``text`` without its tqdm meters: each "\\r"-separated segment that is a meter goes, and so
+    does a line left blank by that; every other character is kept."""
+    lines = []
+    for line in text.split("\n"):
+        segments = line.split("\r")
+        kept = [segment for segment in segments if not PROGRESS_METER.search(segment)]
+        if len(kept) < len(segments) and not "".join(kept).strip():
+            continue
+        lines.append("\r".join(kept))
+    return "\n".join(lines)
+
+
+def is_progress_output(output) -> bool:
+    """True for a progress bar drawn as a widget (a widget view whose text form is a tqdm meter, or
+    that has no text form) or as stream text made only of tqdm meters."""
+    if output.get("output_type") == "stream":
+        return bool(output["text"].strip()) and not strip_progress_text(output["text"]).strip()
+    data = output.get("data", {})
+    if WIDGET_VIEW in data:
+        return not data.get("text/plain") or bool(PROGRESS_METER.search(str(data["text/plain"])))
+    return False
+
+
+def strip_progress(outputs: list) -> tuple[list, int]:
+    """Return ``(outputs without progress bars, how many outputs were removed or trimmed)``; a stream
+    that mixes text and bars keeps its text."""
+    kept, touched = [], 0
+    for output in outputs:
+        if is_progress_output(output):
+            touched += 1
+            continue
+        if output.get("output_type") == "stream":
+            text = strip_progress_text(output["text"])
+            if text != output["text"]:
+                touched += 1
+                output["text"] = text
+        kept.append(output)
+    return kept, touched
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,14 +110,21 @@ def main(argv: list[str] | None = None) -> int:
         client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}})
         try:
-            client.execute()
+            client.execute(env={**os.environ, **QUIET_PROGRESS_ENV})
         except CellExecutionError as err:
             print(f"FAILED {path.name} after {time.perf_counter() - started:.0f} s\n{err}", file=sys.stderr)
             return 1
+        stripped = 0
         for cell in nb.cells:  # volatile, machine-specific metadata stays out of the repo
             cell.metadata.pop("execution", None)
             if cell.cell_type == "code":
-                cell.outputs = coalesce_streams(cell.outputs)
+                cell.outputs, touched = strip_progress(coalesce_streams(cell.outputs))
+                stripped += touched
+        if not any(WIDGET_VIEW in output.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+                   for output in cell.outputs):
+            nb.metadata.pop("widgets", None)  # the state of the bars' widgets, now unused
+        if stripped:
+            print(f"   {path.name}: {stripped} progress-bar output(s) removed before saving", flush=True)
         target = path if args.inplace else args.out / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
