@@ -35,6 +35,7 @@ MODEL_ENV_VAR = "CPT_MODEL"  # a hub id, a local Hugging Face folder or a .gguf 
 # Files that hold the weights of a Hugging Face model folder (single file or sharded).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+PACKING_ENV_VAR = "CPT_PACKING"  # 1: packed blocks, 0: one padded document per row (overrides the profile)
 RANDOM_WEIGHTS_ENV_VAR = "CPT_RANDOM_WEIGHTS"  # 1: the model has the real architecture but random weights
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
@@ -267,7 +268,24 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
     else:
         chosen, reason = (CPU_SMOLLM2,
                           f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)")
-    return with_own_model(*with_own_text(chosen, reason, env), env)
+    return with_own_model(*with_own_text(*with_packing(chosen, reason, env), env), env)
+
+
+def with_packing(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
+    """Apply ``CPT_PACKING`` from ``env``: ``1`` packs the token stream into ``max_seq_length``
+    blocks, ``0`` keeps one padded document per row (the walkthrough's way). Unset or blank: the
+    profile's own choice. Returns the (possibly changed) profile and a reason that says so; raises
+    ``ValueError`` for a value that is not yes/no."""
+    value = env.get(PACKING_ENV_VAR, "").strip().lower()
+    if not value:
+        return profile, reason
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"{PACKING_ENV_VAR}={value!r}: use 1 (packed blocks) or 0 (one padded document per row).")
+    packing = value in _TRUE
+    if packing == profile.packing:
+        return profile, reason
+    how = "packed blocks" if packing else "one padded document per row"
+    return profile.replace(packing=packing), f"{reason}; batching: {PACKING_ENV_VAR}={value} ({how})"
 
 
 def with_own_text(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:

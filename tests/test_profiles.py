@@ -309,3 +309,23 @@ def test_first_cell_prints_the_own_model_like_the_profile(isolated_root, monkeyp
     assert "profile  : cpu-smollm2 (CPT_PROFILE=cpu-smollm2 is set; model: CPT_MODEL=models/mine (local folder))" in header
     assert "model    : models/mine (backend: transformers, 4-bit: False, replaces cpu-smollm2's model (CPT_MODEL))" in header
     assert str(isolated_root) not in header  # no absolute local path
+
+
+def test_cpt_packing_overrides_the_profile_and_says_so():
+    from helpers.profiles import select_profile
+
+    profile, reason = select_profile({"CPT_PROFILE": "gpu-mistral7b", "CPT_PACKING": "1"}, cuda=True)
+    assert profile.packing is True and "CPT_PACKING=1" in reason
+    profile, reason = select_profile({"CPT_PROFILE": "cpu-smollm2", "CPT_PACKING": "0"}, cuda=False)
+    assert profile.packing is False and "one padded document per row" in reason
+    profile, reason = select_profile({"CPT_PROFILE": "cpu-smollm2", "CPT_PACKING": "1"}, cuda=False)
+    assert profile.packing is True and "CPT_PACKING" not in reason  # already the profile's choice
+
+
+def test_cpt_packing_refuses_a_value_that_is_not_yes_or_no():
+    import pytest
+
+    from helpers.profiles import select_profile
+
+    with pytest.raises(ValueError, match="CPT_PACKING='maybe'"):
+        select_profile({"CPT_PROFILE": "cpu-smollm2", "CPT_PACKING": "maybe"}, cuda=False)
