@@ -237,8 +237,27 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
             "text, or repeat the rows with --repeat-data.")
     procs.say(f"data     : {source}: {stats['documents']} documents, {stats['tokens']} tokens -> "
               f"{stats['rows']} rows x {repeat} = {len(rows)} rows")
+    note_memory("model loaded", procs.local_rank)
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
-    return add_lora(model, profile), tokenizer, rows
+    model = add_lora(model, profile)
+    note_memory("LoRA added", procs.local_rank)
+    return model, tokenizer, rows
+
+
+MEMORY_STAGES: list[dict] = []  # this process's readings, in order (one process, as in the walkthrough)
+
+
+def note_memory(stage: str, local_rank: int) -> None:
+    """Append nvidia-smi's and torch's reading of this GPU at ``stage`` to :data:`MEMORY_STAGES`
+    (nothing on the CPU): the walkthrough read nvidia-smi at its stages of one process."""
+    from helpers.memory import nvidia_smi_memory, torch_cuda_memory
+
+    cuda = torch_cuda_memory()
+    if cuda is None:
+        return
+    smi = nvidia_smi_memory(local_rank)
+    MEMORY_STAGES.append({"stage": stage, "nvidia_smi_used_gib": smi["used_gib"] if smi else None,
+                          "torch_reserved_gib": round(cuda["reserved_gib"], 3)})
 
 
 def build_trainer(profile: Profile, model, tokenizer, rows, policy: dict, checkpoints: Path, save_steps: int | None):
@@ -295,11 +314,16 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     trainer.add_callback(clock.callback())
     before = snapshot_embeddings(model)
     cuda = profile.device == "cuda"
+    from helpers.memory import training_memory_end, training_memory_start
+
+    memory_start = training_memory_start()  # the walkthrough's start_gpu_memory: peak reserved so far
     if cuda:
         torch.cuda.reset_peak_memory_stats(procs.local_rank)
     with plain_cpu_map_location(procs.distributed and profile.device == "cpu"):  # a transformers 5.17 bug
         output = train_resumable(trainer, profile, resume=resume)
     counts.stop()
+    training_memory = training_memory_end(memory_start) if cuda else None  # peak - start, as the walkthrough
+    note_memory("after training", procs.local_rank)
     embeddings = assert_embeddings_trained(model, before, trainer.optimizer, profile.embedding_learning_rate)
     if check_sync:
         sync.append(sync_check(model, "after training"))
@@ -308,7 +332,8 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     return {"steady": steady, "tokens_steady": sum_over_ranks(steady["tokens"]),
             "tokens_trained": sum_over_ranks(steady["tokens_all"]), "sync": sync,
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
-            "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step}
+            "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
+            "training_memory": training_memory}
 
 
 def evaluate(model, tokenizer, profile: Profile, stories: int) -> dict:
@@ -361,6 +386,7 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
         "final_loss": losses[-1] if losses else None, "losses": [round(loss, 5) for loss in losses],
         "sync_check": "passed" if measured["sync"] else "not run", "sync": measured["sync"],
         "peak_reserved_gib_per_rank": measured["peaks"] if profile.device == "cuda" else None,
+        "training_memory": measured["training_memory"], "memory_stages": MEMORY_STAGES,
         "param_groups": [{k: g[k] for k in ("group", "lr", "tensors", "parameters")}
                          for g in describe_param_groups(getattr(trainer.optimizer, "optimizer", trainer.optimizer),
                                                         trainer.model)],
