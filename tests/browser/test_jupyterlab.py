@@ -54,6 +54,7 @@ RUN_FINISHED = """
 RUN_STARTED = """
 (panel) => [...panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(p => /[*\\d]/.test(p.textContent))
 """
+WIDGETS_DRAWN = "(panel) => !panel.textContent.includes('Loading widget...')"
 PROBLEM_MIMES = ("application/vnd.jupyter.stderr", "application/vnd.jupyter.error")
 
 
@@ -104,11 +105,30 @@ def check(run: NotebookRun, expects_plot: bool) -> list[str]:
     return problems
 
 
-def _dismiss_dialog(page, button: str) -> None:
-    dialog = page.locator(".jp-Dialog")
-    if dialog.count():
-        dialog.get_by_role("button", name=button).click()
+# Closing asks "Shut down the notebook?" and, for a notebook with new outputs, whether to save it: the
+# answers are shut down, and discard (the committed notebook stays as it is). Never "Save".
+CLOSE_ANSWERS = re.compile(r"^(Shut Down|Discard|Ok)$", re.I)
+PANEL_GONE_OR_DIALOG = "(panel) => !panel.isConnected || document.querySelector('.jp-Dialog') !== null"
+
+
+def close_and_shut_down(page, panel, lab_server) -> None:
+    """File > Close and Shut Down Notebook, answering its dialogs; return once the server has no session
+    or kernel left."""
+    handle = panel.element_handle()
+    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^File$")).click()
+    page.locator('.lm-Menu-item[data-command="filemenu:close-and-cleanup"]').click()
+    for _ in range(3):
+        _wait_for(page, PANEL_GONE_OR_DIALOG, handle, 60, "the notebook to close or ask a question")
+        dialog = page.locator(".jp-Dialog")
+        if not dialog.count():
+            break
+        dialog.get_by_role("button", name=CLOSE_ANSWERS).first.click()
         dialog.wait_for(state="detached")
+    panel.wait_for(state="detached")
+    deadline = time.monotonic() + 60
+    while lab_server.api("sessions") or lab_server.api("kernels"):
+        assert time.monotonic() < deadline, "the notebook's kernel was not shut down within 60 s"
+        page.wait_for_timeout(200)
 
 
 def _wait_for(page, condition: str, arg, seconds: float, what: str) -> None:
@@ -166,6 +186,7 @@ def run_all_in_lab(page, relative: str, lab_server, screenshot: Path | None = No
     handle = panel.element_handle()
     _wait_for(page, RUN_STARTED, handle, 60, f"Run All to start in {name}")
     _wait_for(page, RUN_FINISHED, handle, NOTEBOOK_TIMEOUT_S, f"Run All to finish in {name}")
+    _wait_for(page, WIDGETS_DRAWN, handle, 60, f"the widgets of {name} to be drawn")
     seconds = time.perf_counter() - started
     cells = panel.evaluate(READ_NOTEBOOK)
     first_output = panel.locator(".jp-CodeCell .jp-OutputArea-output").first
@@ -183,16 +204,7 @@ def run_all_in_lab(page, relative: str, lab_server, screenshot: Path | None = No
         if last_image.count():
             last_image.scroll_into_view_if_needed()
         page.screenshot(path=str(screenshot))
-    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^File$")).click()
-    page.locator('.lm-Menu-item[data-command="filemenu:close-and-cleanup"]').click()
-    page.locator(".jp-Dialog").wait_for()
-    page.locator(".jp-Dialog").get_by_role("button", name=re.compile("Shut Down|Ok", re.I)).click()
-    _dismiss_dialog(page, "Discard")  # unsaved outputs: the committed notebook stays as it is
-    panel.wait_for(state="detached")
-    deadline = time.monotonic() + 60
-    while lab_server.api("sessions") or lab_server.api("kernels"):  # its kernel is shut down
-        assert time.monotonic() < deadline, "the notebook's kernel was not shut down within 60 s"
-        page.wait_for_timeout(200)
+    close_and_shut_down(page, panel, lab_server)
     return run
 
 
