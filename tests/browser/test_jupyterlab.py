@@ -30,7 +30,8 @@ NOTEBOOK_TIMEOUT_S = int(os.environ.get("CPT_BROWSER_NOTEBOOK_TIMEOUT", "900"))
 READ_NOTEBOOK = """
 (panel) => {
   const cells = [...panel.querySelectorAll('.jp-Notebook .jp-Cell')];
-  return cells.map((cell, index) => {
+  return cells.map((cell, i) => {
+    const index = i + 1;  // numbered from 1, as in the status bar ("Cell 3/18")
     const code = cell.classList.contains('jp-CodeCell');
     const prompt = code ? (cell.querySelector('.jp-InputArea-prompt')?.textContent || '').trim() : '';
     const outputs = [...cell.querySelectorAll('.jp-OutputArea-output')].map(o => ({
@@ -89,7 +90,8 @@ def check(run: NotebookRun, expects_plot: bool) -> list[str]:
     for cell in run.code_cells:
         for output in cell["outputs"]:
             if output["mime"] in PROBLEM_MIMES:
-                kind = "error" if "error" in output["mime"] else "stderr (warning?)"
+                error = "error" in output["mime"] or "Traceback" in output["text"]
+                kind = "an error" if error else "stderr output (a warning?)"
                 problems.append(f"cell {cell['index']} shows {kind}: {output['text'][:600]}")
     header = run.header_shown
     if not (f"notebook : {run.name}" in header and "profile  :" in header):
@@ -246,6 +248,6 @@ def test_the_checks_fail_when_a_cell_raises_or_warns(lab_page, lab_server):
     report = "\n".join(problems)
     assert "ValueError: a deliberate failure" in report, report
     assert "a deliberate warning" in report, report
-    assert "code cells [3] did not run" in report, report
+    assert "code cells [4] did not run" in report, report
     assert "no image is rendered" in report, report
     assert "profile header" not in report, report  # the header of the first cell is seen on screen
