@@ -45,7 +45,7 @@ chromium:
 	  echo "installing Chromium for the browser test: apt-get install -y chromium"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else \
-	  echo "The browser test needs Chromium, and this make is not root with apt-get to install it." >&2; \
+	  echo "The browser test needs Chromium, and make can install it only as root with apt-get." >&2; \
 	  echo "Install it (Debian: sudo apt-get install -y chromium), or set CPT_CHROMIUM=/path/to/chromium." >&2; \
 	  exit 1; \
 	fi

@@ -30,7 +30,8 @@ NOTEBOOK_TIMEOUT_S = int(os.environ.get("CPT_BROWSER_NOTEBOOK_TIMEOUT", "900"))
 READ_NOTEBOOK = """
 (panel) => {
   const cells = [...panel.querySelectorAll('.jp-Notebook .jp-Cell')];
-  return cells.map((cell, index) => {
+  return cells.map((cell, i) => {
+    const index = i + 1;  // numbered from 1, as in the status bar ("Cell 3/18")
     const code = cell.classList.contains('jp-CodeCell');
     const prompt = code ? (cell.querySelector('.jp-InputArea-prompt')?.textContent || '').trim() : '';
     const outputs = [...cell.querySelectorAll('.jp-OutputArea-output')].map(o => ({
@@ -54,6 +55,7 @@ RUN_FINISHED = """
 RUN_STARTED = """
 (panel) => [...panel.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].some(p => /[*\\d]/.test(p.textContent))
 """
+WIDGETS_DRAWN = "(panel) => !panel.textContent.includes('Loading widget...')"
 PROBLEM_MIMES = ("application/vnd.jupyter.stderr", "application/vnd.jupyter.error")
 
 
@@ -88,7 +90,8 @@ def check(run: NotebookRun, expects_plot: bool) -> list[str]:
     for cell in run.code_cells:
         for output in cell["outputs"]:
             if output["mime"] in PROBLEM_MIMES:
-                kind = "error" if "error" in output["mime"] else "stderr (warning?)"
+                error = "error" in output["mime"] or "Traceback" in output["text"]
+                kind = "an error" if error else "stderr output (a warning?)"
                 problems.append(f"cell {cell['index']} shows {kind}: {output['text'][:600]}")
     header = run.header_shown
     if not (f"notebook : {run.name}" in header and "profile  :" in header):
@@ -104,11 +107,30 @@ def check(run: NotebookRun, expects_plot: bool) -> list[str]:
     return problems
 
 
-def _dismiss_dialog(page, button: str) -> None:
-    dialog = page.locator(".jp-Dialog")
-    if dialog.count():
-        dialog.get_by_role("button", name=button).click()
+# Closing asks "Shut down the notebook?" and, for a notebook with new outputs, whether to save it: the
+# answers are shut down, and discard (the committed notebook stays as it is). Never "Save".
+CLOSE_ANSWERS = re.compile(r"^(Shut Down|Discard|Ok)$", re.I)
+PANEL_GONE_OR_DIALOG = "(panel) => !panel.isConnected || document.querySelector('.jp-Dialog') !== null"
+
+
+def close_and_shut_down(page, panel, lab_server) -> None:
+    """File > Close and Shut Down Notebook, answering its dialogs; return once the server has no session
+    or kernel left."""
+    handle = panel.element_handle()
+    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^File$")).click()
+    page.locator('.lm-Menu-item[data-command="filemenu:close-and-cleanup"]').click()
+    for _ in range(3):
+        _wait_for(page, PANEL_GONE_OR_DIALOG, handle, 60, "the notebook to close or ask a question")
+        dialog = page.locator(".jp-Dialog")
+        if not dialog.count():
+            break
+        dialog.get_by_role("button", name=CLOSE_ANSWERS).first.click()
         dialog.wait_for(state="detached")
+    panel.wait_for(state="detached")
+    deadline = time.monotonic() + 60
+    while lab_server.api("sessions") or lab_server.api("kernels"):
+        assert time.monotonic() < deadline, "the notebook's kernel was not shut down within 60 s"
+        page.wait_for_timeout(200)
 
 
 def _wait_for(page, condition: str, arg, seconds: float, what: str) -> None:
@@ -166,6 +188,7 @@ def run_all_in_lab(page, relative: str, lab_server, screenshot: Path | None = No
     handle = panel.element_handle()
     _wait_for(page, RUN_STARTED, handle, 60, f"Run All to start in {name}")
     _wait_for(page, RUN_FINISHED, handle, NOTEBOOK_TIMEOUT_S, f"Run All to finish in {name}")
+    _wait_for(page, WIDGETS_DRAWN, handle, 60, f"the widgets of {name} to be drawn")
     seconds = time.perf_counter() - started
     cells = panel.evaluate(READ_NOTEBOOK)
     first_output = panel.locator(".jp-CodeCell .jp-OutputArea-output").first
@@ -183,16 +206,7 @@ def run_all_in_lab(page, relative: str, lab_server, screenshot: Path | None = No
         if last_image.count():
             last_image.scroll_into_view_if_needed()
         page.screenshot(path=str(screenshot))
-    page.locator(".lm-MenuBar-item").filter(has_text=re.compile(r"^File$")).click()
-    page.locator('.lm-Menu-item[data-command="filemenu:close-and-cleanup"]').click()
-    page.locator(".jp-Dialog").wait_for()
-    page.locator(".jp-Dialog").get_by_role("button", name=re.compile("Shut Down|Ok", re.I)).click()
-    _dismiss_dialog(page, "Discard")  # unsaved outputs: the committed notebook stays as it is
-    panel.wait_for(state="detached")
-    deadline = time.monotonic() + 60
-    while lab_server.api("sessions") or lab_server.api("kernels"):  # its kernel is shut down
-        assert time.monotonic() < deadline, "the notebook's kernel was not shut down within 60 s"
-        page.wait_for_timeout(200)
+    close_and_shut_down(page, panel, lab_server)
     return run
 
 
@@ -234,6 +248,6 @@ def test_the_checks_fail_when_a_cell_raises_or_warns(lab_page, lab_server):
     report = "\n".join(problems)
     assert "ValueError: a deliberate failure" in report, report
     assert "a deliberate warning" in report, report
-    assert "code cells [3] did not run" in report, report
+    assert "code cells [4] did not run" in report, report
     assert "no image is rendered" in report, report
     assert "profile header" not in report, report  # the header of the first cell is seen on screen
