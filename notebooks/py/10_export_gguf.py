@@ -188,13 +188,13 @@ if f32_path:
 
 # %% [markdown]
 # The claims, as asserts: each smaller type is smaller on disk; the 16-bit types and Q8_0 cost less
-# than half a percent of perplexity, and Q4_0, the crudest, costs more than any of them.
+# than one percent of perplexity, and Q4_0, the crudest, costs more than any of them.
 
 # %%
 if rows:
     by_type = {row["type"]: row for row in rows}
     assert by_type["F32"]["MB"] > by_type["F16"]["MB"] > by_type["Q8_0"]["MB"] > by_type["Q4_0"]["MB"]
-    assert all(abs(by_type[t]["change"]) < 0.005 for t in ("F32", "F16", "BF16", "Q8_0"))
+    assert all(abs(by_type[t]["change"]) < 0.01 for t in ("F32", "F16", "BF16", "Q8_0"))
     assert abs(by_type["Q4_0"]["change"]) > max(abs(by_type[t]["change"]) for t in ("F16", "BF16", "Q8_0"))
 
 # %% [markdown]
