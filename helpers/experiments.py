@@ -111,6 +111,7 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     :func:`helpers.evaluation.perplexity`. Returns ``(RunResult, model, tokenizer)``.
     """
     import torch
+    from transformers import PrinterCallback
 
     from .evaluation import perplexity
     from .modeling import load_model_and_tokenizer
@@ -138,6 +139,7 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     reserved_at_start = torch.cuda.memory_reserved() / 1024**3 if cuda else None
     with tempfile.TemporaryDirectory(prefix="cpt-run-") as output_dir:
         trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=output_dir, disable_tqdm=True)
+        trainer.remove_callback(PrinterCallback)  # without tqdm, Trainer prints every log line; the result has them
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     state_gib = optimizer_state_gib(trainer.optimizer)

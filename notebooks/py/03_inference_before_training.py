@@ -155,18 +155,23 @@ attempt_3 = walkthrough_wrap(chunks, width)
 print(attempt_3)
 lines_3 = attempt_3.split("\n")
 too_long = [len(line) for line in lines_3 if len(line) > width]
-print(f"\nlines longer than {width}: {too_long}; lines starting with a space: {sum(line.startswith(' ') for line in lines_3)}")
+lost = len(attempt_1) - len(attempt_3.replace("\n", ""))
+print(f"\nlines longer than {width}: {too_long}; lines ending in a space: {sum(line.endswith(' ') for line in lines_3)}; "
+      f"characters lost: {lost}")
+assert lost > 0 and attempt_3.startswith(textwrap.wrap(chunks[0], width)[0])
 
 # %% [markdown]
 # It works, nearly. Its quirks, measured above and below:
 #
-# * when the count restarts at 0 the chunk that crossed the width is not counted, so the next line
-#   can run past the width by up to one chunk;
-# * the chunk that opens a new line brings its leading space with it, so lines start with a space;
-# * the model's own newlines do not reset the count, so after a paragraph break a line is cut early;
-# * the `j == 0` case assumes the first chunk holds text: `textwrap.wrap("")` is an empty list, so an
-#   empty first chunk (the streamer emits empty chunks, as counted above) ends the loop with an
-#   `IndexError`.
+# * the `j == 0` case wraps the first chunk with `textwrap.wrap`, which drops trailing whitespace, so
+#   the space between the first chunk and the next is lost: the prompt's last two words run together
+#   ("far faraway," on the committed run), the "characters lost" above;
+# * when the count restarts at 0, the chunk that crossed the width is not counted, so a later line
+#   can run past the width by up to one chunk (the "lines longer than" above);
+# * the chunks carry their trailing space, so the line before each break ends in a space;
+# * reading the code: the model's own newlines do not reset the count, so after a paragraph break a
+#   line is cut early; and `textwrap.wrap("")` is an empty list, so an empty first chunk (the
+#   streamer emits empty chunks, as counted above) ends the loop with an `IndexError`:
 
 # %%
 try:

@@ -159,15 +159,21 @@ plt.show()
 # %% [markdown]
 # ## The answer
 #
-# Read the bars from left to right. The real model is the reference. The stand-in costs some
-# perplexity even inside its context (the price of the emulation). Without scaling, its perplexity
-# *beyond* the trained context jumps: angles it never saw break it. Linear scaling without training
-# removes the jump but blurs word order everywhere (positions are squeezed closer than the model
-# learned), so how much it helps depends on the factor; a few training steps at the longer length
-# with the scaling in place bring the perplexity close to the real model's. The line below gives the
-# measured numbers. So: RoPE scaling keeps a model from falling apart past its context, but it is not
-# free; to get the quality back, train at the new length, which CPT at a longer `max_seq_length`
-# does anyway.
+# Read the bars from left to right. The real model is the reference: like any healthy model on
+# running text, it finds later tokens *easier* (beyond below inside), since it has more context.
+# The stand-in costs some perplexity inside its context (the price of the emulation). Without
+# scaling, past its trained context its perplexity explodes: angles it never saw break it. Linear
+# scaling without training removes the explosion: squeezed by a factor of 1.65, the positions fall
+# back into the trained range, and the cost inside stays small at this factor. But beyond remains no
+# easier than inside, so the model uses the extra context poorly; and a larger factor costs more
+# (a first run of this notebook, at 512 tokens with a factor of 4, measured a perplexity of about 39
+# past its boundary with linear scaling, against about 10 without). A few training steps at the longer length with the scaling in
+# place bring back the healthy shape, beyond below inside. (Those steps train on TinyStories, so part
+# of the drop everywhere is the domain, as in notebook 06; the shape within the arm is the signal.)
+#
+# So: linear RoPE scaling is usable without training in the sense that the model no longer falls
+# apart past its context, at a cost that grows with the factor; to use the longer context well, train
+# at the new length, which CPT at a longer `max_seq_length` does anyway.
 
 # %%
 stand_in = results["stand-in, no scaling"]
@@ -179,3 +185,4 @@ if not weights_are_random(small):
     assert stand_in["beyond"] > 2 * stand_in["inside"], "past its context the unscaled stand-in should break down"
     assert scaled["beyond"] < stand_in["beyond"], "linear scaling should remove the breakdown"
     assert tuned_result["beyond"] < scaled["beyond"], "a few training steps should recover some quality"
+    assert tuned_result["beyond"] <= tuned_result["inside"], "after training, later tokens should be easier again"
