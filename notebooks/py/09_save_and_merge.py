@@ -34,16 +34,11 @@
 # %%
 import sys
 
-if "google.colab" in sys.modules:  # Colab only: get the repository and install it with the project's pins
-    import os
+if "google.colab" in sys.modules:  # Colab only: clone the repository; its scripts/colab_cells.py installs it
+    import runpy
     import subprocess
-
-    if not os.path.isdir("/content/cpt-raw-text"):
-        subprocess.run(["git", "clone", "--depth", "1", "--branch", "main",
-                        "https://github.com/cpt-tutorial/cpt-raw-text.git", "/content/cpt-raw-text"], check=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/cpt-raw-text[gpu]"], check=True)
-    os.chdir("/content/cpt-raw-text/notebooks")
-    sys.path.insert(0, "/content/cpt-raw-text")
+    subprocess.run("test -d /content/cpt-raw-text || git clone -q --depth 1 -b main https://github.com/cpt-tutorial/cpt-raw-text.git /content/cpt-raw-text", shell=True, check=True)
+    runpy.run_path("/content/cpt-raw-text/scripts/colab_cells.py", run_name="colab_bootstrap")
 
 from helpers.session import start
 
