@@ -120,14 +120,14 @@ def add_lora(model, profile: Profile):
     Returns the PEFT model. unsloth's ``FastLanguageModel.get_peft_model`` on the GPU; PEFT's
     ``get_peft_model`` plus transformers' gradient checkpointing elsewhere.
     """
-    lora_targets, full = target_modules_for(profile, model)
+    lora_targets, full_modules = target_modules_for(profile, model)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel
 
         return FastLanguageModel.get_peft_model(
             model,
             r=profile.lora_r,
-            target_modules=lora_targets + full,
+            target_modules=lora_targets + full_modules,
             lora_alpha=profile.lora_alpha,
             lora_dropout=profile.lora_dropout,
             bias=profile.bias,

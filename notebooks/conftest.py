@@ -39,15 +39,22 @@ def pytest_runtest_makereport(item, call):
     cell.metadata.pop("execution", None)
     cell.metadata["nbval_recorded"] = True
     _ran[str(item.parent.path)] = item.parent
+    _write(item.parent, Path(item.config.getoption("--nbval-record-dir")))  # now: a run killed later keeps it
+
+
+def _write(nb_item, folder: Path) -> None:
+    """Write one notebook as recorded so far; a cell this run did not execute keeps no stale output."""
+    nb = nbformat.from_dict(nb_item.nb)  # a copy: the marks stay on the cells nbval still runs
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not cell.metadata.pop("nbval_recorded", False):
+            cell.outputs, cell.execution_count = [], None
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / Path(str(nb_item.path)).name)
 
 
 def pytest_sessionfinish(session):
     folder = session.config.getoption("--nbval-record-dir", default=None)
     if not folder:
         return
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    for path, nb_item in sorted(_ran.items()):
-        for cell in nb_item.nb.cells:  # a cell this run did not execute keeps no stale output
-            if cell.cell_type == "code" and not cell.metadata.pop("nbval_recorded", False):
-                cell.outputs, cell.execution_count = [], None
-        nbformat.write(nb_item.nb, Path(folder) / Path(path).name)
+    for nb_item in _ran.values():
+        _write(nb_item, Path(folder))

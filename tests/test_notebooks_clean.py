@@ -24,8 +24,6 @@ SERIES = [
     "09_save_and_merge", "10_export_gguf", "11_packing_vs_padding", "12_your_own_text",
     "13_learning_rate_and_rank", "14_new_knowledge_lora_vs_full", "15_long_context_rope",
 ]
-# Being written on other branches when this list was agreed: not required yet, so that a branch without
-# them passes. Empty this set once all of them are merged.
 PENDING: set[str] = set()  # notebooks of the agreed series not written yet (none now)
 
 

@@ -112,8 +112,8 @@ def test_require_returns_existing_file_and_folder(tmp_path):
 
 def test_require_passes_an_unchecked_notebooks_artifact_without_manifest(tmp_path, capsys):
     """Artifacts of notebooks that do not write manifests yet are passed through, with a note."""
-    (tmp_path / "outputs" / "07_merged").mkdir(parents=True)
-    assert require("merged") == tmp_path / "outputs" / "07_merged"
+    (tmp_path / "outputs" / "09_merged").mkdir(parents=True)
+    assert require("merged") == tmp_path / "outputs" / "09_merged"
     assert "has no manifest, so where it came from is not checked" in capsys.readouterr().out
 
 

@@ -127,7 +127,7 @@ if f32_path:
 # %%
 from helpers.data import load_raw_dataset
 from helpers.evaluation import perplexity
-from helpers.merging import greedy_text
+from helpers.generation import greedy_text
 
 validation, source = load_raw_dataset(profile, split="validation")
 eval_texts = validation["text"][: profile.eval_stories]
