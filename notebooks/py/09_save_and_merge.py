@@ -65,12 +65,9 @@ print(type(model).__name__, "with adapter", list(model.peft_config), f"(r={lora_
 # ## The adapter reloads and reproduces its text
 #
 # This kernel is a fresh process: it loaded the adapter from disk, exactly as anyone receiving the
-# folder would. Greedy decoding has no randomness, so on the CPU (fp32, plain PyTorch kernels) the
-# same prompt must give notebook 06's text, token for token. On the GPU path it need not: in the
-# gpu-smollm2 run of 2026-11-28 (H200, docs/gpu-runs.md) the reloaded 4-bit adapter wrote a different
-# continuation from notebook 06's. unsloth's fast inference kernels and bitsandbytes' 4-bit matmuls
-# do not promise bit-identical logits from one load to the next, and one flipped argmax changes
-# every later token, so there the cell reports the comparison instead of asserting it.
+# folder would. Greedy decoding has no randomness, so the same prompt must give notebook 06's text,
+# token for token. Notebook 06 let the story run on until EOS (or its longer limit), so this shorter
+# generation must be the beginning of that text.
 
 # %%
 import textwrap
@@ -79,9 +76,9 @@ from helpers.generation import greedy_text
 
 adapter_text = greedy_text(model, tokenizer, profile.prompt, profile.max_new_tokens)
 print(textwrap.fill(profile.prompt + adapter_text, width=100))
-print(f"\nsame text as notebook 06: {adapter_text == after['text_after']}")
-if not profile.uses_unsloth:
-    assert adapter_text == after["text_after"], "the reloaded adapter should reproduce notebook 06's greedy text"
+same = after["text_after"].startswith(adapter_text)
+print(f"\nthe beginning of notebook 06's text ({len(adapter_text)} of {len(after['text_after'])} characters): {same}")
+assert same, "the reloaded adapter should reproduce notebook 06's greedy text"
 
 # %% [markdown]
 # ## Merging, in which precision
