@@ -182,7 +182,7 @@ import os
 import time
 
 from datasets import concatenate_datasets
-from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
@@ -197,12 +197,14 @@ def time_tokenization(data, num_proc: int) -> float:
 
 walkthrough_size = concatenate_datasets([dataset] * (2500 // len(dataset) + 1)).select(range(2500))
 num_proc_seconds = {}
+bars_were_on = is_progress_bar_enabled()
 disable_progress_bar()  # only the timings below, not eight progress bars
 for label, data in ((f"{len(dataset)} stories", dataset), ("2,500 stories", walkthrough_size)):
     num_proc_seconds[label] = {n: time_tokenization(data, n) for n in (1, 2)}
     one, two = num_proc_seconds[label][1], num_proc_seconds[label][2]
     print(f"{label:>14}: num_proc=1 {one:.2f} s, num_proc=2 {two:.2f} s ({one / two:.2f}x)")
-enable_progress_bar()
+if bars_were_on:  # switched off for the saved outputs (HF_DATASETS_DISABLE_PROGRESS_BARS): leave them off
+    enable_progress_bar()
 print(f"this machine has {os.cpu_count()} CPU cores")
 
 # %% [markdown]
