@@ -12,7 +12,7 @@
 #   CPT_RANDOM_WEIGHTS=1 scripts/scale_out.sh OUT_DIR [PROFILE] [MAX_STEPS] [SAVE]
 #   (defaults: gpu-mistral7b, 24 steps, a checkpoint every 8)
 # For a CPU check of this script: EXTRA_ARGS=--tiny LAUNCH2="torchrun --standalone --nproc_per_node 2"
-# KILL_AFTER_S=0 (tests/test_scale_out_script.py).
+# KILL_AFTER_S=0 (a 2-process gloo run of the tiny model; checked that way before the GPU run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=$(mkdir -p "${1:?usage: scripts/scale_out.sh OUT_DIR [PROFILE] [MAX_STEPS] [SAVE]}" && cd "$1" && pwd)
@@ -46,8 +46,12 @@ until [ -f "$ckpt/trainer_state.json" ]; do
   sleep 1
 done
 sleep "${KILL_AFTER_S:-10}"
-kill -9 -- "-$leader" 2>/dev/null || true
+# torchrun (under accelerate launch) starts each worker in a session of its own, so killing the
+# launcher's process group would leave the workers training: kill every process of this run by its
+# command line (the launcher and each worker carry the same arguments)
+pkill -9 -f -- "--fresh --save-steps $SAVE --output-dir $runs/killed" || true
 wait "$leader" 2>/dev/null || true
+while pgrep -f -- "--output-dir $runs/killed" >/dev/null; do sleep 1; done
 sleep 5  # let the driver release both GPUs
 say "killed: $(ls $runs/killed/checkpoints | tr '\n' ' ')"
 # the relaunch is the same command without --fresh, which would discard the checkpoint
