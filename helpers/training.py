@@ -8,6 +8,7 @@ script form and the tests share one implementation.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
@@ -112,6 +113,25 @@ def lora_config(profile: Profile, tie_embeddings: bool = False, model=None):
     )
 
 
+UNSLOTH_OFFLOAD_DIR = "_unsloth_temporary_saved_buffers"  # unsloth's own default
+
+
+def unsloth_offload_dir(env: dict | None = None) -> str:
+    """Return the folder where unsloth's ``get_peft_model`` should write the embeddings it offloads.
+
+    With gradient checkpointing ``"unsloth"`` and ``embed_tokens`` / ``lm_head`` trained in full,
+    unsloth saves the original embeddings to a file and memory-maps it back. One process: unsloth's
+    own folder. Under a launcher (``RANK`` / ``LOCAL_RANK`` set, ``WORLD_SIZE`` > 1): a folder per
+    rank, because with one shared path the second rank rewrites the file the first has mapped, and
+    the first dies with SIGBUS (seen on 2 H200s with unsloth 2026.10.9, 2026-11-28).
+    """
+    env = os.environ if env is None else env
+    rank = env.get("RANK") or env.get("LOCAL_RANK")
+    if rank is None or int(env.get("WORLD_SIZE") or 1) <= 1:
+        return UNSLOTH_OFFLOAD_DIR
+    return f"{UNSLOTH_OFFLOAD_DIR}/rank{int(rank)}"
+
+
 def add_lora(model, profile: Profile):
     """Wrap ``model`` with LoRA adapters (plus full embed_tokens / lm_head) the profile's way.
 
@@ -135,6 +155,7 @@ def add_lora(model, profile: Profile):
             random_state=profile.seed,
             use_rslora=profile.use_rslora,
             loftq_config=None,
+            temporary_location=unsloth_offload_dir(),  # one folder per rank under a launcher
         )
     from peft import get_peft_model, prepare_model_for_kbit_training
 

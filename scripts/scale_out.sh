@@ -27,9 +27,13 @@ runs=outputs/scale-out
 
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT_DIR/steps.log"; }
 
-say "1 GPU"
-CUDA_VISIBLE_DEVICES=0 python3 scripts/train_cpt.py "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/one \
-  --result-json "$OUT_DIR/one.json" >"$OUT_DIR/one.log" 2>&1
+if [ -f "$OUT_DIR/one.json" ]; then  # a one-GPU result of the same settings, kept from an earlier call
+  say "1 GPU: kept $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['date'], r['steps'], 'steps')" "$OUT_DIR/one.json")"
+else
+  say "1 GPU"
+  CUDA_VISIBLE_DEVICES=0 python3 scripts/train_cpt.py "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/one \
+    --result-json "$OUT_DIR/one.json" >"$OUT_DIR/one.log" 2>&1
+fi
 say "2 GPUs"
 "${TWO[@]}" "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/two --baseline-result "$OUT_DIR/one.json" \
   --result-json "$OUT_DIR/two.json" >"$OUT_DIR/two.log" 2>&1
@@ -58,4 +62,4 @@ say "killed: $(ls $runs/killed/checkpoints | tr '\n' ' ')"
 "${TWO[@]}" "${A[@]}" --save-steps "$SAVE" --output-dir $runs/killed --baseline-result "$OUT_DIR/two.json" \
   --result-json "$OUT_DIR/two-resumed.json" >"$OUT_DIR/resumed.log" 2>&1
 say "done"
-grep -h "^RESULT" "$OUT_DIR"/one.log "$OUT_DIR"/two.log "$OUT_DIR"/resumed.log >"$OUT_DIR/results.txt" || true
+grep -h "^RESULT" "$OUT_DIR"/one.log "$OUT_DIR"/two.log 2>/dev/null "$OUT_DIR"/resumed.log >"$OUT_DIR/results.txt" || true

@@ -354,3 +354,13 @@ def test_hand_made_target_list_is_kept(tiny_llama_factory):
     attention_only = CPU_SMOLLM2.replace(target_modules=("q_proj", "v_proj", "embed_tokens"))
     assert target_modules_for(attention_only, model) == (["q_proj", "v_proj"], ["embed_tokens"])
     assert target_modules_for(CPU_SMOLLM2, model) == (list(LORA_PROJECTIONS), list(EMBEDDING_MODULES))
+
+
+def test_unsloth_offload_dir_is_unsloths_own_for_one_process_and_per_rank_under_a_launcher():
+    from helpers.training import UNSLOTH_OFFLOAD_DIR, unsloth_offload_dir
+
+    assert unsloth_offload_dir({}) == UNSLOTH_OFFLOAD_DIR
+    assert unsloth_offload_dir({"LOCAL_RANK": "0", "WORLD_SIZE": "1"}) == UNSLOTH_OFFLOAD_DIR
+    ranks = [unsloth_offload_dir({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"}) for r in (0, 1)]
+    assert ranks == [f"{UNSLOTH_OFFLOAD_DIR}/rank0", f"{UNSLOTH_OFFLOAD_DIR}/rank1"]
+    assert unsloth_offload_dir({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == f"{UNSLOTH_OFFLOAD_DIR}/rank1"
