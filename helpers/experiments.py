@@ -342,6 +342,15 @@ def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
     from .training import _embedding_copies
 
     embedding = model.get_input_embeddings()
+    copies = _embedding_copies(model)
+    head = next((p for n, p in copies.items() if "lm_head" in n), None)
+    embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
+    if embed is not None:
+        # the trainable copy's device, not ``model.device``: with gradient checkpointing "unsloth",
+        # unsloth moves the frozen original embeddings to a file on the CPU, and ``model.device``
+        # (the first parameter's) then says "cpu" while the lookups run on the GPU
+        input_ids = input_ids.to(embed.device)
+        labels = None if labels is None else labels.to(embed.device)
     captured = {}
 
     def keep_output(module, args, output):
@@ -356,9 +365,6 @@ def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
     finally:
         hook.remove()
     out_grad = captured["output"].grad.float()
-    copies = _embedding_copies(model)
-    head = next((p for n, p in copies.items() if "lm_head" in n), None)
-    embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
     if head is None or embed is None or head.grad is None:
         model.zero_grad(set_to_none=True)
         raise ValueError("embed_tokens and lm_head must both be trainable (target_modules / modules_to_save)")

@@ -188,9 +188,11 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     return path
 
 
-def load_gguf(path: Path | str, dtype=None):
+def load_gguf(path: Path | str, dtype=None, device=None):
     """Load a GGUF file back with transformers (``gguf_file=``); return ``(model, tokenizer)`` in eval
-    mode. transformers dequantizes every tensor to ``dtype`` (float32 by default)."""
+    mode. transformers dequantizes every tensor to ``dtype`` (float32 by default); ``device`` moves
+    the model there (default: the CPU). To compare with a model in memory, pass that model's dtype
+    and device, so that both compute the same way."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -198,6 +200,8 @@ def load_gguf(path: Path | str, dtype=None):
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                  dtype=dtype or torch.float32)
+    if device is not None:
+        model = model.to(device)
     return model.eval(), tokenizer
 
 

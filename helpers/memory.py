@@ -41,9 +41,35 @@ def torch_cuda_memory() -> dict | None:
     }
 
 
+def driver_gpu_id(device_index: int = 0, env: dict | None = None) -> int | str:
+    """Return how the driver (NVML, ``nvidia-smi --id``) names the GPU that torch calls
+    ``cuda:<device_index>``: its UUID (``"GPU-..."``) once CUDA is initialised in this process, else
+    the ``CUDA_VISIBLE_DEVICES`` entry at that position (an index or a UUID), else the index itself.
+
+    The driver numbers every GPU of the machine; torch numbers only the visible ones. With
+    ``CUDA_VISIBLE_DEVICES=1`` torch's ``cuda:0`` is the driver's GPU 1, and reading GPU 0 would
+    report another process's memory (seen on a 2-GPU machine, 2026-11-28).
+    """
+    env = os.environ if env is None else env
+    try:
+        import torch
+
+        if env is os.environ and torch.cuda.is_available() and torch.cuda.is_initialized():
+            uuid = str(torch.cuda.get_device_properties(device_index).uuid)
+            return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    except Exception:
+        pass  # no torch, or an older one without ``uuid``: fall back to the environment
+    visible = [entry.strip() for entry in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+    if device_index < len(visible):
+        entry = visible[device_index]
+        return int(entry) if entry.isdigit() else entry
+    return device_index
+
+
 def nvml_memory(device_index: int = 0) -> dict | None:
     """Return driver-level GPU memory through NVML in GiB (used, total, and this process's share
-    where NVML reports it), or None when NVML or a GPU is unavailable."""
+    where NVML reports it) for torch's ``cuda:<device_index>`` (see :func:`driver_gpu_id`), or None
+    when NVML or a GPU is unavailable."""
     try:
         import pynvml
     except ImportError:
@@ -53,7 +79,11 @@ def nvml_memory(device_index: int = 0) -> dict | None:
     except Exception:
         return None
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        gpu = driver_gpu_id(device_index)
+        if isinstance(gpu, int):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(gpu)
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         result = {"used_gib": info.used / GIB, "total_gib": info.total / GIB, "process_gib": None}
         try:
@@ -73,13 +103,14 @@ def nvml_memory(device_index: int = 0) -> dict | None:
 
 
 def nvidia_smi_memory(device_index: int = 0) -> dict | None:
-    """Return ``nvidia-smi``'s used/total memory for one GPU in GiB, or None without the tool."""
+    """Return ``nvidia-smi``'s used/total memory in GiB for torch's ``cuda:<device_index>`` (see
+    :func:`driver_gpu_id`), or None without the tool."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return None
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits", f"--id={device_index}"],
+            [exe, "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits", f"--id={driver_gpu_id(device_index)}"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout.strip()
         used, total = (float(x) for x in out.split(","))

@@ -125,3 +125,16 @@ def test_refuses_what_it_cannot_write(tmp_path, small_bpe, tiny_llama_factory):
     with pytest.raises(ExportError, match="byte-level BPE"):
         export_gguf(model, build_word_tokenizer(eos_token="<eos>"), tmp_path / "x.gguf")
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".gguf"]  # nothing half-written
+
+
+def test_reads_back_in_the_dtype_and_on_the_device_asked_for(tmp_path, small_bpe, tiny_llama_factory):
+    """A bf16 model (the GPU's merged model) exported as F32 reads back bit-identical in bf16: F32 holds
+    bf16 values exactly, so comparing in the model's own dtype leaves nothing but the file to blame."""
+    import torch
+
+    model = tiny_llama_factory(len(small_bpe), tied=True).to(torch.bfloat16)
+    path = export_gguf(model, small_bpe, tmp_path / "bf16.gguf", "F32", tokenizer_pre="smollm")
+    back, _ = load_gguf(path, dtype=model.dtype, device="cpu")
+    assert {p.dtype for p in back.parameters()} == {torch.bfloat16}
+    original, read = model.state_dict(), back.state_dict()
+    assert all(torch.equal(original[name], read[name]) for name in original)

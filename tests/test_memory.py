@@ -206,3 +206,25 @@ def test_plot_stages_with_no_stages(close_figures):
     ax = plot_stages([])
     assert len(ax.patches) == 0
     assert ax.get_ylabel() == "GiB"
+
+
+def test_driver_gpu_id_follows_cuda_visible_devices():
+    # torch's cuda:0 is the driver's GPU 1 when only GPU 1 is visible; UUIDs pass through
+    assert memory.driver_gpu_id(0, env={}) == 0
+    assert memory.driver_gpu_id(0, env={"CUDA_VISIBLE_DEVICES": "1"}) == 1
+    assert memory.driver_gpu_id(1, env={"CUDA_VISIBLE_DEVICES": "3, 2"}) == 2
+    assert memory.driver_gpu_id(0, env={"CUDA_VISIBLE_DEVICES": "GPU-8f1c"}) == "GPU-8f1c"
+    assert memory.driver_gpu_id(1, env={"CUDA_VISIBLE_DEVICES": "0"}) == 1  # beyond the list: the index
+
+
+def test_nvidia_smi_asks_for_the_gpu_torch_uses(monkeypatch):
+    seen = []
+
+    class Done:
+        stdout = "1024, 81920\n"
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setattr(memory.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(memory.subprocess, "run", lambda cmd, **k: seen.append(cmd) or Done())
+    assert memory.nvidia_smi_memory() == {"used_gib": 1.0, "total_gib": 80.0}
+    assert "--id=1" in seen[0]

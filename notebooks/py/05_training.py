@@ -229,7 +229,7 @@ import torch
 
 from helpers.experiments import embedding_gradient_rows
 
-probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]], device=model.device)
+probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]])  # the helper moves it
 model.train()
 rows = embedding_gradient_rows(model, probe_ids)
 print(f"one row of {probe_ids.numel()} tokens, {rows['distinct_input_tokens']} distinct; vocabulary {rows['vocabulary']:,} rows"
