@@ -151,6 +151,13 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     clock = StepClock()
     trainer.add_callback(clock.callback())
     trainer.add_callback(time_limit_callback(args.job_time_limit_s))
+    tracer = None
+    if args.trace_step:
+        from helpers.step_trace import StepTrace
+
+        trace_dir = Path(args.out_dir or args.workdir) / f"trace-{'unsloth' if profile.uses_unsloth else 'plain'}-{mode}-mb{micro_batch}"
+        tracer = StepTrace(args.trace_step, trace_dir)
+        trainer.add_callback(tracer.callback())
     epoch_steps = math.ceil(math.ceil(len(trainer.train_dataset) / micro_batch) / settings["gradient_accumulation_steps"])
     cuda = profile.device == "cuda"
     if cuda:
@@ -178,6 +185,10 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
         "device": device,
     }
+    if tracer is not None:  # the traced step carries the profiler's overhead, and stays in the timings above
+        record["step_trace"] = tracer.summary and {**tracer.summary, "top": tracer.summary["top"][:8],
+                                                   "note": "profiler overhead included (also in tokens_per_s); "
+                                                           "full list and trace.json next to the results"}
     if record["extrapolated"] and mean_steady:
         record["epoch_runtime_est_s"] = round(record["train_runtime_s"] + (epoch_steps - done) * mean_steady, 1)
         record["note"] = f"ran {done} of {epoch_steps} steps; the rest estimated at the steady mean step time"
@@ -287,6 +298,8 @@ def child_flags(args) -> list[str]:
              "--unsloth-padding-free", args.unsloth_padding_free]
     flags += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     flags += ["--job-time-limit-s", str(args.job_time_limit_s)] if args.job_time_limit_s else []
+    flags += ["--trace-step", str(args.trace_step)] if args.trace_step else []
+    flags += ["--out-dir", str(args.out_dir)] if args.out_dir else []
     return flags + (["--test-mode"] if args.test_mode else [])
 
 
@@ -309,6 +322,9 @@ def parse_args(argv=None):
                    help="unsloth's padding_free in the padded and chunk modes (default off: its block compile runs)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cpt-bench"), help="scratch folder for the trainer")
     p.add_argument("--out-dir", type=Path, help="also write results.jsonl and table.md here")
+    p.add_argument("--trace-step", type=int, default=0,
+                   help="profile this optimizer step of every job with torch.profiler (0: none); the summary "
+                        "(device busy / idle time, top kernels) goes into the RESULT, the trace next to --out-dir")
     p.add_argument("--test-mode", action="store_true",
                    help="CPU check: the random smoke Llama in fp32, plain arm, 64 stories in rows of up to 256 tokens, "
                         "micro-batch 2 x 2, 3 steps per job, modes padded, padding_free and chunk")
@@ -318,6 +334,8 @@ def parse_args(argv=None):
         p.error(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
     if bad := [b for b in args.micro_batches if b < 1 or args.global_batch % b]:
         p.error(f"micro-batch(es) {bad} must be at least 1 and divide --global-batch {args.global_batch}")
+    if args.trace_step < 0:
+        p.error("--trace-step must be 0 (off) or an optimizer step, e.g. 3")
     if args.documents < 1 or args.global_batch < 1 or args.max_steps < 0:
         p.error("--documents and --global-batch must be at least 1, --max-steps at least 0")
     if args.test_mode and args.arm is None:

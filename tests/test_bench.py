@@ -70,8 +70,8 @@ def test_test_mode_runs_every_cpu_mode(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CPT_CACHE_DIR": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(BENCH), "--test-mode", "--workdir", str(tmp_path / "work"),
-                           "--out-dir", str(tmp_path / "out")], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=400)
+                           "--out-dir", str(tmp_path / "out"), "--trace-step", "2"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     by_mode = {r["mode"]: r for r in records}
@@ -88,3 +88,8 @@ def test_test_mode_runs_every_cpu_mode(tmp_path):
     assert chunk["real_tokens_trained"] == 3 * 4 * 256  # 3 steps of 4 full blocks
     assert chunk["train_rows"] < padded["train_rows"] == 64  # 64 stories -> fewer full 256-token blocks
     assert "| plain | chunk | 2 x 2 |" in (tmp_path / "out" / "table.md").read_text()
+    for record in records:  # --trace-step 2: one profiled step per job, its summary and trace on disk
+        trace = record["step_trace"]
+        assert trace["step"] == 2 and trace["wall_s"] > 0 and trace["top_by"] == "self cpu time" and trace["top"]
+        folder = tmp_path / "out" / f"trace-plain-{record['mode']}-mb2"
+        assert (folder / "trace.json").stat().st_size > 0 and json.loads((folder / "step_trace.json").read_text())["top"]
