@@ -187,7 +187,7 @@ def describe_run(procs: Processes, profile: Profile, reason: str, policy: dict) 
     """Print (rank 0) the profile, the processes, the batch split and the learning rates."""
     say = procs.say
     say(f"profile  : {profile.name} ({reason})\n           {profile.description}")
-    say(f"model    : {profile.model_name} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit})")
+    say(f"model    : {profile.model_label} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit})")
     say(f"processes: {procs.world} ({procs.state.distributed_type}, backend {procs.state.backend}); "
         f"device of rank 0: {device_name(profile, procs.local_rank)}")
     say(f"batch    : global {policy['global_batch']} rows = {policy['per_device_batch']} per device x "
@@ -370,7 +370,7 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
     step_s = measured["step_s"]
     return {
         "workload": "scale", "gpus": procs.world, "device": device_name(profile, procs.local_rank),
-        "profile": profile.name, "model": profile.model_name, "backend": profile.backend,
+        "profile": profile.name, "model": profile.model_label, "backend": profile.backend,
         "load_in_4bit": profile.load_in_4bit, "optim": profile.optim, "seq_len": profile.max_seq_length,
         **{k: policy[k] for k in ("per_device_batch", "grad_accum", "global_batch", "reference_global_batch")},
         "global_batch_kept": policy["kept"],
