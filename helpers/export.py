@@ -49,18 +49,48 @@ def interleave_rotary_halves(weight, n_head: int):
     return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape))
 
 
-def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
-    """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata."""
-    import gguf
-
+def _tokenizer_problem(tokenizer) -> str | None:
+    """Why this exporter cannot write ``tokenizer`` (a sentence that says what to do), or None."""
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     model = backend.get("model", {})
     byte_level = "ByteLevel" in json.dumps([backend.get("pre_tokenizer"), backend.get("decoder")])
     if model.get("type") != "BPE" or not byte_level:
-        raise ExportError(
-            "This exporter writes byte-level BPE tokenizers (SmolLM, Llama 3, Qwen2, GPT-2); this tokenizer is a "
-            f"{model.get('type')} model{'' if byte_level else ' without byte-level pre-tokenization (SentencePiece)'}. "
-            "Export the merged folder with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout instead.")
+        return ("This exporter writes byte-level BPE tokenizers (SmolLM, Llama 3, Qwen2, GPT-2); this tokenizer is a "
+                f"{model.get('type')} model{'' if byte_level else ' without byte-level pre-tokenization (SentencePiece)'}. "
+                "Export the merged folder with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout instead.")
+    return None
+
+
+def export_problem(model, tokenizer) -> str | None:
+    """Return why :func:`export_gguf` cannot write ``model`` with ``tokenizer`` (one sentence that says
+    what to do instead), or None when it can.
+
+    Checked, in this order: PEFT layers still attached (merge first), an architecture outside
+    :data:`ARCHITECTURES` (Gemma 3, for one: its GGUF graph has its own norms and attention
+    settings, so llama.cpp's ``convert_hf_to_gguf.py`` is the tool), a RoPE scaling this exporter does
+    not write, and a tokenizer that is not byte-level BPE (Mistral-7B's SentencePiece).
+    """
+    if any("lora_" in n or "modules_to_save" in n for n, _ in model.named_parameters()):
+        return "The model still has PEFT layers; merge them first (helpers.merging.merge_adapter)."
+    if type(model).__name__ not in ARCHITECTURES:
+        return (f"{type(model).__name__} is not one of the architectures this exporter writes "
+                f"({', '.join(ARCHITECTURES)}). Save the merged folder (helpers.merging.save_merged) and convert it "
+                "with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout, which knows every architecture.")
+    rope_type = dict(getattr(model.config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type not in ("default", "linear"):
+        return f"RoPE scaling {rope_type!r} is not written by this exporter; use convert_hf_to_gguf.py."
+    return _tokenizer_problem(tokenizer)
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
+    """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata."""
+    import gguf
+
+    problem = _tokenizer_problem(tokenizer)
+    if problem:
+        raise ExportError(problem)
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = backend.get("model", {})
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}
     special_ids = set(tokenizer.all_special_ids)
     added = {entry["id"]: entry for entry in backend.get("added_tokens", [])}
@@ -113,19 +143,13 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
 
     if quantization not in EXPORT_TYPES:
         raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
-    if any("lora_" in n or "modules_to_save" in n for n, _ in model.named_parameters()):
-        raise ExportError("The model still has PEFT layers; merge them first (helpers.merging.merge_adapter).")
-    arch = ARCHITECTURES.get(type(model).__name__)
-    if arch is None:
-        raise ExportError(
-            f"{type(model).__name__} is not one of the architectures this exporter writes "
-            f"({', '.join(ARCHITECTURES)}). Save the merged folder (helpers.merging.save_merged) and convert it "
-            "with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout, which knows every architecture.")
+    problem = export_problem(model, tokenizer)
+    if problem:
+        raise ExportError(problem)
+    arch = ARCHITECTURES[type(model).__name__]
     config = model.config
     rope = dict(getattr(config, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", "default")
-    if rope_type not in ("default", "linear"):
-        raise ExportError(f"RoPE scaling {rope_type!r} is not written by this exporter; use convert_hf_to_gguf.py.")
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
     tied = bool(getattr(config, "tie_word_embeddings", False))

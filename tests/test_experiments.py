@@ -13,6 +13,7 @@ from helpers.experiments import (
     long_sequences,
     position_perplexity,
     recall,
+    rope_base,
     set_rope,
     short_run,
     small_model_profile,
@@ -123,6 +124,43 @@ def test_set_rope_changes_the_frequencies_and_the_logits(tokenizer, torch_one_th
         set_rope(model, theta, linear_factor=0)
     with pytest.raises(ValueError, match="rotary"):
         set_rope(torch.nn.Linear(2, 2), theta)
+
+
+def test_set_rope_on_a_model_with_one_rope_per_layer_type_changes_the_full_attention_layers(tokenizer, torch_one_thread):
+    torch = torch_one_thread
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]))
+    assert rope_base(model.config) == model.config.rope_parameters["full_attention"]["rope_theta"]
+    assert rope_base(model.config, "sliding_attention") == model.config.rope_parameters["sliding_attention"]["rope_theta"]
+    rotary = model.model.rotary_emb
+    full, local = rotary.full_attention_inv_freq.clone(), rotary.sliding_attention_inv_freq.clone()
+    x = torch.arange(10, 40).unsqueeze(0)
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+    set_rope(model, rope_base(model.config), linear_factor=4.0)
+    assert torch.allclose(rotary.full_attention_inv_freq, full / 4)
+    assert torch.allclose(rotary.full_attention_original_inv_freq, full / 4)
+    assert torch.equal(rotary.sliding_attention_inv_freq, local)  # the sliding-window layers keep theirs
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=x).logits, before)
+    set_rope(model, rope_base(model.config))
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=x).logits, before, atol=1e-5)
+    with pytest.raises(ValueError, match="sliding_attention, full_attention|full_attention, sliding_attention"):
+        set_rope(model, 10000.0, layer_type="chunked_attention")
+
+
+def test_rope_base_of_a_plain_config_and_of_one_without_rope(tokenizer):
+    model = build_tiny_llama(len(tokenizer))
+    assert rope_base(model.config) == model.config.rope_parameters["rope_theta"]
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match="no RoPE base"):
+        rope_base(GPT2Config())
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -9,6 +9,7 @@ from helpers.export import (
     EXPORT_TYPES,
     ExportError,
     export_gguf,
+    export_problem,
     gguf_tensor_types,
     interleave_rotary_halves,
     load_gguf,
@@ -138,3 +139,17 @@ def test_reads_back_in_the_dtype_and_on_the_device_asked_for(tmp_path, small_bpe
     assert {p.dtype for p in back.parameters()} == {torch.bfloat16}
     original, read = model.state_dict(), back.state_dict()
     assert all(torch.equal(original[name], read[name]) for name in original)
+
+
+def test_export_problem_names_what_the_exporter_cannot_write(small_bpe, tiny_llama_factory):
+    from conftest import build_word_tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = small_bpe
+    assert export_problem(tiny_llama_factory(len(tokenizer)), tokenizer) is None  # what notebook 10 exports
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=16))
+    problem = export_problem(gemma, tokenizer)
+    assert "Gemma3ForCausalLM" in problem and "convert_hf_to_gguf.py" in problem
+    assert "byte-level BPE" in export_problem(tiny_llama_factory(len(tokenizer)), build_word_tokenizer(eos_token="<eos>"))

@@ -115,7 +115,7 @@ else:
     )
 if ensure_pad_token(tokenizer):  # a brand-new PAD token needs a row in the embedding matrix
     model.resize_token_embeddings(len(tokenizer))
-print(type(model).__name__, "loaded from", profile.model_name)
+print(type(model).__name__, "loaded from", profile.model_label)
 
 # %% [markdown]
 # ## What was loaded
@@ -272,7 +272,7 @@ from helpers.provenance import save_outputs
 
 model_info = {
     "profile": profile.name,
-    "model": profile.model_name,
+    "model": profile.model_label,
     "class": type(model).__name__,
     "stored_elements_by_dtype": dict(stored),
     "footprint_gb": footprint_gb,

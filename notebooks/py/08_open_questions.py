@@ -199,7 +199,8 @@ else:
 # model's config, 2.5 times its trained context, and asks transformers' own RoPE code for the
 # frequencies. For contrast it also builds the *dynamic* (NTK) variant transformers offers, which
 # changes nothing until a sequence actually exceeds the trained length and then raises the RoPE base
-# instead of dividing the positions.
+# instead of dividing the positions. (A model with one RoPE per layer type, such as Gemma 3, gets
+# the change on its full-attention layers' entry, as in notebook 01.)
 
 # %%
 import copy
@@ -209,16 +210,17 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 config = copy.deepcopy(model.config)
 trained = config.max_position_embeddings
 wanted = trained * 5 // 2
+rope = config.rope_parameters.get("full_attention", config.rope_parameters)  # Gemma 3: one entry per layer type
 linear = copy.deepcopy(config)
-linear.rope_parameters = {**config.rope_parameters, "rope_type": "linear", "factor": wanted / trained}
+linear.rope_parameters = {**rope, "rope_type": "linear", "factor": wanted / trained}
 linear.max_position_embeddings = wanted
 dynamic = copy.deepcopy(config)
-dynamic.rope_parameters = {**config.rope_parameters, "rope_type": "dynamic", "factor": wanted / trained}
+dynamic.rope_parameters = {**rope, "rope_type": "dynamic", "factor": wanted / trained}
 print(f"trained context {trained}, asked for {wanted}")
 print(f"original config: rope_parameters={config.rope_parameters}, max_position_embeddings={trained}")
 print(f"linear scaling : rope_parameters={linear.rope_parameters}, max_position_embeddings={wanted}")
 head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-theta = config.rope_parameters["rope_theta"]
+theta = rope["rope_theta"]
 plain_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))  # as in notebook 01
 linear_freq, _ = ROPE_INIT_FUNCTIONS["linear"](linear, "cpu")
 dynamic_short, _ = ROPE_INIT_FUNCTIONS["dynamic"](dynamic, "cpu", seq_len=trained)

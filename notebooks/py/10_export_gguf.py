@@ -40,6 +40,13 @@
 # `gguf`'s `GGUFWriter` and its `TensorNameMap` (the table of tensor names), for the architectures the
 # series trains: Llama (SmolLM2), Mistral and Qwen2 with byte-level BPE tokenizers. For other
 # architectures it says to run `convert_hf_to_gguf.py` on the merged folder.
+#
+# **Which models this notebook exports.** `helpers.export.export_problem` says, before anything is
+# written, whether the exporter can write this model and, if not, why and with which tool instead.
+# The embedded default always exports (a cell asserts it). Your own model (`CPT_MODEL`) of another
+# architecture, Gemma 3 for example, whose GGUF graph has norms and attention settings of its own,
+# or Mistral-7B with its SentencePiece tokenizer, is **skipped**: the notebook prints the reason,
+# still scores the merged model, and leaves out the round trip and the type comparison.
 
 # %%
 import sys
@@ -96,7 +103,14 @@ print(type(merged).__name__, f"{sum(p.numel() for p in merged.parameters()) / 1e
 # %%
 from gguf import GGUFReader
 
-from helpers.export import EXPORT_TYPES, ExportError, export_gguf, gguf_tensor_types, load_gguf
+from helpers.export import (
+    ARCHITECTURES,
+    EXPORT_TYPES,
+    export_gguf,
+    export_problem,
+    gguf_tensor_types,
+    load_gguf,
+)
 from helpers.paths import outputs_dir, relative
 
 pre = "default"
@@ -105,11 +119,15 @@ if profile.is_embedded_model:  # keep the pre-tokenizer name of the GGUF the bas
 
     pre = GGUFReader(str(find_embedded_gguf())).fields["tokenizer.ggml.pre"].contents()
 export_dir = outputs_dir() / "10_gguf"
-try:
+print(f"this exporter writes {', '.join(ARCHITECTURES)} with byte-level BPE tokenizers; this model: "
+      f"{type(merged).__name__}")
+problem = export_problem(merged, tokenizer)  # None, or why not and which tool to use instead
+assert problem is None or not profile.is_embedded_model, "the embedded default must export"
+f32_path = None
+if problem:  # e.g. Gemma 3 (CPT_MODEL) or Mistral-7B's SentencePiece tokenizer: the rest of the notebook is skipped
+    print(f"SKIPPED, not exported here: {problem}")
+else:
     f32_path = export_gguf(merged, tokenizer, export_dir / "model-F32.gguf", "F32", tokenizer_pre=pre)
-except ExportError as err:  # e.g. Mistral-7B's SentencePiece tokenizer: the message names the tool to use
-    f32_path = None
-    print(f"not exported here: {err}")
 if f32_path:
     print(f"{relative(f32_path)}: {f32_path.stat().st_size / 1e6:.0f} MB, tensors by type {gguf_tensor_types(f32_path)}")
 
@@ -214,5 +232,5 @@ if rows:
 from helpers.storage import write_json
 
 summary = {"profile": profile.name, "model": profile.model_label, "tokenizer_pre": pre,
-           "merged_perplexity": ppl_merged, "types": rows}
+           "merged_perplexity": ppl_merged, "types": rows, "skipped": problem}
 print(f"saved {relative(write_json(export_dir / 'results.json', summary))}")

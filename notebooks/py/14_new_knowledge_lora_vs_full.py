@@ -108,7 +108,7 @@ small = small_model_profile(profile)
 base_model, tokenizer = load_model_and_tokenizer(small)
 rows = [tokenizer(doc + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for doc in DOCUMENTS]
 train_rows = Dataset.from_dict({"input_ids": rows})
-print(f"{len(rows)} rows of {min(map(len, rows))}-{max(map(len, rows))} tokens; model {small.model_name} on {small.device}")
+print(f"{len(rows)} rows of {min(map(len, rows))}-{max(map(len, rows))} tokens; model {small.model_label} on {small.device}")
 
 # %% [markdown]
 # ## Before training

@@ -47,6 +47,17 @@
 # sequences are 1,024 tokens. It is an emulation, and the cells measure its cost: the stand-in's
 # perplexity inside its context, beside the real model's. On a GPU the same cells run unchanged;
 # with time to spare there, set `SHRINK = 1` and `LENGTH` above 8,192 to measure the real thing.
+#
+# **Your own model** (`CPT_MODEL`): the cell picks the divisor itself, the smallest power of two
+# that brings the stand-in's context below 640 positions (64 for SmolLM2), and prints it. A model
+# with **sliding-window layers** is a different case. Gemma 3 lets five of every six layers attend
+# only to the last 512 tokens, with their own RoPE (base 10,000), and only the sixth over the whole
+# sequence (base 1,000,000). The windowed layers never see a distance longer than their window, so
+# `set_rope` changes the full-attention layers alone, and the cell says how many those are. With
+# most of the model unaffected, such a model may lose quality past the stand-in's context rather
+# than break down, so the final cell asserts the breakdown only for a model whose every layer
+# attends over the whole sequence, and for the other kind only that the stand-in does worse there
+# than the real model.
 
 # %%
 import sys
@@ -65,16 +76,17 @@ profile = start("15_long_context_rope")
 import math
 
 from helpers.data import load_raw_dataset
-from helpers.experiments import long_sequences, position_perplexity, set_rope, small_model_profile
+from helpers.experiments import long_sequences, position_perplexity, rope_base, set_rope, small_model_profile
 from helpers.modeling import load_model_and_tokenizer
 from helpers.profiles import weights_are_random
 
 small = small_model_profile(profile)  # RoPE surgery needs the plain transformers model
 model, tokenizer = load_model_and_tokenizer(small)
-theta = model.config.rope_parameters["rope_theta"]
+theta = rope_base(model.config)  # Gemma 3 (CPT_MODEL): the base of its full-attention layers
 trained = model.config.max_position_embeddings
 head_dim = model.config.head_dim
-SHRINK, LENGTH = 64, 1024
+LENGTH = 1024
+SHRINK = None  # None: the smallest power of two that puts the stand-in's context below 5/8 of LENGTH (64 for SmolLM2)
 
 
 # channel pairs 0, 2, 4 ... turn at speed base ** (-i / head_dim); the first one that did not complete a
@@ -87,13 +99,17 @@ def extrapolation_limit(base: float) -> int:
     return int(2 * math.pi * base ** (critical / head_dim))
 
 
+if SHRINK is None:
+    SHRINK = 2
+    while extrapolation_limit(theta / SHRINK) > LENGTH * 5 // 8:
+        SHRINK *= 2
 context = extrapolation_limit(theta / SHRINK)  # the stand-in's trained context
 factor = LENGTH / context  # linear scaling that maps LENGTH back into the trained range
 validation, _ = load_raw_dataset(small, split="validation")
 eval_sequences = long_sequences(validation["text"], tokenizer, LENGTH, 2)
-print(f"SmolLM2: rope_theta {theta:,.0f}, trained on {trained:,} positions, unseen angles from "
+print(f"{profile.model_label}: rope_theta {theta:,.0f}, trained on {trained:,} positions, unseen angles from "
       f"~{extrapolation_limit(theta):,}")
-print(f"stand-in: rope_theta {theta / SHRINK:,.1f}, unseen angles (its trained context) from ~{context}; "
+print(f"stand-in: rope_theta {theta:,.0f} / {SHRINK} = {theta / SHRINK:,.1f}, unseen angles (its trained context) from ~{context}; "
       f"{len(eval_sequences)} held-out sequences of {LENGTH} tokens; linear factor {factor:.2f}")
 assert abs(extrapolation_limit(theta) - trained) / trained < 0.1  # the formula recovers the real model's context
 
@@ -101,14 +117,21 @@ assert abs(extrapolation_limit(theta) - trained) / trained < 0.1  # the formula 
 # ## Perplexity inside and beyond the trained context
 #
 # `helpers.experiments.position_perplexity` scores every token of each sequence and splits the
-# perplexity at the trained context: tokens predicted inside the first ~620 positions, and tokens
+# perplexity at the trained context: tokens predicted inside the first ~620 positions (SmolLM2; the
+# cell above printed this model's), and tokens
 # beyond. (In ordinary text, later tokens are *easier*, since the model has more context, so a
 # healthy model shows a lower perplexity beyond than inside.) `helpers.experiments.set_rope` sets
 # the rotation speeds in place, so all conditions use one loaded model.
 
 # %%
+layer_types = list(getattr(model.config, "layer_types", None) or ["full_attention"] * model.config.num_hidden_layers)
+windowed = sum(t != "full_attention" for t in layer_types)
+print(f"layers whose RoPE the stand-in changes: {len(layer_types) - windowed} full-attention layers of {len(layer_types)}"
+      + (f"; the other {windowed} attend within a window of {model.config.sliding_window} tokens and keep theirs"
+         if windowed else ""))
+REAL = f"real model (theta {theta:,.0f})"
 results = {}
-for label, base, linear in (("real model (theta 100,000)", theta, 1.0),
+for label, base, linear in ((REAL, theta, 1.0),
                             ("stand-in, no scaling", theta / SHRINK, 1.0),
                             (f"stand-in, linear scaling x{factor:.2f}", theta / SHRINK, factor)):
     set_rope(model, base, linear)
@@ -164,7 +187,9 @@ plt.show()
 # The stand-in costs some perplexity inside its context (the price of the emulation). Without
 # scaling, past its trained context its perplexity explodes: angles it never saw break it. Linear
 # scaling without training removes the explosion: squeezed by a factor of 1.65, the positions fall
-# back into the trained range, and the cost inside stays small at this factor. But beyond remains no
+# back into the trained range, and the cost inside stays small at this factor. (That is SmolLM2; on a model with
+# sliding-window layers, such as Gemma 3, the middle bars show a cost rather than an explosion: see the
+# caveat at the top.) But beyond remains no
 # easier than inside, so the model uses the extra context poorly; and a larger factor costs more
 # (a first run of this notebook, at 512 tokens with a factor of 4, measured a perplexity of about 39
 # past its boundary with linear scaling, against about 10 without). A few training steps at the longer length with the scaling in
@@ -180,9 +205,12 @@ stand_in = results["stand-in, no scaling"]
 scaled = results[f"stand-in, linear scaling x{factor:.2f}"]
 tuned_result = results[label]
 print(f"beyond the trained context: no scaling {stand_in['beyond']:.1f}, linear scaling {scaled['beyond']:.1f}, "
-      f"linear scaling + {run.steps} steps {tuned_result['beyond']:.1f} (real model {results['real model (theta 100,000)']['beyond']:.1f})")
+      f"linear scaling + {run.steps} steps {tuned_result['beyond']:.1f} (real model {results[REAL]['beyond']:.1f})")
 if not weights_are_random(small):
-    assert stand_in["beyond"] > 2 * stand_in["inside"], "past its context the unscaled stand-in should break down"
+    if not windowed:  # every layer attends over the whole sequence: past its context the stand-in breaks down
+        assert stand_in["beyond"] > 2 * stand_in["inside"], "past its context the unscaled stand-in should break down"
+    else:  # sliding-window layers (Gemma 3) never see the unseen angles: a cost, not a breakdown
+        assert stand_in["beyond"] > results[REAL]["beyond"], "the unscaled stand-in should lose quality past its context"
     assert scaled["beyond"] < stand_in["beyond"], "linear scaling should remove the breakdown"
     assert tuned_result["beyond"] < scaled["beyond"], "a few training steps should recover some quality"
     assert tuned_result["beyond"] <= tuned_result["inside"], "after training, later tokens should be easier again"
