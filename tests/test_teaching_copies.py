@@ -113,7 +113,11 @@ def test_notebook_04_and_add_lora_pass_unsloth_the_same_arguments():
 
     notebook = keywords(unsloth_call(notebook_cell("04_lora", "get_peft_model("), "get_peft_model"))
     helper = keywords(unsloth_call(inspect.getsource(add_lora), "get_peft_model"))
-    assert notebook == helper
+    # the one addition: a folder per process for unsloth's offloaded embeddings under a multi-GPU
+    # launcher (scripts/train_cpt.py); in one process it is unsloth's own default, as in the notebook
+    helper_only = {"temporary_location": "unsloth_offload_dir()"}
+    assert {key: helper[key] for key in helper_only} == helper_only
+    assert {key: value for key, value in helper.items() if key not in helper_only} == notebook
 
 
 def test_notebook_06_reload_cell_gives_what_load_trained_model_gives(tiny_profile, tmp_path, torch_one_thread):
