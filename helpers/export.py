@@ -83,12 +83,10 @@ def export_problem(model, tokenizer) -> str | None:
 
 
 def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
-    """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata."""
+    """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata; the
+    caller has checked it with :func:`export_problem`."""
     import gguf
 
-    problem = _tokenizer_problem(tokenizer)
-    if problem:
-        raise ExportError(problem)
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     model = backend.get("model", {})
     by_id = {index: token for token, index in tokenizer.get_vocab().items()}

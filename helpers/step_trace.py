@@ -94,18 +94,14 @@ class StepTrace:
         self._profiler = None
         self._begin = 0.0
 
-    def _sync(self) -> None:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-
     def callback(self):
         """Return the ``transformers.TrainerCallback`` that starts and stops the profiler."""
         import time
 
         from torch.profiler import ProfilerActivity, profile
         from transformers import TrainerCallback
+
+        from .throughput import synchronize_cuda
 
         trace = self
 
@@ -117,14 +113,14 @@ class StepTrace:
                     activities = [ProfilerActivity.CPU]
                     if torch.cuda.is_available() and torch.cuda.is_initialized():
                         activities.append(ProfilerActivity.CUDA)
-                    trace._sync()
+                    synchronize_cuda()
                     trace._profiler = profile(activities=activities)
                     trace._profiler.__enter__()
                     trace._begin = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
                 if trace._profiler is not None and trace.summary is None and state.global_step == trace.step:
-                    trace._sync()
+                    synchronize_cuda()
                     wall = time.perf_counter() - trace._begin
                     trace._profiler.__exit__(None, None, None)
                     trace.summary = {"step": trace.step, **summarize(trace._profiler.events(), wall, trace.top)}

@@ -81,6 +81,15 @@ def count_tokens(model) -> TokenCounts:
     return counts
 
 
+def synchronize_cuda() -> None:
+    """Wait for the GPU's queued work (a no-op without CUDA, or before CUDA is used), so that a clock
+    read next measures work done, not work launched."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 class StepClock:
     """Times optimizer steps. :meth:`callback` returns the ``TrainerCallback`` to add to a trainer.
 
@@ -98,12 +107,6 @@ class StepClock:
         self.steps: list[tuple[int, float, int]] = []
         self.consumed = 0
 
-    def _sync(self) -> None:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-
     def callback(self):
         """Return the ``transformers.TrainerCallback`` that feeds this clock."""
         from transformers import TrainerCallback
@@ -113,7 +116,7 @@ class StepClock:
         class StepTimer(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 clock.consumed, clock.steps, clock.start_step = 0, [], state.global_step
-                clock._sync()
+                synchronize_cuda()
                 clock.begin = time.perf_counter()
 
             def on_substep_end(self, args, state, control, **kwargs):
@@ -123,7 +126,7 @@ class StepClock:
                 clock.consumed += 1
                 if clock.on_step is not None:
                     clock.on_step(state)
-                clock._sync()
+                synchronize_cuda()
                 clock.steps.append((state.global_step, time.perf_counter(), clock.consumed))
 
         return StepTimer()
