@@ -11,6 +11,8 @@
 #
 #   CPT_RANDOM_WEIGHTS=1 scripts/scale_out.sh OUT_DIR [PROFILE] [MAX_STEPS] [SAVE]
 #   (defaults: gpu-mistral7b, 24 steps, a checkpoint every 8)
+# TRACE_STEP=N profiles optimizer step N of the 1-GPU and the 2-GPU run (every rank; summaries in the
+# RESULTs, traces under outputs/scale-out/*/step-trace/). SKIP_RESUME=1 stops after the 2-GPU run.
 # For a CPU check of this script: EXTRA_ARGS=--tiny LAUNCH2="torchrun --standalone --nproc_per_node 2"
 # KILL_AFTER_S=0 (a 2-process gloo run of the tiny model; checked that way before the GPU run).
 set -euo pipefail
@@ -21,6 +23,8 @@ STEPS=${3:-24}
 SAVE=${4:-8}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 A=(--profile "$PROFILE" --per-device-batch 2 --grad-accum 8 --max-steps "$STEPS" --eval-stories 0 --check-sync ${EXTRA_ARGS:-})
+TRACE=()
+[ "${TRACE_STEP:-0}" = 0 ] || TRACE=(--trace-step "$TRACE_STEP")
 read -r -a TWO <<<"${LAUNCH2:-accelerate launch --config_file configs/ddp.yaml --num_processes 2}"
 TWO+=(scripts/train_cpt.py)
 runs=outputs/scale-out
@@ -31,13 +35,18 @@ if [ -f "$OUT_DIR/one.json" ]; then  # a one-GPU result of the same settings, ke
   say "1 GPU: kept $(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['date'], r['steps'], 'steps')" "$OUT_DIR/one.json")"
 else
   say "1 GPU"
-  CUDA_VISIBLE_DEVICES=0 python3 scripts/train_cpt.py "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/one \
+  CUDA_VISIBLE_DEVICES=0 python3 scripts/train_cpt.py "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/one "${TRACE[@]}" \
     --result-json "$OUT_DIR/one.json" >"$OUT_DIR/one.log" 2>&1
 fi
 say "2 GPUs"
-"${TWO[@]}" "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/two --baseline-result "$OUT_DIR/one.json" \
+"${TWO[@]}" "${A[@]}" --fresh --save-steps 100000 --output-dir $runs/two "${TRACE[@]}" --baseline-result "$OUT_DIR/one.json" \
   --result-json "$OUT_DIR/two.json" >"$OUT_DIR/two.log" 2>&1
 
+if [ "${SKIP_RESUME:-0}" = 1 ]; then
+  say "done (SKIP_RESUME=1: no kill-and-resume run)"
+  grep -h "^RESULT" "$OUT_DIR"/one.log "$OUT_DIR"/two.log >"$OUT_DIR/results.txt" 2>/dev/null || true
+  exit 0
+fi
 say "2 GPUs, to be killed after checkpoint-$SAVE"
 ckpt=$runs/killed/checkpoints/checkpoint-$SAVE
 setsid "${TWO[@]}" "${A[@]}" --fresh --save-steps "$SAVE" --output-dir $runs/killed >"$OUT_DIR/killed.log" 2>&1 &

@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--no-save", action="store_true", help="do not save the adapter")
     add("--check-sync", action="store_true", help="after the first two optimizer steps and at the end, assert that "
                                                   "the trainable weights are bit-identical on every rank")
+    add("--trace-step", type=int, default=0, help="profile this optimizer step on every rank with torch.profiler "
+                                                 "(helpers.step_trace): device busy/idle time and top kernels go into "
+                                                 "the RESULT, each rank's trace into OUTPUT_DIR/step-trace/rank<N>/")
     add("--result-json", type=Path, help="also write the RESULT object to this file (rank 0)")
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
                                              "scaling_efficiency and the per-step loss comparison")
@@ -94,6 +97,8 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
     if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
         problems.append(f"--max-seq-length {args.max_seq_length}: rows need at least {MIN_SEQ_LENGTH} tokens to "
                         "learn anything; the recipe uses 2048 (the CPU profile 256)")
+    if args.trace_step < 0:
+        problems.append(f"--trace-step {args.trace_step}: 0 (off) or an optimizer step after the warm-up, e.g. 4")
     for flag, value in (("--max-steps", args.max_steps), ("--per-device-batch", args.per_device_batch),
                         ("--grad-accum", args.grad_accum), ("--save-steps", args.save_steps),
                         ("--repeat-data", args.repeat_data)):
@@ -287,10 +292,13 @@ def settle_checkpoints(procs: Processes, checkpoints: Path) -> None:
 # --- training, measured -------------------------------------------------------------------------
 
 
-def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool, resume: bool) -> dict:
+def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool, resume: bool,
+                   trace_step: int = 0, trace_dir: Path | None = None) -> dict:
     """Train with ``helpers.checkpoints.train_resumable`` (resuming when ``resume``), timing every
     optimizer step and counting real tokens; check that the embeddings trained (and, with
-    ``check_sync``, that the ranks agree after the first two steps and at the end).
+    ``check_sync``, that the ranks agree after the first two steps and at the end). With
+    ``trace_step``, every rank profiles that optimizer step (:class:`helpers.step_trace.StepTrace`,
+    trace files under ``trace_dir/rank<N>``); the traced step stays in the timings, as one of many.
 
     Returns the measurements: ``steady`` (this rank's :func:`helpers.throughput.steady_state`),
     ``tokens_steady`` / ``tokens_trained`` (summed over all ranks), ``sync`` (the checks),
@@ -312,6 +320,13 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     counts = count_tokens(trainer.model)
     clock = StepClock(on_step=check_first_steps)
     trainer.add_callback(clock.callback())
+    tracer = None
+    if trace_step:
+        from helpers.step_trace import StepTrace
+
+        rank = procs.state.process_index
+        tracer = StepTrace(trace_step, None if trace_dir is None else trace_dir / f"rank{rank}")
+        trainer.add_callback(tracer.callback())
     before = snapshot_embeddings(model)
     cuda = profile.device == "cuda"
     from helpers.memory import training_memory_end, training_memory_start
@@ -329,7 +344,9 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
         sync.append(sync_check(model, "after training"))
     steady = steady_state(clock, counts.real)
     peak = round(torch.cuda.max_memory_reserved(procs.local_rank) / 2**30, 3) if cuda else None
-    return {"steady": steady, "tokens_steady": sum_over_ranks(steady["tokens"]),
+    traces = gather_objects(None if tracer is None or tracer.summary is None
+                            else {**tracer.summary, "top": tracer.summary["top"][:10]}) if tracer else None
+    return {"step_traces": traces, "steady": steady, "tokens_steady": sum_over_ranks(steady["tokens"]),
             "tokens_trained": sum_over_ranks(steady["tokens_all"]), "sync": sync,
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
             "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
@@ -391,6 +408,7 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
                          for g in describe_param_groups(getattr(trainer.optimizer, "optimizer", trainer.optimizer),
                                                         trainer.model)],
         "embeddings_trained": {parameter_kind(name): v["max_change"] for name, v in measured["embeddings"].items()},
+        **({"step_traces": measured["step_traces"]} if measured.get("step_traces") else {}),
         "versions": {**library_versions(), "cuda": torch.version.cuda},
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **extra,
@@ -439,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer, rows = load_model_and_rows(procs, profile, args.repeat_data, policy["per_device_batch"] * procs.world)
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps)
     settle_checkpoints(procs, output_dir / "checkpoints")
-    measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh)
+    measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
+                              trace_step=args.trace_step, trace_dir=output_dir / "step-trace")
     if procs.main:
         report(args, procs, profile, policy, trainer, measured, rows, output_dir)
     procs.state.wait_for_everyone()

@@ -46,6 +46,7 @@ def load_script():
     (["--grad-accum", "0"], "--grad-accum 0: must be at least 1"),
     (["--save-steps", "0"], "--save-steps 0: must be at least 1"),
     (["--eval-stories", "-1"], "use 0 to skip"),
+    (["--trace-step", "-1"], "--trace-step -1: 0 (off) or an optimizer step"),
 ])
 def test_settings_that_cannot_train_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -193,10 +194,16 @@ def test_two_gloo_processes_killed_and_resumed_match_one(uninterrupted, run_env)
 
 
 def test_four_gloo_processes_stay_in_sync(run_env):
-    """Issue 19's CPU test: four processes, one row each per step, weights identical on every rank."""
+    """Issue 19's CPU test: four processes, one row each per step, weights identical on every rank;
+    with --trace-step every rank profiles the same step (issue 18's one-step profile)."""
     root, env = run_env
     result, _ = run_script([*TORCHRUN, "--nproc_per_node", "4"], root, env, "four", "--max-steps", "3",
-                           "--per-device-batch", "1", "--grad-accum", "4", "--no-save", "--fresh")
+                           "--per-device-batch", "1", "--grad-accum", "4", "--no-save", "--fresh",
+                           "--trace-step", "3")
+    traces = result["step_traces"]
+    assert [t["step"] for t in traces] == [3, 3, 3, 3] and all(t["wall_s"] > 0 and t["top"] for t in traces)
+    for rank in range(4):
+        assert (root / "four" / "step-trace" / f"rank{rank}" / "trace.json").is_file()
     assert result["gpus"] == 4 and result["grad_accum"] == 1 and result["global_batch"] == 4
     assert result["sync_check"] == "passed" and [s["ranks"] for s in result["sync"]] == [4, 4, 4]
     assert result["sync"][1]["sha256"] != result["sync"][0]["sha256"]  # step 2 moved the weights, alike everywhere
