@@ -7,6 +7,7 @@ torch's real ``varlen_attn`` is a CUDA kernel, so a CPU stand-in with torch 2.11
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import types
@@ -30,7 +31,7 @@ def reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *
     bounds = cu_seq_q.tolist()
     outs = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (query, key, value)),
                                            is_causal=causal, scale=scale).transpose(0, 1)
-            for a, b in zip(bounds, bounds[1:])]
+            for a, b in zip(bounds, bounds[1:], strict=False)]
     return torch.cat(outs)
 
 
@@ -41,7 +42,7 @@ def grouped_reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, re
     bounds = cu_seq_q.tolist()
     return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (query, key, value)),
                                                      is_causal=causal, scale=scale, enable_gqa=True).transpose(0, 1)
-                      for a, b in zip(bounds, bounds[1:])])
+                      for a, b in zip(bounds, bounds[1:], strict=False)])
 
 
 def per_document_attention(query, key, value, lengths, scale=None):
@@ -301,11 +302,11 @@ def test_real_kernel_on_cuda():
         bounds = cu.tolist()
         return torch.cat([F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1).unsqueeze(0) for t in (q, k, v)),
                                                          is_causal=True, enable_gqa=True)[0].transpose(0, 1)
-                          for a, b in zip(bounds, bounds[1:])])
+                          for a, b in zip(bounds, bounds[1:], strict=False)])
 
     want = run(sdpa)
     native_ok, why = va.probe_native_gqa(varlen_attn, torch.device("cuda"))
-    routes = [False] + ([True] if "enable_gqa" not in str(__import__("inspect").signature(varlen_attn)) else [])
+    routes = [False] + ([True] if "enable_gqa" not in inspect.signature(varlen_attn).parameters else [])
     for native in routes:
         attn = va.gqa_varlen_attn(varlen_attn, native_gqa=native)
         got = run(lambda q, k, v, attn=attn: attn(q, k, v, cu, cu, max(lengths), max(lengths), window_size=(-1, 0),
