@@ -151,12 +151,15 @@ def attention_route(profile: Profile, mode: str, **enable_kwargs):
 
 
 def route_after(dispatch=None) -> dict:
-    """Return the RESULT's ``attention_route`` (unsloth only), read while a job's route is in place."""
+    """Return the RESULT's ``attention_route`` (unsloth only), read while a job's route is in place, and
+    with the varlen wrapper installed its eager call count as ``varlen_calls``."""
     if "unsloth" not in sys.modules and dispatch is None:
         return {}
-    from helpers.varlen_attention import unsloth_attention_route
+    from helpers.varlen_attention import DISPATCH_MODULE, HOOK, unsloth_attention_route
 
-    return {"attention_route": unsloth_attention_route(dispatch)}
+    hook = getattr(dispatch or sys.modules.get(DISPATCH_MODULE), HOOK, None)
+    calls = {"varlen_calls": hook.calls} if getattr(hook, "cpt_gqa_wrapper", False) else {}
+    return {"attention_route": unsloth_attention_route(dispatch), **calls}
 
 
 def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: int) -> dict:
@@ -228,6 +231,9 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     }
     if not route.get("torch_varlen", "enabled").startswith(("enabled", "already enabled")):
         record["warning"] = f"unsloth's own attention route ran: {route['torch_varlen']}"
+    elif route.get("varlen_calls") == 0:
+        record["warning"] = ("torch varlen_attn installed but never called eagerly: unsloth's checks kept "
+                             "per-segment SDPA, or every call ran under torch.compile")
     if tracer is not None:  # the traced step carries the profiler's overhead, and stays in the timings above
         record["step_trace"] = tracer.summary and {**tracer.summary, "top": tracer.summary["top"][:8],
                                                    "note": "profiler overhead included (also in tokens_per_s); "
