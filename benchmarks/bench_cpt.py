@@ -22,6 +22,13 @@ Modes (--modes):
                 document (unsloth padding_free=True; plain: transformers' DataCollatorWithFlattening,
                 whose position_ids give a block-diagonal causal mask)
   packing       unsloth's (TRL's) best-fit packing into max_seq_length rows (unsloth arm only)
+  packing_varlen       packing with torch's varlen_attn behind unsloth's attention
+                       (helpers.varlen_attention; unsloth arm only): one flash call per row instead
+                       of one SDPA call per document on torch 2.11 without flash-attn
+  padding_free_varlen  padding_free the same way (unsloth arm only)
+                The varlen modes enable the swap for their job alone and restore unsloth's route
+                after it (CPT_TORCH_VARLEN=0 keeps it off); every unsloth RESULT names the
+                attention route in "attention_route" (and for varlen modes "torch_varlen").
   chunk         concatenate-and-chunk into max_seq_length blocks (HF run_clm style, the packing of
                 helpers.data); documents attend across their EOS
 Micro-batches (--micro-batches 2,4,8) keep the global batch (--global-batch 16): accumulation = 16 / mb.
@@ -43,6 +50,7 @@ Every job prints ``RESULT {json}``; the driver ends with a table and repeats the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -59,7 +67,8 @@ if str(REPO) not in sys.path:
 
 from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILES, Profile  # noqa: E402
 
-MODES = ("padded", "padding_free", "packing", "chunk")
+MODES = ("padded", "padding_free", "packing", "chunk", "packing_varlen", "padding_free_varlen")
+VARLEN_MODES = {"packing_varlen": "packing", "padding_free_varlen": "padding_free"}  # -> the mode they patch
 ARMS = ("plain", "unsloth")
 WALKTHROUGH = {"train_runtime_s": 536.0, "gpu": "A100-40GB", "steps": 156, "documents": 2500}
 
@@ -101,6 +110,7 @@ def mode_settings(arm: str, mode: str, unsloth_padding_free: str) -> dict:
     """Return the training-argument overrides that select ``mode`` on ``arm``."""
     if arm != "unsloth":
         return {}
+    mode = VARLEN_MODES.get(mode, mode)
     if mode == "packing":
         return {"packing": True}
     if mode == "padding_free":
@@ -123,6 +133,35 @@ def time_limit_callback(seconds: float | None):
     return TimeLimit()
 
 
+@contextlib.contextmanager
+def attention_route(profile: Profile, mode: str, **enable_kwargs):
+    """Yield a dict for the RESULT naming unsloth's attention route (nothing for the plain arm). For a
+    varlen mode, enable torch's varlen_attn behind unsloth's attention for the block only and put the
+    previous route back on leaving, even after an error, so the arm's other jobs run unsloth as it is."""
+    if not profile.uses_unsloth:
+        yield {}
+        return
+    from helpers import varlen_attention
+
+    if mode not in VARLEN_MODES:
+        yield {"attention_route": varlen_attention.unsloth_attention_route(enable_kwargs.get("dispatch"))}
+        return
+    with varlen_attention.torch_varlen_for_unsloth(**enable_kwargs) as enabled:
+        yield {"torch_varlen": enabled}
+
+
+def route_after(dispatch=None) -> dict:
+    """Return the RESULT's ``attention_route`` (unsloth only), read while a job's route is in place, and
+    with the varlen wrapper installed its eager call count as ``varlen_calls``."""
+    if "unsloth" not in sys.modules and dispatch is None:
+        return {}
+    from helpers.varlen_attention import DISPATCH_MODULE, HOOK, unsloth_attention_route
+
+    hook = getattr(dispatch or sys.modules.get(DISPATCH_MODULE), HOOK, None)
+    calls = {"varlen_calls": hook.calls} if getattr(hook, "cpt_gqa_wrapper", False) else {}
+    return {"attention_route": unsloth_attention_route(dispatch), **calls}
+
+
 def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: int) -> dict:
     """Train one epoch (or up to the caps) of ``mode`` at ``micro_batch`` and return the measurements."""
     import torch
@@ -135,6 +174,9 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     if mode == "packing" and not profile.uses_unsloth:
         return {"skipped": "best-fit packing is unsloth's (TRL's) mode; the plain twin's counterparts are "
                            "padding_free and chunk"}
+    if mode in VARLEN_MODES and not profile.uses_unsloth:
+        return {"skipped": f"{mode} swaps the kernel behind unsloth's attention; the plain twin has no such "
+                           "route (its padding_free runs transformers' own attention)"}
     rows, data = epoch_rows(profile, tokenizer, args.documents, mode)
     settings = {"per_device_train_batch_size": micro_batch,
                 "gradient_accumulation_steps": args.global_batch // micro_batch,
@@ -163,7 +205,9 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    metrics = trainer.train().metrics
+    with attention_route(profile, mode) as route:
+        metrics = trainer.train().metrics
+        route.update(route_after())  # inside the block: the wrapper's call count, before it is removed
     counts.stop()
     steady = steady_state(clock, counts.real)
     tokens_per_s = steady["tokens"] / steady["seconds"] if steady["seconds"] else None
@@ -183,8 +227,13 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
         "mfu": round(m, 4) if (m := mfu(tokens_per_s, matmul_parameters(model.config), peak_tflops(device))) else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
-        "device": device,
+        "device": device, **route,
     }
+    if not route.get("torch_varlen", "enabled").startswith(("enabled", "already enabled")):
+        record["warning"] = f"unsloth's own attention route ran: {route['torch_varlen']}"
+    elif route.get("varlen_calls") == 0:
+        record["warning"] = ("torch varlen_attn installed but never called eagerly: unsloth's checks kept "
+                             "per-segment SDPA, or every call ran under torch.compile")
     if tracer is not None:  # the traced step carries the profiler's overhead, and stays in the timings above
         record["step_trace"] = tracer.summary and {**tracer.summary, "top": tracer.summary["top"][:8],
                                                    "note": "profiler overhead included (also in tokens_per_s); "
@@ -263,7 +312,7 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         epoch = r.get("epoch_runtime_est_s")
-        note = r.get("error") or r.get("skipped") or ""
+        note = r.get("error") or r.get("skipped") or r.get("warning") or ""
         lines.append(f"| {r['arm']} | {r['mode']} | {r['per_device_batch']} x {r['grad_accum']} | "
                      f"{cell(r.get('tokens_per_s'), 0)} | {cell(r.get('mfu'), 3)} | {cell(r.get('peak_reserved_gib'), 2)} | "
                      f"{cell(r.get('train_runtime_s'))} | {r.get('steps_run', '-')}/{r.get('epoch_steps', '-')} | "

@@ -16,6 +16,7 @@ One module per concern; importing this package imports no heavy library:
 - :mod:`helpers.checkpoints` - checkpointed, resumable training; atomic adapter saves
 - :mod:`helpers.distributed` - several processes: batch split, rank sync check, run comparison
 - :mod:`helpers.throughput` - tokens/s over steady optimizer steps, MFU
+- :mod:`helpers.varlen_attention` - torch 2.11's varlen_attn behind unsloth's packed attention (GQA wrapper)
 - :mod:`helpers.errors` - clear errors: model unavailable (hub), out of memory, disk full
 - :mod:`helpers.evaluation` - held-out perplexity
 - :mod:`helpers.memory` - memory probes and the stage recorder

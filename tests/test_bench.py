@@ -93,3 +93,76 @@ def test_test_mode_runs_every_cpu_mode(tmp_path):
         assert trace["step"] == 2 and trace["wall_s"] > 0 and trace["top_by"] == "self cpu time" and trace["top"]
         folder = tmp_path / "out" / f"trace-plain-{record['mode']}-mb2"
         assert (folder / "trace.json").stat().st_size > 0 and json.loads((folder / "step_trace.json").read_text())["top"]
+
+
+def test_varlen_modes_patch_the_mode_they_name():
+    bench = load_bench()
+    settings = bench.mode_settings
+    assert settings("unsloth", "packing_varlen", "off") == settings("unsloth", "packing", "off") == {"packing": True}
+    assert settings("unsloth", "padding_free_varlen", "off") == {"padding_free": True}
+    assert settings("plain", "packing_varlen", "off") == {}
+    assert set(bench.VARLEN_MODES) <= set(bench.MODES)
+    assert bench.parse_args(["--modes", "packing,packing_varlen"]).modes == ["packing", "packing_varlen"]
+    assert bench.parse_args(["--test-mode"]).modes == ["padded", "padding_free", "chunk"]  # CPU, plain arm only
+
+
+@pytest.mark.parametrize("mode", ["packing_varlen", "padding_free_varlen"])
+def test_plain_arm_skips_varlen_modes_with_a_reason(mode):
+    bench = load_bench()
+    args = bench.parse_args([])
+    record = bench.run_job(args, bench.arm_profile(args, "plain"), None, None, mode, 2)
+    assert record == {"skipped": f"{mode} swaps the kernel behind unsloth's attention; the plain twin has no "
+                                 "such route (its padding_free runs transformers' own attention)"}
+
+
+def fake_dispatch():
+    import types
+
+    module = types.ModuleType("fake_attention_dispatch")
+    module._TORCH_VARLEN_ATTN, module.HAS_FLASH_ATTENTION = None, False
+    return module
+
+
+def stand_in_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                    window_size=(-1, -1)):  # torch 2.11's signature; never called here
+    raise AssertionError("not called")
+
+
+def test_varlen_job_restores_unsloth_route_after_it_and_after_an_error(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("CPT_TORCH_VARLEN", raising=False)
+    monkeypatch.setattr(torch.backends.cuda, "is_flash_attention_available", lambda: True)  # the CPU build has none
+    bench = load_bench()
+    args = bench.parse_args([])
+    unsloth, plain = bench.arm_profile(args, "unsloth"), bench.arm_profile(args, "plain")
+    dispatch = fake_dispatch()
+    kwargs = {"dispatch": dispatch, "varlen_attn": stand_in_varlen, "cuda_available": True,
+              "flash_attn_installed": False, "native_gqa": True}
+    with bench.attention_route(unsloth, "packing_varlen", **kwargs) as route:
+        assert route["torch_varlen"].startswith("enabled:")
+        assert dispatch._TORCH_VARLEN_ATTN.cpt_gqa_wrapper
+        assert bench.route_after(dispatch) == {"attention_route": "torch varlen_attn via the GQA wrapper (0 eager "
+                                                                  "calls so far)", "varlen_calls": 0}
+    assert dispatch._TORCH_VARLEN_ATTN is None  # the arm's next job runs unsloth's own route
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with bench.attention_route(unsloth, "padding_free_varlen", **kwargs):
+            raise RuntimeError("CUDA out of memory")
+    assert dispatch._TORCH_VARLEN_ATTN is None
+    with bench.attention_route(unsloth, "packing", dispatch=dispatch) as route:
+        assert route == {"attention_route": "SDPA per segment (one call per document)"}
+        assert dispatch._TORCH_VARLEN_ATTN is None
+    with bench.attention_route(plain, "packing_varlen", **kwargs) as route:
+        assert route == {} and dispatch._TORCH_VARLEN_ATTN is None
+
+
+def test_varlen_job_says_when_the_swap_did_not_happen(monkeypatch):
+    monkeypatch.setenv("CPT_TORCH_VARLEN", "0")
+    bench = load_bench()
+    args = bench.parse_args([])
+    dispatch = fake_dispatch()
+    with bench.attention_route(bench.arm_profile(args, "unsloth"), "packing_varlen", dispatch=dispatch) as route:
+        assert route == {"torch_varlen": "not enabled: CPT_TORCH_VARLEN=0"} and dispatch._TORCH_VARLEN_ATTN is None
+    table = bench.table([{"arm": "unsloth", "mode": "packing_varlen", "per_device_batch": 2, "grad_accum": 8,
+                          "warning": "unsloth's own attention route ran: not enabled: CPT_TORCH_VARLEN=0"}])
+    assert "| unsloth | packing_varlen | 2 x 8 |" in table and "own attention route ran" in table
