@@ -198,7 +198,7 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
         from helpers.step_trace import StepTrace
 
         trace_dir = Path(args.out_dir or args.workdir) / f"trace-{'unsloth' if profile.uses_unsloth else 'plain'}-{mode}-mb{micro_batch}"
-        tracer = StepTrace(args.trace_step, trace_dir)
+        tracer = StepTrace(args.trace_step, trace_dir, clock=clock)
         trainer.add_callback(tracer.callback())
     epoch_steps = math.ceil(math.ceil(len(trainer.train_dataset) / micro_batch) / settings["gradient_accumulation_steps"])
     cuda = profile.device == "cuda"

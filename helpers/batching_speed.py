@@ -16,6 +16,7 @@ import random
 import statistics
 import time
 
+from .modeling import input_device
 from .training import embedding_param_groups
 
 
@@ -67,7 +68,7 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
     optimizers = {name: torch.optim.AdamW(embedding_param_groups(model, learning_rate, embedding_learning_rate, 0.0))
                   for name in settings}
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-    device = next(model.parameters()).device
+    device = input_device(model)
     results = {name: {"steps": steps, "batch_size": batch_size, "real_tokens": 0, "padded_tokens": 0,
                       "seconds": 0.0, "losses": [], "step_rates": []} for name in settings}
     was_training = model.training

@@ -80,7 +80,8 @@ def _hub_token_present() -> bool:
         return False
 
 
-def _hub_offline_mode() -> bool:
+def hub_offline_mode() -> bool:
+    """Return True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE``)."""
     try:
         from huggingface_hub import constants
 
@@ -123,7 +124,7 @@ def classify_model_error(err: BaseException) -> str | None:
                      "name or service not known", "temporary failure in name resolution",
                      "network is unreachable", "offline mode", "check your internet connection")
     if names & network_types or any(word in text for word in network_words):
-        return "offline" if _hub_offline_mode() else "no_network"
+        return "offline" if hub_offline_mode() else "no_network"
     return None
 
 

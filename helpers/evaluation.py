@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from .modeling import input_device
+
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_size: int = 4,
                progress: bool = True) -> float:
@@ -25,7 +27,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     encoded = [ids for ids in encoded if len(ids) >= 2]
     if not encoded:
         raise ValueError("perplexity needs at least one text of two or more tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens = 0.0, 0
     was_training = model.training

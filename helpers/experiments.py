@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from .modeling import input_device
 from .profiles import CPU_SMOLLM2, Profile
 
 
@@ -197,7 +198,7 @@ def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
     full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
         raise ValueError(f"cannot split the answer {answer!r} from the prompt {prompt!r} at a token boundary")
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = torch.tensor([full_ids], device=device)
     with torch.no_grad():
         logits = model(input_ids=ids).logits.float()
@@ -218,7 +219,7 @@ def recall(model, tokenizer, items: list[tuple[str, str]], max_new_tokens: int =
 
     if not items:
         raise ValueError("recall needs at least one (prompt, answer) pair")
-    device = next(model.parameters()).device
+    device = input_device(model)
     was_training = model.training
     model.eval()
     rows = []
@@ -277,7 +278,7 @@ def position_perplexity(model, sequences: list[list[int]], boundary: int) -> dic
     shortest = min(len(s) for s in sequences)
     if not 1 < boundary < shortest:
         raise ValueError(f"boundary {boundary} must lie strictly inside the sequences (shortest: {shortest} tokens)")
-    device = next(model.parameters()).device
+    device = input_device(model)
     was_training = model.training
     model.eval()
     inside, beyond, n_in, n_out = 0.0, 0.0, 0, 0
@@ -386,12 +387,11 @@ def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
     copies = _embedding_copies(model)
     head = next((p for n, p in copies.items() if "lm_head" in n), None)
     embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
-    if embed is not None:
-        # the trainable copy's device, not ``model.device``: with gradient checkpointing "unsloth",
-        # unsloth moves the frozen original embeddings to a file on the CPU, and ``model.device``
-        # (the first parameter's) then says "cpu" while the lookups run on the GPU
-        input_ids = input_ids.to(embed.device)
-        labels = None if labels is None else labels.to(embed.device)
+    # the input embeddings' device (helpers.modeling.input_device), not ``model.device``: unsloth may
+    # have moved the frozen original embeddings to the CPU while the lookups run on the GPU copy
+    device = input_device(model)
+    input_ids = input_ids.to(device)
+    labels = None if labels is None else labels.to(device)
     captured = {}
 
     def keep_output(module, args, output):

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .modeling import input_device
+
 
 def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Return the greedy continuation of ``prompt`` (special tokens skipped), generated in-process.
@@ -23,7 +25,7 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """
     import torch
 
-    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=tokenizer.pad_token_id)

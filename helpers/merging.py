@@ -14,6 +14,8 @@ merged sum is not representable in NF4 without a new, lossy quantization). unslo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .storage import save_directory_atomically
@@ -31,6 +33,52 @@ def is_quantized(model) -> bool:
     if getattr(getattr(base, "config", None), "quantization_config", None) is not None:
         return True
     return any(not p.dtype.is_floating_point for p in base.parameters())
+
+
+def local_base_weights(repo_id: str, cache_dir: Path | str | None = None) -> Path:
+    """Return the local snapshot folder of hub model ``repo_id`` in the Hugging Face cache, which
+    must hold ``.safetensors`` weights. Raises :class:`MergeError` saying how to get them otherwise."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:
+        folder = None
+    if folder is None or not any(folder.glob("*.safetensors")):
+        raise MergeError(
+            f"the hub is switched off (HF_HUB_OFFLINE) and the Hugging Face cache has no 16-bit weights of "
+            f"{repo_id!r}, which a 16-bit merge adds the adapters to. Download them once on a machine with "
+            f"a network (`huggingface-cli download {repo_id}`), or merge where the hub is reachable. "
+            "The adapter folder is unchanged.")
+    return folder
+
+
+@contextmanager
+def offline_merge_base(model, base: str, cache_dir: Path | str | None = None) -> Iterator[Path | None]:
+    """While the ``with`` block runs, let a merge find the 16-bit base ``base`` without the hub.
+
+    unsloth's ``save_pretrained_merged(..., "merged_16bit")`` reads the base model's name from
+    ``model.config._name_or_path`` and asks the hub about it first; with ``HF_HUB_OFFLINE=1`` that
+    question fails ("could not reach the Hugging Face Hub ... pass a local path"), even when the
+    weights are in the local cache. When the hub is off and ``base`` is a hub id, this points
+    ``_name_or_path`` at the cached snapshot folder (:func:`local_base_weights`) and puts the old
+    value back afterwards, also after an error. Yields that folder, or None when nothing needed
+    changing (hub on, or ``base`` already a local folder).
+    """
+    from .errors import hub_offline_mode
+
+    if Path(base).is_dir() or not hub_offline_mode():
+        yield None
+        return
+    folder = local_base_weights(base, cache_dir)
+    config = model.config
+    original = config._name_or_path
+    config._name_or_path = str(folder)
+    try:
+        yield folder
+    finally:
+        config._name_or_path = original
 
 
 def merge_adapter(peft_model):

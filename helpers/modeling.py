@@ -257,6 +257,25 @@ def smoke_model_dir(seed: int = 3407) -> Path:
     return save_directory_atomically(target, build)
 
 
+def input_device(model):
+    """Return the device the model's input ids must be on: that of its input embedding weights
+    (the trainable copy, when ``embed_tokens`` is trained through PEFT's ``modules_to_save``).
+
+    Not ``model.device`` nor the first parameter's device: with gradient checkpointing "unsloth" and
+    trained embeddings, unsloth moves the frozen original ``embed_tokens`` to a memory-mapped file on
+    the CPU ("Offloading input_embeddings to disk"), so those say "cpu" while every lookup runs on the
+    GPU copy. Falls back to the first trainable, then the first parameter's device.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    parameters = list(model.parameters())
+    if not parameters:
+        raise ValueError("the model has no parameters, so it has no device to put inputs on")
+    return next((p.device for p in parameters if p.requires_grad), parameters[0].device)
+
+
 def resolve_model_source(profile: Profile) -> str:
     """Return what ``from_pretrained`` should load for this profile: a hub id or a local folder."""
     if profile.is_embedded_model:

@@ -42,7 +42,8 @@ def largest_gaps(intervals: list[tuple[float, float]], count: int = 5) -> list[f
 def summarize(events, wall_s: float, top: int = 15) -> dict:
     """Return what one profiled step spent its time on.
 
-    ``events``: the profiler's ``events()`` (``FunctionEvent`` objects). Returns ``wall_s``;
+    ``events``: the profiler's ``events()`` (``FunctionEvent`` objects; user annotations, which the
+    profiler also reports on the device, are left out). Returns ``wall_s``;
     ``device_kernels`` (count), ``device_busy_s`` and ``device_idle_s`` (``wall_s`` minus the union of
     kernel intervals: the host gaps), ``largest_gaps_ms``; and ``top``: the operations with the most
     self time on the device (CUDA) or, without device events, on the CPU, each with its calls, total
@@ -50,7 +51,10 @@ def summarize(events, wall_s: float, top: int = 15) -> dict:
     """
     from torch.autograd import DeviceType
 
-    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    # device activity only: the GPU-side copies of ``record_function`` ranges ("gpu_user_annotation",
+    # e.g. DistributedDataParallel.forward, nccl:all_reduce) span many kernels and would count as busy
+    kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA
+               and not getattr(e, "is_user_annotation", False)]
     result = {"wall_s": round(wall_s, 4), "device_kernels": len(kernels)}
     if kernels:
         spans = [(e.time_range.start, e.time_range.end) for e in kernels]  # microseconds
@@ -82,13 +86,17 @@ class StepTrace:
 
     After training, :attr:`summary` holds :func:`summarize`'s dict (None if the run ended before the
     step), and ``out_dir`` (when given) ``step_trace.json`` with it and ``trace.json``, the Chrome /
-    Perfetto trace of the step.
+    Perfetto trace of the step. Stopping the profiler and writing the trace happen after the step, in
+    ``overhead_s`` seconds (tens of seconds for a 7B step); given the run's
+    :class:`helpers.throughput.StepClock` as ``clock``, that time is left out of its step timings.
+    The traced step itself runs under the profiler and is slower than the others.
     """
 
-    def __init__(self, step: int, out_dir: Path | str | None = None, top: int = 15):
+    def __init__(self, step: int, out_dir: Path | str | None = None, top: int = 15, clock=None):
         if step < 1:
             raise ValueError(f"step {step}: the first optimizer step is 1 (pick one after the warm-up, e.g. 3)")
-        self.step, self.top = step, top
+        self.step, self.top, self.clock = step, top, clock
+        self.overhead_s = 0.0  # stopping the profiler, summarizing and writing the trace, after the step
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.summary: dict | None = None
         self._profiler = None
@@ -121,12 +129,18 @@ class StepTrace:
             def on_step_end(self, args, state, control, **kwargs):
                 if trace._profiler is not None and trace.summary is None and state.global_step == trace.step:
                     synchronize_cuda()
-                    wall = time.perf_counter() - trace._begin
+                    ended = time.perf_counter()
+                    wall = ended - trace._begin
                     trace._profiler.__exit__(None, None, None)
                     trace.summary = {"step": trace.step, **summarize(trace._profiler.events(), wall, trace.top)}
                     if trace.out_dir is not None:
                         trace.out_dir.mkdir(parents=True, exist_ok=True)
                         trace._profiler.export_chrome_trace(str(trace.out_dir / "trace.json"))
+                    trace.overhead_s = time.perf_counter() - ended
+                    trace.summary["overhead_s"] = round(trace.overhead_s, 3)
+                    if trace.out_dir is not None:
                         (trace.out_dir / "step_trace.json").write_text(json.dumps(trace.summary, indent=1))
+                    if trace.clock is not None:  # a 7B step's trace takes tens of seconds to write
+                        trace.clock.exclude(trace.overhead_s)
 
         return StepTraceCallback()

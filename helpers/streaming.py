@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Thread
 
+from .modeling import input_device
+
 
 class WrappedPrinter:
     """Print text that arrives in arbitrary chunks, wrapped at ``width`` columns.
@@ -117,7 +119,7 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     from .validation import check_prompt
 
     check_prompt(prompt)  # an empty prompt fails inside generate with "cannot reshape tensor of 0 elements"
-    inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
                   pad_token_id=tokenizer.pad_token_id)

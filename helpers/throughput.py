@@ -98,6 +98,8 @@ class StepClock:
     ``(global_step, seconds, micro_batches_so_far)`` per optimizer step, read after a CUDA
     synchronisation. ``on_step(state)``, when given, runs at each step end *before* the clock is read
     (so a check it makes is charged to that step, e.g. the sync check of the excluded first steps).
+    Time handed to :meth:`exclude` (a profiler writing its trace between two steps) is taken off the
+    readings that follow, so it is charged to no step.
     """
 
     def __init__(self, on_step=None):
@@ -106,6 +108,13 @@ class StepClock:
         self.start_step = 0
         self.steps: list[tuple[int, float, int]] = []
         self.consumed = 0
+        self.excluded = 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` of wall time just spent outside training out of every later reading."""
+        if seconds < 0:
+            raise ValueError(f"cannot exclude a negative time ({seconds} s)")
+        self.excluded += seconds
 
     def callback(self):
         """Return the ``transformers.TrainerCallback`` that feeds this clock."""
@@ -115,7 +124,7 @@ class StepClock:
 
         class StepTimer(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
-                clock.consumed, clock.steps, clock.start_step = 0, [], state.global_step
+                clock.consumed, clock.steps, clock.start_step, clock.excluded = 0, [], state.global_step, 0.0
                 synchronize_cuda()
                 clock.begin = time.perf_counter()
 
@@ -127,7 +136,7 @@ class StepClock:
                 if clock.on_step is not None:
                     clock.on_step(state)
                 synchronize_cuda()
-                clock.steps.append((state.global_step, time.perf_counter(), clock.consumed))
+                clock.steps.append((state.global_step, time.perf_counter() - clock.excluded, clock.consumed))
 
         return StepTimer()
 

@@ -325,7 +325,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
         from helpers.step_trace import StepTrace
 
         rank = procs.state.process_index
-        tracer = StepTrace(trace_step, None if trace_dir is None else trace_dir / f"rank{rank}")
+        tracer = StepTrace(trace_step, None if trace_dir is None else trace_dir / f"rank{rank}", clock=clock)
         trainer.add_callback(tracer.callback())
     before = snapshot_embeddings(model)
     cuda = profile.device == "cuda"

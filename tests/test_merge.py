@@ -170,3 +170,71 @@ def test_folder_size_of_an_empty_or_missing_folder(tmp_path):
 def test_generate_without_peft_reports_a_failed_load(tmp_path):
     with pytest.raises(RuntimeError, match="plain transformers failed"):
         generate_without_peft(tmp_path / "nothing-here", PROMPT, 4, timeout=120)
+
+
+def _fake_cache(tmp_path, repo_id: str, weights: bool = True):
+    """A Hugging Face cache folder holding one snapshot of ``repo_id`` (the layout the hub writes)."""
+    revision = "0" * 40
+    repo = tmp_path / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (snapshot / "config.json").write_text("{}")
+    if weights:
+        (snapshot / "model.safetensors").write_bytes(b"weights")
+    return tmp_path / "hub", snapshot
+
+
+class _Model:
+    def __init__(self, name):
+        self.config = type("Config", (), {"_name_or_path": name})()
+
+
+def test_offline_merge_points_the_base_name_at_the_cached_snapshot_and_puts_it_back(tmp_path, monkeypatch):
+    """The H200 run of 2026-11-28: unsloth's 16-bit merge of the gpu-mistral7b notebook asked the hub
+    about `unsloth/mistral-7b-v0.3` with HF_HUB_OFFLINE=1 and stopped, although the weights were cached."""
+    from huggingface_hub import constants
+
+    from helpers.merging import offline_merge_base
+
+    cache, snapshot = _fake_cache(tmp_path, "org/base-7b")
+    model = _Model("org/base-7b-bnb-4bit")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with offline_merge_base(model, "org/base-7b", cache_dir=cache) as folder:
+        assert folder == snapshot and model.config._name_or_path == str(snapshot)
+    assert model.config._name_or_path == "org/base-7b-bnb-4bit"
+    with pytest.raises(RuntimeError, match="disk full"), offline_merge_base(model, "org/base-7b", cache_dir=cache):
+        raise RuntimeError("disk full")
+    assert model.config._name_or_path == "org/base-7b-bnb-4bit"  # put back after an error too
+
+
+def test_offline_merge_changes_nothing_online_or_for_a_local_folder(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from helpers.merging import offline_merge_base
+
+    model = _Model("org/base-7b")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with offline_merge_base(model, "org/base-7b", cache_dir=tmp_path) as folder:
+        assert folder is None and model.config._name_or_path == "org/base-7b"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with offline_merge_base(model, str(tmp_path), cache_dir=tmp_path) as folder:
+        assert folder is None and model.config._name_or_path == "org/base-7b"
+
+
+@pytest.mark.parametrize("weights", [False, None])  # a snapshot without safetensors, no snapshot at all
+def test_offline_merge_without_cached_weights_says_how_to_get_them(tmp_path, monkeypatch, weights):
+    from huggingface_hub import constants
+
+    from helpers.merging import MergeError, offline_merge_base
+
+    cache = tmp_path / "hub"
+    if weights is not None:
+        cache, _ = _fake_cache(tmp_path, "org/base-7b", weights=weights)
+    model = _Model("org/base-7b")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(MergeError, match=r"huggingface-cli download org/base-7b.*adapter folder is unchanged"):
+        with offline_merge_base(model, "org/base-7b", cache_dir=cache):
+            pytest.fail("the block must not run without the base weights")
+    assert model.config._name_or_path == "org/base-7b"

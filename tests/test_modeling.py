@@ -306,3 +306,31 @@ def test_own_gguf_file_loads_like_the_model_it_came_from(tmp_path, tokenizer, ti
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, original(**batch).logits)
     assert loaded("a cat")["input_ids"] == tokenizer("a cat")["input_ids"]
+
+
+def test_input_device_follows_the_trainable_embedding_copy_not_the_first_parameter(tiny_llama_factory):
+    """unsloth offloads the frozen original embed_tokens to the CPU while the trainable copy (PEFT's
+    modules_to_save) stays on the GPU; ``next(model.parameters()).device`` then names the wrong device
+    (H200 run of 2026-11-28: notebook 11 failed with "index is on cpu, different from other tensors on
+    cuda:0"). Simulated on the CPU: the original goes to the meta device, the copy stays."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from helpers.modeling import input_device
+
+    model = get_peft_model(tiny_llama_factory(64), LoraConfig(r=2, target_modules=["q_proj"],
+                                                              modules_to_save=["embed_tokens"]))
+    wrapper = model.get_input_embeddings()
+    wrapper.original_module.to("meta")  # "offloaded": no longer on the device of the lookups
+    assert next(model.parameters()).device.type == "meta"
+    assert input_device(model) == torch.device("cpu")
+    assert input_device(tiny_llama_factory(64)) == torch.device("cpu")
+
+
+def test_input_device_of_a_model_without_parameters_is_an_error():
+    import torch
+
+    from helpers.modeling import input_device
+
+    with pytest.raises(ValueError, match="no parameters"):
+        input_device(torch.nn.Module())

@@ -222,7 +222,11 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 # `helpers.experiments.embedding_gradient_rows` reads the input side's gradient where the embedding
 # lookup hands it on, and the output side's as the gradient of the `lm_head` weight (for SmolLM2,
 # whose two matrices are one tied tensor, it separates the two shares). The gradients are cleared
-# afterwards, so training starts as if this cell had not run.
+# afterwards, so training starts as if this cell had not run. On a GPU it also hands the probe's
+# memory back and resets the peak counter: at 7B the probe's full-vocabulary gradients peaked at
+# 14.59 GiB reserved, above what training itself needs, and the walkthrough's "start" reading below
+# (`max_memory_reserved` before `train()`) would otherwise report the probe's peak (H200 run of
+# 2026-11-28, commit `e8d2794`: "memory for training 0.0 GiB").
 
 # %%
 import torch
@@ -238,6 +242,9 @@ print(f"embed_tokens rows with a gradient: {rows['embed_tokens']:,} ({rows['embe
 print(f"lm_head rows with a gradient     : {rows['lm_head']:,} ({rows['lm_head'] / rows['vocabulary']:.2%})")
 assert rows["embed_tokens"] <= rows["distinct_input_tokens"] < rows["vocabulary"] / 10
 assert rows["lm_head"] >= 0.99 * rows["vocabulary"]
+if torch.cuda.is_available():
+    torch.cuda.empty_cache()  # the probe's cached blocks go back to the driver
+    torch.cuda.reset_peak_memory_stats()  # and its peak does not count as the start of training
 
 # %% [markdown]
 # So one row touches a few hundred rows of `embed_tokens` and (nearly) all rows of `lm_head`. The

@@ -97,16 +97,23 @@ assert same, "the reloaded adapter should reproduce notebook 06's greedy text"
 # subtlety: the adapter was trained on top of the NF4-*rounded* weights, so the 16-bit merged model is
 # slightly different from the one that was trained, and its greedy text may part from the 4-bit run's
 # after a while. The GPU branch therefore reports that comparison instead of asserting it.
+#
+# Offline (`HF_HUB_OFFLINE=1`), unsloth's merge first asks the hub about the base model and stops,
+# even when its 16-bit weights sit in the local cache. `helpers.merging.offline_merge_base` points
+# the merge at that cached folder for the duration of the call (and says how to get the weights when
+# they are not there); with a network it changes nothing.
 
 # %%
-from helpers.merging import merge_adapter, save_merged
+from helpers.merging import merge_adapter, offline_merge_base, save_merged
+from helpers.modeling import resolve_model_source
 from helpers.paths import artifact_path, relative
 from helpers.storage import save_directory_atomically
 
 if profile.uses_unsloth:
-    merged_dir = save_directory_atomically(
-        artifact_path("merged"),
-        lambda folder: model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit"))
+    with offline_merge_base(model, resolve_model_source(profile)):
+        merged_dir = save_directory_atomically(
+            artifact_path("merged"),
+            lambda folder: model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit"))
     merged_text = None  # no merged model in this kernel: the check below loads the folder
 else:
     merged = merge_adapter(model)

@@ -83,7 +83,7 @@ import os
 
 from datasets import disable_progress_bars
 
-from helpers.data import append_eos, build_train_dataset, load_raw_dataset, tokenize
+from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset, tokenize
 from helpers.paths import relative
 
 disable_progress_bars()  # datasets' per-call progress bars would bury the counts printed below
@@ -94,10 +94,17 @@ own_counts = {}
 for split in (False, True):
     own_profile, own_reason = select_profile(env={**text_env, SPLIT_ENV_VAR: "1" if split else "0"})
     documents, _ = load_raw_dataset(own_profile)
-    own_rows, own_stats = build_train_dataset(append_eos(documents, tokenizer.eos_token), tokenizer, own_profile)
-    own_counts["one per paragraph" if split else "one per file"] = own_stats
-    stream_eos = sum(ids.count(tokenizer.eos_token_id) for ids in tokenize(append_eos(documents, tokenizer.eos_token),
-                                                                            tokenizer)["input_ids"])
+    label = "one per paragraph" if split else "one per file"
+    stream = tokenize(append_eos(documents, tokenizer.eos_token), tokenizer)["input_ids"]
+    try:
+        own_rows, own_stats = build_train_dataset(append_eos(documents, tokenizer.eos_token), tokenizer, own_profile)
+    except DataError as err:  # packed, and less text than one block: refused, with what to do about it
+        assert own_profile.packing and "Add at least" in str(err)
+        print(f"{label}: refused: {err}")
+        own_stats = {"documents": len(stream), "tokens": sum(map(len, stream)), "packing": True, "rows": 0,
+                     "max_seq_length": own_profile.max_seq_length, "tail_tokens_dropped": sum(map(len, stream))}
+    own_counts[label] = own_stats
+    stream_eos = sum(ids.count(tokenizer.eos_token_id) for ids in stream)
     assert stream_eos == own_stats["documents"], "exactly one EOS per document"
     if own_stats["packing"]:
         assert own_stats["rows"] * own_stats["max_seq_length"] + own_stats["tail_tokens_dropped"] == own_stats["tokens"]
@@ -115,10 +122,11 @@ for label, s in own_counts.items():
 # for a story told over several paragraphs. (The token counts differ by more than those EOS tokens
 # because every tenth document, at least one, is held out for evaluation: with one document per file
 # that is a whole file, with paragraphs a single paragraph.) With packing, the stream's last partial block is dropped:
-# harmless for a large corpus, but a folder smaller than one block yields *no* training rows at all
-# (this example is smaller than one of the GPU profile's 2,048-token blocks; that profile pads one
-# document per row instead, so nothing is lost there). And every document ends in exactly one EOS,
-# which the cell asserted.
+# harmless for a large corpus, but a folder smaller than one block would yield *no* training rows at
+# all, so `build_train_dataset` refuses it with a `DataError` that says how much text to add (this
+# example is smaller than one of the GPU profile's 2,048-token blocks: run with `CPT_PACKING=1` there,
+# the cell prints that message and counts 0 rows; without packing the profile pads one document per
+# row, so nothing is lost). And every document ends in exactly one EOS, which the cell asserted.
 #
 # Practical tips: save files as **UTF-8** (the loader stops with a message naming the file otherwise;
 # `iconv -f latin1 -t utf-8` converts); put **one document per file** when documents are long and
