@@ -234,10 +234,11 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     elif route.get("varlen_calls") == 0:
         record["warning"] = ("torch varlen_attn installed but never called eagerly: unsloth's checks kept "
                              "per-segment SDPA, or every call ran under torch.compile")
-    if tracer is not None:  # the traced step carries the profiler's overhead, and stays in the timings above
+    if tracer is not None:  # the traced step runs slower under the profiler and stays in the timings above
         record["step_trace"] = tracer.summary and {**tracer.summary, "top": tracer.summary["top"][:8],
-                                                   "note": "profiler overhead included (also in tokens_per_s); "
-                                                           "full list and trace.json next to the results"}
+                                                   "note": "the profiled step's slowdown is in tokens_per_s, the "
+                                                           "writing of the trace (overhead_s) is not; full list and "
+                                                           "trace.json next to the results"}
     if record["extrapolated"] and mean_steady:
         record["epoch_runtime_est_s"] = round(record["train_runtime_s"] + (epoch_steps - done) * mean_steady, 1)
         record["note"] = f"ran {done} of {epoch_steps} steps; the rest estimated at the steady mean step time"
@@ -266,6 +267,7 @@ def run_arm(args) -> int:
             "embedding_learning_rate": profile.embedding_learning_rate, "lora_r": profile.lora_r,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "load_s": round(time.perf_counter() - start, 1), "test_mode": args.test_mode,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
             "versions": {**library_versions(), "cuda": torch.version.cuda}}
     failures = 0
     for mode in args.modes:
@@ -287,9 +289,12 @@ def run_arm(args) -> int:
 # --- driver -------------------------------------------------------------------------------------
 
 
-def run_child(cmd: list[str], timeout: float | None) -> tuple[int, list[dict]]:
-    """Run one arm's process, echo its output, and return its exit code and RESULT records."""
+def run_child(cmd: list[str], timeout: float | None, alloc_conf: str | None = None) -> tuple[int, list[dict]]:
+    """Run one arm's process, echo its output, and return its exit code and RESULT records.
+    ``alloc_conf`` becomes the process's ``PYTORCH_CUDA_ALLOC_CONF`` (read when CUDA starts)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if alloc_conf:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = alloc_conf
     results = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -326,7 +331,7 @@ def drive(args) -> int:
     results, worst = [], 0
     for arm in args.arms:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--arm", arm, *child_flags(args)]
-        rc, records = run_child(cmd, args.arm_timeout_s)
+        rc, records = run_child(cmd, args.arm_timeout_s, args.cuda_alloc_conf)
         worst = max(worst, int(rc != 0))
         results += records or [{"arm": arm, "mode": "-", "per_device_batch": "-", "grad_accum": "-",
                                 "error": f"the arm's process exited with {rc} before any RESULT"}]
@@ -369,6 +374,9 @@ def parse_args(argv=None):
     p.add_argument("--arm-timeout-s", type=float, default=None, help="kill an arm's process after this many seconds")
     p.add_argument("--unsloth-padding-free", choices=("auto", "on", "off"), default="off",
                    help="unsloth's padding_free in the padded and chunk modes (default off: its block compile runs)")
+    p.add_argument("--cuda-alloc-conf", metavar="CONF",
+                   help="PYTORCH_CUDA_ALLOC_CONF for the arms' processes, e.g. expandable_segments:True (issue 17's "
+                        "peak-memory lever against allocator fragmentation); recorded in every RESULT")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cpt-bench"), help="scratch folder for the trainer")
     p.add_argument("--out-dir", type=Path, help="also write results.jsonl and table.md here")
     p.add_argument("--trace-step", type=int, default=0,
