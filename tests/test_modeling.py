@@ -334,3 +334,12 @@ def test_input_device_of_a_model_without_parameters_is_an_error():
 
     with pytest.raises(ValueError, match="no parameters"):
         input_device(torch.nn.Module())
+
+
+def test_no_helper_puts_inputs_on_the_first_parameters_device():
+    """The guard for the bug found at 7B: every helper that builds inputs asks input_device."""
+    from helpers.paths import project_root
+
+    offenders = [path.name for path in (project_root() / "helpers").glob("*.py")
+                 if "next(model.parameters()).device" in path.read_text()]
+    assert offenders == [], f"use helpers.modeling.input_device in {offenders}"
