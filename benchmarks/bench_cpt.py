@@ -40,6 +40,11 @@ gpu-mistral7b (on a machine without network, the fake hub of
 ../shared/tools/device-fake-hub-mistral7b.sh), SmolLM2's in --test-mode. Each job trains one epoch
 (--max-steps caps it; a capped job says ``"extrapolated": true`` and how).
 
+Memory levers (issue 17's peak-reserved target), each recorded in every RESULT: --cuda-alloc-conf
+(e.g. expandable_segments:True, against allocator fragmentation), --lora-dtype bfloat16 (the adapters
+stored in 16 bits, ``helpers.training.cast_lora_weights``) and --optim (e.g. paged_adamw_8bit, the
+optimizer states in paged memory).
+
 Every job prints ``RESULT {json}``; the driver ends with a table and repeats the RESULT lines.
 
     python benchmarks/bench_cpt.py                                   # GPU: every arm, mode and micro-batch
@@ -88,9 +93,11 @@ def emit(record: dict) -> None:
 
 
 def arm_profile(args, arm: str) -> Profile:
-    """Return the profile of one arm: the chosen profile, with only the backend differing."""
+    """Return the profile of one arm: the chosen profile, with only the backend differing (and the
+    optimizer, when ``--optim`` replaces it for both arms)."""
     profile = TEST_PROFILE if args.test_mode else PROFILES[args.profile]
-    return profile.replace(backend="unsloth" if arm == "unsloth" else "transformers")
+    return profile.replace(backend="unsloth" if arm == "unsloth" else "transformers",
+                           **({"optim": args.optim} if getattr(args, "optim", None) else {}))
 
 
 def epoch_rows(profile: Profile, tokenizer, documents: int, mode: str):
@@ -255,19 +262,23 @@ def run_arm(args) -> int:
 
     from helpers.modeling import load_model_and_tokenizer
     from helpers.session import library_versions, seed_everything
-    from helpers.training import add_lora
+    from helpers.training import add_lora, cast_lora_weights
 
     seed_everything(profile.seed)
     start = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(profile)
     model = add_lora(model, profile)
+    if args.lora_dtype:
+        cast_lora_weights(model, args.lora_dtype)
+    lora_dtypes = sorted({str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()
+                          if p.requires_grad and ("lora_A" in n or "lora_B" in n)})
     base = {"workload": "epoch", "arm": args.arm, "profile": profile.name, "model": profile.model_name,
             "seq_len": profile.max_seq_length, "global_batch": args.global_batch, "load_in_4bit": profile.load_in_4bit,
             "optim": profile.optim, "learning_rate": profile.learning_rate,
             "embedding_learning_rate": profile.embedding_learning_rate, "lora_r": profile.lora_r,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "load_s": round(time.perf_counter() - start, 1), "test_mode": args.test_mode,
-            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or None, "lora_dtypes": lora_dtypes,
             "versions": {**library_versions(), "cuda": torch.version.cuda}}
     failures = 0
     for mode in args.modes:
@@ -353,6 +364,8 @@ def child_flags(args) -> list[str]:
     flags += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     flags += ["--job-time-limit-s", str(args.job_time_limit_s)] if args.job_time_limit_s else []
     flags += ["--trace-step", str(args.trace_step)] if args.trace_step else []
+    flags += ["--lora-dtype", args.lora_dtype] if args.lora_dtype else []
+    flags += ["--optim", args.optim] if args.optim else []
     flags += ["--out-dir", str(args.out_dir)] if args.out_dir else []
     return flags + (["--test-mode"] if args.test_mode else [])
 
@@ -377,6 +390,11 @@ def parse_args(argv=None):
     p.add_argument("--cuda-alloc-conf", metavar="CONF",
                    help="PYTORCH_CUDA_ALLOC_CONF for the arms' processes, e.g. expandable_segments:True (issue 17's "
                         "peak-memory lever against allocator fragmentation); recorded in every RESULT")
+    p.add_argument("--lora-dtype", choices=("float32", "bfloat16", "float16"),
+                   help="store the LoRA matrices in this dtype (helpers.training.cast_lora_weights; default: as "
+                        "unsloth / PEFT make them, fp32): issue 17's LoRA-dtype memory lever, for both arms")
+    p.add_argument("--optim", help="replace the profile's optimizer for both arms (e.g. paged_adamw_8bit: the "
+                                   "optimizer states in paged memory), a TrainingArguments `optim` name")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cpt-bench"), help="scratch folder for the trainer")
     p.add_argument("--out-dir", type=Path, help="also write results.jsonl and table.md here")
     p.add_argument("--trace-step", type=int, default=0,

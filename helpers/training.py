@@ -170,6 +170,36 @@ def add_lora(model, profile: Profile):
     return get_peft_model(model, lora_config(profile, tie_embeddings=tied, model=model))
 
 
+LORA_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cast_lora_weights(model, dtype: str) -> int:
+    """Store every trainable LoRA matrix (``lora_A`` / ``lora_B``) of ``model`` in ``dtype`` (one of
+    :data:`LORA_DTYPES`) and return how many tensors were cast.
+
+    unsloth and PEFT keep the adapters in fp32 under bf16 autocast; in 16 bits their weights,
+    gradients and optimizer inputs take half the memory (for the walkthrough's r=128 on Mistral-7B:
+    335.5 M parameters, 1.34 GB of fp32 weights and as much again in gradients), at the price of
+    updates rounded to 16 bits. A memory lever of issue 17, measured by ``benchmarks/bench_cpt.py
+    --lora-dtype``; the embedding copies are left as they are. Raises ``ValueError`` for another
+    dtype, or when the model has no trainable LoRA matrices.
+    """
+    import torch
+
+    if dtype not in LORA_DTYPES:
+        raise ValueError(f"LoRA dtype {dtype!r}: choose one of {', '.join(LORA_DTYPES)}")
+    target = getattr(torch, dtype)
+    cast = 0
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and ("lora_A" in name or "lora_B" in name):
+            if parameter.dtype != target:
+                parameter.data = parameter.data.to(target)
+            cast += 1
+    if not cast:
+        raise ValueError("the model has no trainable LoRA matrices (lora_A / lora_B): add LoRA first")
+    return cast
+
+
 def is_embedding_parameter(name: str, modules: Iterable[str] = EMBEDDING_MODULES) -> bool:
     """Return True for the trainable copies of embed_tokens / lm_head (the embedding LR applies);
     ``modules`` names the embedding modules when a model calls them otherwise (e.g. GPT-2's ``wte``)."""

@@ -34,6 +34,17 @@ def test_arms_share_every_setting_but_the_backend():
     assert plain["embedding_learning_rate"] == 5e-06 and plain["lora_r"] == 128  # the walkthrough's, both arms
 
 
+def test_optim_flag_replaces_the_optimizer_of_both_arms_only():
+    bench = load_bench()
+    args = bench.parse_args(["--optim", "paged_adamw_8bit", "--lora-dtype", "bfloat16"])
+    plain, unsloth = bench.arm_profile(args, "plain"), bench.arm_profile(args, "unsloth")
+    assert plain.optim == unsloth.optim == "paged_adamw_8bit"
+    assert dataclasses.replace(plain, backend="unsloth") == unsloth
+    flags = bench.child_flags(args)
+    assert flags[flags.index("--optim") + 1] == "paged_adamw_8bit" and flags[flags.index("--lora-dtype") + 1] == "bfloat16"
+    assert bench.arm_profile(bench.parse_args([]), "plain").optim == "adamw_8bit"  # the recipe's, untouched
+
+
 def test_mode_settings():
     settings = load_bench().mode_settings
     assert settings("unsloth", "packing", "off") == {"packing": True}
@@ -47,6 +58,7 @@ def test_mode_settings():
     (["--modes", "padded,zigzag"], "unknown mode"),
     (["--micro-batches", "3"], "divide --global-batch 16"),
     (["--documents", "0"], "at least 1"),
+    (["--lora-dtype", "int8"], "invalid choice"),
 ])
 def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):

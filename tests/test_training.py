@@ -364,3 +364,31 @@ def test_unsloth_offload_dir_is_unsloths_own_for_one_process_and_per_rank_under_
     ranks = [unsloth_offload_dir({"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2"}) for r in (0, 1)]
     assert ranks == [f"{UNSLOTH_OFFLOAD_DIR}/rank0", f"{UNSLOTH_OFFLOAD_DIR}/rank1"]
     assert unsloth_offload_dir({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}) == f"{UNSLOTH_OFFLOAD_DIR}/rank1"
+
+
+def test_cast_lora_weights_stores_only_the_adapters_in_16_bits(peft_model):
+    """Issue 17's LoRA-dtype lever: the adapters go to bf16, the embedding copies and the frozen
+    base stay as they were, and the model still runs forward and backward."""
+    import torch
+
+    from helpers.training import cast_lora_weights
+
+    before = {n: p.dtype for n, p in peft_model.named_parameters()}
+    cast = cast_lora_weights(peft_model, "bfloat16")
+    after = {n: p.dtype for n, p in peft_model.named_parameters()}
+    lora = [n for n in after if "lora_A" in n or "lora_B" in n]
+    assert cast == len(lora) > 0 and all(after[n] == torch.bfloat16 for n in lora)
+    assert all(after[n] == before[n] for n in after if n not in lora)
+    loss = peft_model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for n, p in peft_model.named_parameters() if n in lora)
+    assert cast_lora_weights(peft_model, "bfloat16") == cast  # again: nothing left to change, same count
+
+
+def test_cast_lora_weights_refuses_what_it_cannot_do(peft_model, tiny_llama_factory):
+    from helpers.training import cast_lora_weights
+
+    with pytest.raises(ValueError, match="choose one of float32, bfloat16, float16"):
+        cast_lora_weights(peft_model, "int8")
+    with pytest.raises(ValueError, match="no trainable LoRA matrices"):
+        cast_lora_weights(tiny_llama_factory(VOCAB), "bfloat16")
