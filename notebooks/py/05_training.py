@@ -294,7 +294,9 @@ print(format_snapshot(record_stage("after training", "05")))
 # as a share of the GPU's memory. `helpers.memory.training_memory_start` took the start reading at the
 # top of the training cell, just before `train_resumable`; on the CPU the same arithmetic runs on
 # host memory (the process's RSS before training, its peak RSS after), which is an analogue, not the
-# same quantity. Notebook 06 puts these figures beside the walkthrough's.
+# same quantity. Notebook 06 puts these figures beside the walkthrough's. On a GPU the cell also
+# asserts that training needed *some* memory beyond the start: a start reading that already held an
+# earlier, larger peak would otherwise report 0.0 GiB without any error.
 
 # %%
 from helpers.memory import training_memory_end
@@ -305,6 +307,8 @@ print(f"start {training_memory['start_gib']:.3f} GiB, peak {training_memory['pea
       f"= {training_memory['peak_pct']:.2f}% of {training_memory['total_gib']:.1f} GiB")
 print(f"memory used for training: {training_memory['training_gib']:.3f} GiB = {training_memory['training_pct']:.2f}%")
 assert training_memory["peak_gib"] >= training_memory["start_gib"]
+if training_memory["device"] == "cuda":  # activations and gradients must show: 0.0 means the start was wrong
+    assert training_memory["training_gib"] > 0, "the start reading already held a larger peak than training's"
 
 # %% [markdown]
 # ## Did both groups really train?
