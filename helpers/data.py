@@ -364,3 +364,54 @@ def length_summary(lengths: list[int]) -> dict:
         "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
         "max": ordered[-1],
     }
+
+
+def document_segments(input_ids: list[int], eos_token_id: int) -> list[int]:
+    """Return, for every token of a packed row, the index of the document it belongs to: 0 for the
+    first, and one more after every EOS token (the EOS ends its own document)."""
+    segments, current = [], 0
+    for token in input_ids:
+        segments.append(current)
+        if token == eos_token_id:
+            current += 1
+    return segments
+
+
+class PackedRowsCollator:
+    """Batch equal-length packed rows for causal-LM training, with or without attention across the
+    documents inside a row.
+
+    Returns ``input_ids``, ``labels`` (the inputs, with the first token of every document after the
+    first set to -100: no document is trained to predict its opening from the one before) and, with
+    ``isolate_documents``, ``position_ids`` that restart at every document and a 4-D boolean
+    ``attention_mask`` (batch, 1, length, length) that lets a token attend only to earlier tokens
+    of its own document. Without it the row is one causal sequence, documents seeing the ones before
+    them (the concatenate-and-chunk packing of Hugging Face's ``run_clm``). The labels are the same
+    either way, so two runs differ only in what the attention sees. Raises ``ValueError`` for rows of
+    different lengths (pack them first, :func:`pack_blocks`).
+    """
+
+    def __init__(self, eos_token_id: int, isolate_documents: bool):
+        self.eos_token_id, self.isolate_documents = eos_token_id, isolate_documents
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        rows = [list(f["input_ids"]) for f in features]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"packed rows must all have one length, got {sorted({len(r) for r in rows})}")
+        input_ids = torch.tensor(rows)
+        segments = torch.tensor([document_segments(r, self.eos_token_id) for r in rows])
+        starts = torch.zeros_like(segments, dtype=torch.bool)
+        starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+        labels = input_ids.masked_fill(starts, -100)
+        batch = {"input_ids": input_ids, "labels": labels}
+        if self.isolate_documents:
+            length = input_ids.shape[1]
+            index = torch.arange(length)
+            # where each token's document starts: the latest start at or before it (the row starts at 0)
+            first = torch.cummax(torch.where(starts, index, 0), dim=1).values
+            batch["position_ids"] = index[None, :] - first
+            causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+            batch["attention_mask"] = (causal[None] & (segments[:, :, None] == segments[:, None, :]))[:, None]
+        return batch

@@ -181,3 +181,33 @@ def test_varlen_job_says_when_the_swap_did_not_happen(monkeypatch):
     table = bench.table([{"arm": "unsloth", "mode": "packing_varlen", "per_device_batch": 2, "grad_accum": 8,
                           "warning": "unsloth's own attention route ran: not enabled: CPT_TORCH_VARLEN=0"}])
     assert "| unsloth | packing_varlen | 2 x 8 |" in table and "own attention route ran" in table
+
+
+def test_cross_document_attention_test_mode(tmp_path):
+    """benchmarks/cross_document_attention.py on the CPU: two runs per seed from one start, scored alike."""
+    (tmp_path / "data").symlink_to(REPO_ROOT / "data", target_is_directory=True)  # tmp_path is CPT_ROOT
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "CPT_ROOT": str(tmp_path), "CPT_CACHE_DIR": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = REPO_ROOT / "benchmarks" / "cross_document_attention.py"
+    proc = subprocess.run([sys.executable, str(script), "--test-mode", "--out-dir", str(tmp_path / "out")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    record = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
+    assert record["workload"] == "cross_document_attention" and record["steps"] == 2 and record["test_mode"]
+    runs = record["runs"]
+    assert set(runs) == {"across documents", "isolated documents"}
+    assert runs["across documents"]["first_loss"] == pytest.approx(runs["isolated documents"]["first_loss"], rel=0.05)
+    for key in ("perplexity_across_documents", "perplexity_isolated_documents", "untrained_perplexity"):
+        assert math.isfinite(record[key]) and record[key] > 1
+    assert record["relative_cost_of_attending_across"] == pytest.approx(
+        record["perplexity_across_documents"] / record["perplexity_isolated_documents"] - 1, abs=1e-4)
+    assert "attending across documents changes held-out perplexity" in proc.stdout
+
+
+def test_cross_document_attention_refuses_bad_seeds(capsys):
+    spec = importlib.util.spec_from_file_location("cross_doc", REPO_ROOT / "benchmarks" / "cross_document_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--seeds", "one,two"])
+    assert "whole numbers" in capsys.readouterr().err

@@ -624,3 +624,52 @@ def test_requested_rows_and_cycle_to():
     assert cycle_to(Dataset.from_dict({"text": ["a", "b"]}), 5)["text"] == ["a", "b", "a", "b", "a"]
     with pytest.raises(DataError):
         cycle_to(Dataset.from_dict({"text": []}), 3)
+
+
+def test_document_segments_count_documents_ending_at_eos():
+    from helpers.data import document_segments
+
+    assert document_segments([5, 6, 2, 7, 8, 2, 9], eos_token_id=2) == [0, 0, 0, 1, 1, 1, 2]
+    assert document_segments([2, 2], eos_token_id=2) == [0, 1] and document_segments([], 2) == []
+
+
+def test_packed_rows_collator_labels_and_positions():
+    from helpers.data import PackedRowsCollator
+
+    rows = [{"input_ids": [5, 6, 2, 7, 8, 2, 9]}, {"input_ids": [2, 3, 4, 5, 2, 6, 7]}]
+    isolated = PackedRowsCollator(2, isolate_documents=True)(rows)
+    across = PackedRowsCollator(2, isolate_documents=False)(rows)
+    # the same targets either way: no story is trained to predict its opening from the one before
+    assert isolated["labels"].tolist() == across["labels"].tolist() == [[5, 6, 2, -100, 8, 2, -100],
+                                                                         [2, -100, 4, 5, 2, -100, 7]]
+    assert set(across) == {"input_ids", "labels"}  # one causal sequence per row
+    assert isolated["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 0], [0, 0, 1, 2, 3, 0, 1]]
+    mask = isolated["attention_mask"]
+    assert mask.shape == (2, 1, 7, 7) and mask.dtype.is_floating_point is False
+    assert mask[0, 0, 4].tolist() == [False, False, False, True, True, False, False]  # its own story, causally
+
+
+def test_packed_rows_collator_refuses_rows_of_different_lengths():
+    from helpers.data import PackedRowsCollator
+
+    with pytest.raises(ValueError, match="one length"):
+        PackedRowsCollator(2, isolate_documents=True)([{"input_ids": [1, 2]}, {"input_ids": [1, 2, 3]}])
+
+
+def test_isolated_documents_see_only_themselves(tiny_llama_factory):
+    """With the collator's mask and positions, a story's logits inside a packed row are the logits
+    of the story alone; without them the story sees the one before it."""
+    import torch
+
+    from helpers.data import PackedRowsCollator
+
+    model = tiny_llama_factory(64).eval()
+    first, second = [5, 9, 14, 2], [7, 11, 3, 30, 41]
+    batch = PackedRowsCollator(2, isolate_documents=True)([{"input_ids": first + second}])
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        isolated = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                         attention_mask=batch["attention_mask"]).logits[0, len(first):]
+        across = model(input_ids=batch["input_ids"]).logits[0, len(first):]
+    assert torch.allclose(isolated, alone, atol=1e-5)
+    assert not torch.allclose(across, alone, atol=1e-3)
