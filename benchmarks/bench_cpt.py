@@ -71,6 +71,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILES, Profile  # noqa: E402
+from helpers.training import LORA_DTYPES  # noqa: E402
 
 MODES = ("padded", "padding_free", "packing", "chunk", "packing_varlen", "padding_free_varlen")
 VARLEN_MODES = {"packing_varlen": "packing", "padding_free_varlen": "padding_free"}  # -> the mode they patch
@@ -162,11 +163,10 @@ def route_after(dispatch=None) -> dict:
     with the varlen wrapper installed its eager call count as ``varlen_calls``."""
     if "unsloth" not in sys.modules and dispatch is None:
         return {}
-    from helpers.varlen_attention import DISPATCH_MODULE, HOOK, unsloth_attention_route
+    from helpers.varlen_attention import unsloth_attention_route, wrapper_calls
 
-    hook = getattr(dispatch or sys.modules.get(DISPATCH_MODULE), HOOK, None)
-    calls = {"varlen_calls": hook.calls} if getattr(hook, "cpt_gqa_wrapper", False) else {}
-    return {"attention_route": unsloth_attention_route(dispatch), **calls}
+    calls = wrapper_calls(dispatch)
+    return {"attention_route": unsloth_attention_route(dispatch), **({} if calls is None else {"varlen_calls": calls})}
 
 
 def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: int) -> dict:
@@ -262,7 +262,7 @@ def run_arm(args) -> int:
 
     from helpers.modeling import load_model_and_tokenizer
     from helpers.session import library_versions, seed_everything
-    from helpers.training import add_lora, cast_lora_weights
+    from helpers.training import add_lora, cast_lora_weights, is_lora_matrix
 
     seed_everything(profile.seed)
     start = time.perf_counter()
@@ -271,7 +271,7 @@ def run_arm(args) -> int:
     if args.lora_dtype:
         cast_lora_weights(model, args.lora_dtype)
     lora_dtypes = sorted({str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()
-                          if p.requires_grad and ("lora_A" in n or "lora_B" in n)})
+                          if p.requires_grad and is_lora_matrix(n)})
     base = {"workload": "epoch", "arm": args.arm, "profile": profile.name, "model": profile.model_name,
             "seq_len": profile.max_seq_length, "global_batch": args.global_batch, "load_in_4bit": profile.load_in_4bit,
             "optim": profile.optim, "learning_rate": profile.learning_rate,
@@ -390,7 +390,7 @@ def parse_args(argv=None):
     p.add_argument("--cuda-alloc-conf", metavar="CONF",
                    help="PYTORCH_CUDA_ALLOC_CONF for the arms' processes, e.g. expandable_segments:True (issue 17's "
                         "peak-memory lever against allocator fragmentation); recorded in every RESULT")
-    p.add_argument("--lora-dtype", choices=("float32", "bfloat16", "float16"),
+    p.add_argument("--lora-dtype", choices=LORA_DTYPES,
                    help="store the LoRA matrices in this dtype (helpers.training.cast_lora_weights; default: as "
                         "unsloth / PEFT make them, fp32): issue 17's LoRA-dtype memory lever, for both arms")
     p.add_argument("--optim", help="replace the profile's optimizer for both arms (e.g. paged_adamw_8bit: the "

@@ -173,6 +173,11 @@ def add_lora(model, profile: Profile):
 LORA_DTYPES = ("float32", "bfloat16", "float16")
 
 
+def is_lora_matrix(name: str) -> bool:
+    """Return True for the parameter name of a LoRA matrix (``lora_A`` / ``lora_B``)."""
+    return "lora_A" in name or "lora_B" in name
+
+
 def cast_lora_weights(model, dtype: str) -> int:
     """Store every trainable LoRA matrix (``lora_A`` / ``lora_B``) of ``model`` in ``dtype`` (one of
     :data:`LORA_DTYPES`) and return how many tensors were cast.
@@ -191,7 +196,7 @@ def cast_lora_weights(model, dtype: str) -> int:
     target = getattr(torch, dtype)
     cast = 0
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad and ("lora_A" in name or "lora_B" in name):
+        if parameter.requires_grad and is_lora_matrix(name):
             if parameter.dtype != target:
                 parameter.data = parameter.data.to(target)
             cast += 1

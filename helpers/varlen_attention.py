@@ -234,6 +234,15 @@ def torch_varlen_for_unsloth(**kwargs) -> Iterator[str]:
             disable_torch_varlen_for_unsloth(dispatch=kwargs.get("dispatch"))
 
 
+def wrapper_calls(dispatch: ModuleType | None = None) -> int | None:
+    """Return how many eager calls the installed GQA wrapper has served, or None when it is not
+    installed (or unsloth is not imported)."""
+    if dispatch is None:
+        dispatch = _dispatch_module()
+    hook = getattr(dispatch, HOOK, None) if dispatch is not None else None
+    return hook.calls if getattr(hook, "cpt_gqa_wrapper", False) else None
+
+
 def unsloth_attention_route(dispatch: ModuleType | None = None) -> str:
     """Return one line naming the kernel unsloth's packed attention uses now (call it after ``import
     unsloth``): flash-attn's varlen, torch's varlen_attn (unsloth's own or via the GQA wrapper, with
