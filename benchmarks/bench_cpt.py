@@ -190,7 +190,10 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
                 "max_steps": args.max_steps or -1, "num_train_epochs": 1, "disable_tqdm": True,
                 **({"max_length": profile.max_seq_length} if profile.uses_unsloth else {}),
                 **mode_settings("unsloth" if profile.uses_unsloth else "plain", mode, args.unsloth_padding_free)}
-    trainer = build_trainer(profile, model, tokenizer, rows, output_dir=str(Path(args.workdir) / "trainer"),
+    # the rows are already shaped for the mode: ``chunk`` rows are one causal sequence each (documents
+    # attend across EOS, as in run_clm); every other mode gives the trainer one document per row
+    job_profile = profile.replace(packing=mode == "chunk", isolate_documents=False)
+    trainer = build_trainer(job_profile, model, tokenizer, rows, output_dir=str(Path(args.workdir) / "trainer"),
                             **settings)
     if mode == "padding_free" and not profile.uses_unsloth:
         from transformers import DataCollatorWithFlattening

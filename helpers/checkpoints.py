@@ -163,6 +163,7 @@ def run_record(trainer, profile: Profile, dataset) -> dict:
             "seed": args.seed,
             "max_seq_length": profile.max_seq_length,
             "packing": profile.packing,
+            "isolate_documents": profile.isolate_documents,
             "lora": [profile.lora_r, profile.lora_alpha, profile.use_rslora, list(profile.target_modules)],
         },
     }

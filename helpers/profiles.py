@@ -64,7 +64,12 @@ class Profile:
     local_data_dir: str = "data/tinystories-sample"  # used when the hub is unreachable
     text_dir: str | None = None  # a folder of .txt files to train on instead ("your own text")
     split_on_blank_lines: bool = False
-    packing: bool = False  # False = one padded story per row (the walkthrough); True = packed blocks
+    packing: bool = False  # False = one padded story per row (the walkthrough); True = packed rows
+    # Packed rows: True keeps each document's attention to itself (positions restart at every
+    # document). False lets a document attend to the ones before it in its row (Hugging Face's
+    # run_clm "concatenate and chunk"), which cost +4.5% held-out perplexity on SmolLM2
+    # (benchmarks/RESULTS.md). The unsloth branch always keeps documents apart when it packs.
+    isolate_documents: bool = True
     eval_stories: int = 600  # held-out validation stories used for perplexity
     eval_max_tokens: int = 512  # each held-out story is cut to this many tokens
     # --- LoRA
@@ -149,22 +154,32 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+# The walkthrough's recipe, with one change of batching measured in benchmarks/RESULTS.md (issue 17,
+# 2026-11-28, H200): the stories are packed into 2,048-token rows (unsloth's best-fit packing, each
+# story attending only to itself, through torch's variable-length flash kernel:
+# helpers.varlen_attention) and trained 4 rows per micro-batch x 4 accumulation steps. The global
+# batch stays the walkthrough's 16 rows; the epoch takes 21 optimizer steps of packed rows instead of
+# 157 of padded stories. CPT_PACKING=0 gives back the walkthrough's padded rows (set the batch to
+# 2 x 8 with profile.replace for its exact settings).
 GPU_MISTRAL7B = Profile(
     name="gpu-mistral7b",
-    description="The walkthrough's recipe: Mistral-7B v0.3 in 4-bit through unsloth, 2,500 TinyStories.",
+    description="The walkthrough's recipe: Mistral-7B v0.3 in 4-bit through unsloth, 2,500 TinyStories, packed rows.",
     backend="unsloth",
     device="cuda",
     model_name="unsloth/mistral-7b-v0.3",
     load_in_4bit=True,
     max_seq_length=2048,
     dtype=None,
+    packing=True,
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=4,
 )
 
 # The offline default. Same recipe shape as the walkthrough (LoRA on every projection, embed_tokens and
 # lm_head trained in full, a 10x smaller learning rate for them, cosine with warm-up), scaled so that
 # the whole series runs in a few minutes on 2 CPU cores:
 # - the model is SmolLM2-135M (50x smaller than Mistral-7B), kept in fp32 because 4-bit needs CUDA;
-# - stories are packed into 256-token blocks, and training stops after 12 optimizer steps of 4 blocks
+# - stories are packed into 256-token blocks (each story attending only to itself), and training stops after 12 optimizer steps of 4 blocks
 #   (about a quarter of the sample);
 # - with 13x fewer optimizer steps than the walkthrough's 156, the learning rates are 10x higher
 #   (5e-4 / 5e-5), keeping the walkthrough's 10:1 ratio between the adapters and the embeddings.

@@ -63,8 +63,9 @@ def count_tokens(model) -> TokenCounts:
 
     A forward pre-hook on the model sees each training micro-batch as the trainer feeds it (after
     any batches a resumed run skips, whatever the prefetching), so entry ``i`` is the ``i``-th
-    micro-batch of this ``train()`` call. Real tokens are the ones of the ``attention_mask``; a
-    padding-free batch (one flattened row, no mask) has no padding at all. The sums stay on the
+    micro-batch of this ``train()`` call. Real tokens are the ones of a 2-D ``attention_mask``; a
+    padding-free batch (one flattened row, no mask) and packed rows with a 4-D mask (which token sees
+    which, :class:`helpers.data.PackedRowsCollator`) have no padding at all. The sums stay on the
     device until read, so counting adds no synchronisation. Forwards in eval mode are not counted.
     """
     counts = TokenCounts()
@@ -74,6 +75,8 @@ def count_tokens(model) -> TokenCounts:
         if not module.training or ids is None:
             return
         mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:  # a 4-D mask of which token sees which (packed rows: no padding)
+            mask = None
         counts.processed.append(int(ids.numel()))
         counts._real.append(mask.sum() if mask is not None else int(ids.numel()))
 

@@ -365,24 +365,39 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
     unsloth branch: ``UnslothTrainer`` (TRL ``SFTTrainer`` underneath). Given ``text_dataset`` (the
     stories with EOS appended) it tokenizes, packs or pads itself, as in the walkthrough, which lets
     unsloth choose packing / padding-free batching; otherwise it trains on the ``input_ids`` rows.
-    Plain branch: :class:`EmbeddingLRTrainer` on the ``input_ids`` rows with transformers'
-    causal-LM collator, the way Hugging Face's own ``run_clm`` example does continued pre-training.
+    When it packs (``profile.packing`` with ``text_dataset``), unsloth's packed attention is given
+    torch's variable-length flash kernel (:func:`use_torch_varlen`), the fastest way measured to keep
+    each document's attention to itself; the route taken is in ``trainer.cpt_attention_route``.
+    Plain branch: :class:`EmbeddingLRTrainer` on the ``input_ids`` rows, the way Hugging Face's own
+    ``run_clm`` example does continued pre-training: packed rows (``profile.packing``) go through
+    :class:`helpers.data.PackedRowsCollator`, which keeps each document's attention to itself unless
+    ``profile.isolate_documents`` is False; padded rows through transformers' causal-LM collator.
     """
     if profile.uses_unsloth:
         from unsloth import UnslothTrainer
 
+        route = None
         if text_dataset is not None:
             overrides = {"dataset_text_field": "text", "max_length": profile.max_seq_length,
                          "packing": profile.packing, **overrides}
             train_dataset = text_dataset
+            if overrides["packing"]:
+                route = use_torch_varlen()
         args = training_arguments(profile, output_dir, **overrides)
-        return UnslothTrainer(model=model, processing_class=tokenizer, train_dataset=train_dataset, args=args)
+        trainer = UnslothTrainer(model=model, processing_class=tokenizer, train_dataset=train_dataset, args=args)
+        trainer.cpt_attention_route = route
+        return trainer
     args = training_arguments(profile, output_dir, **overrides)
-    from transformers import DataCollatorForLanguageModeling
+    if profile.packing:
+        from .data import PackedRowsCollator
 
-    collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
+        collator = PackedRowsCollator(tokenizer.eos_token_id, isolate_documents=profile.isolate_documents)
+    else:
+        from transformers import DataCollatorForLanguageModeling
+
+        collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
     trainer_cls = _embedding_lr_trainer_class()
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -390,6 +405,22 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         processing_class=tokenizer,
         embedding_learning_rate=profile.embedding_learning_rate,
     )
+    trainer.cpt_attention_route = ("each document attends only to itself (block-diagonal causal mask)"
+                                   if profile.packing and profile.isolate_documents else
+                                   "documents attend across their EOS" if profile.packing else "padded rows")
+    return trainer
+
+
+def use_torch_varlen() -> str:
+    """Give unsloth's packed attention torch's variable-length flash kernel for the rest of the
+    process (:func:`helpers.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
+    keeps unsloth's own route) and return the one-line route unsloth now takes. Where the swap is not
+    needed or not possible the route says why and unsloth's own choice stays."""
+    from .varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
+
+    outcome = enable_torch_varlen_for_unsloth()
+    route = unsloth_attention_route()
+    return route if outcome.startswith(("enabled", "already enabled")) else f"{route} ({outcome})"
 
 
 # --- after training: did the embeddings really train? -----------------------------------------

@@ -217,8 +217,10 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     """Load the model with LoRA and the training rows the notebooks' way; rank 0 first (it converts
     or builds the local model and fills the datasets cache, the others reuse them).
 
-    Returns ``(model, tokenizer, train_dataset)``. Raises ``helpers.data.DataError`` when the
-    data gives fewer rows than one optimizer step needs (``min_rows``)."""
+    Returns ``(model, tokenizer, train_dataset, text_dataset)``: the tokenized rows, and the stories
+    with EOS that the unsloth branch packs itself (best-fit, each story attending only to itself)
+    when the profile packs; ``text_dataset`` is None otherwise. Raises ``helpers.data.DataError``
+    when the data gives fewer rows than one optimizer step needs (``min_rows``)."""
     import datasets
 
     from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset
@@ -232,9 +234,11 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
         with load_on_local_device(profile, procs.local_rank, procs.distributed):
             model, tokenizer = load_model_and_tokenizer(profile)
         raw, source = load_raw_dataset(profile, "train")
-        rows, stats = build_train_dataset(append_eos(raw, tokenizer.eos_token), tokenizer, profile)
+        text = append_eos(raw, tokenizer.eos_token)
+        rows, stats = build_train_dataset(text, tokenizer, profile)
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
+        text = datasets.concatenate_datasets([text] * repeat)
     if len(rows) < min_rows:
         raise DataError(
             f"The training data gives {len(rows)} row(s) of {profile.max_seq_length} tokens, fewer than the "
@@ -246,7 +250,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
     model = add_lora(model, profile)
     note_memory("LoRA added", procs.local_rank)
-    return model, tokenizer, rows
+    return model, tokenizer, rows, (text if profile.uses_unsloth and profile.packing else None)
 
 
 MEMORY_STAGES: list[dict] = []  # this process's readings, in order (one process, as in the walkthrough)
@@ -265,9 +269,11 @@ def note_memory(stage: str, local_rank: int) -> None:
                           "torch_reserved_gib": round(cuda["reserved_gib"], 3)})
 
 
-def build_trainer(profile: Profile, model, tokenizer, rows, policy: dict, checkpoints: Path, save_steps: int | None):
+def build_trainer(profile: Profile, model, tokenizer, rows, policy: dict, checkpoints: Path, save_steps: int | None,
+                  text_dataset=None):
     """Return the notebooks' resumable trainer (``helpers.checkpoints.build_resumable_trainer``) with
-    this run's gradient accumulation and checkpoint interval."""
+    this run's gradient accumulation and checkpoint interval; given ``text_dataset``, the unsloth
+    branch packs the stories itself, as in notebook 05."""
     from helpers.checkpoints import build_resumable_trainer
 
     overrides = {
@@ -277,7 +283,7 @@ def build_trainer(profile: Profile, model, tokenizer, rows, policy: dict, checkp
     if profile.uses_unsloth:
         overrides["max_length"] = profile.max_seq_length  # SFTConfig: keep whole blocks (its default cuts at 1024)
     return build_resumable_trainer(profile, model, tokenizer, rows, output_dir=checkpoints, save_steps=save_steps,
-                                   **overrides)
+                                   text_dataset=text_dataset, **overrides)
 
 
 def settle_checkpoints(procs: Processes, checkpoints: Path) -> None:
@@ -454,8 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
-    model, tokenizer, rows = load_model_and_rows(procs, profile, args.repeat_data, policy["per_device_batch"] * procs.world)
-    trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps)
+    model, tokenizer, rows, text = load_model_and_rows(procs, profile, args.repeat_data,
+                                                       policy["per_device_batch"] * procs.world)
+    trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
+    procs.say(f"attention: {trainer.cpt_attention_route}")
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace")

@@ -24,12 +24,14 @@ def test_count_tokens_counts_the_micro_batches_trained(torch_one_thread):
     counts = throughput.count_tokens(model)
     model(input_ids=torch.ones(2, 4, dtype=torch.long), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]))
     model(torch.ones(1, 7, dtype=torch.long))  # padding-free: one flattened row, no mask
+    # packed rows with a 4-D mask of which token sees which (PackedRowsCollator): no padding
+    model(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 1, 3, 3, dtype=torch.bool))
     model.eval()
     model(input_ids=torch.ones(1, 3, dtype=torch.long))  # evaluation: not counted
     model.train()
     counts.stop()
     model(input_ids=torch.ones(1, 5, dtype=torch.long))  # after stop(): not counted
-    assert counts.real == [6, 7] and counts.processed == [8, 7] and len(counts) == 2
+    assert counts.real == [6, 7, 6] and counts.processed == [8, 7, 6] and len(counts) == 3
 
 
 def clock_with(step_times: list[float], micro_batches_per_step: int = 2, start_step: int = 0) -> throughput.StepClock:

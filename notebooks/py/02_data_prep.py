@@ -239,15 +239,21 @@ plt.show()
 # * **Packing**: concatenate all stories (each ending in EOS) into one stream and cut it into blocks
 #   of exactly `max_seq_length`. No padding at all; a long story simply continues into the next
 #   block, so nothing is dropped except the stream's final partial block. The cost: a block may start
-#   mid-story, and tokens can attend across the EOS into the previous story (the model learns to
-#   treat EOS as a reset, which is also how most base models were pre-trained).
+#   mid-story, and unless told otherwise a token attends across the EOS into the previous story.
+#   That can be prevented: restart the positions at every story and give the attention one causal
+#   block per story (notebook 05 shows how each branch does it). It matters: on SmolLM2, training
+#   with attention across stories left the model 4.5% worse on held-out stories than the same
+#   training with each story kept apart (`benchmarks/RESULTS.md`).
 #   "Padding-free" batching, which unsloth enables by default on recent GPUs, gets packing's
-#   efficiency while keeping stories apart: rows are concatenated without padding and the attention
-#   kernel is told where each one starts.
+#   efficiency in the same way: rows are concatenated without padding and the attention kernel is
+#   told where each one starts.
 #
-# The CPU profile packs (`packing=True`): its stories are often longer than its 256-token blocks, so
-# padding would throw most of their text away. The GPU profile keeps the walkthrough's padded rows
-# (one switch, `packing`). Notebook 05 measures the difference.
+# Both profiles pack (`packing=True`) and keep each story's attention to itself. On the CPU its
+# stories are often longer than its 256-token blocks, so padding would throw most of their text
+# away; on the GPU, packing with a variable-length attention kernel trained the walkthrough's epoch
+# fastest of every batching mode measured (issue 17's table in `benchmarks/RESULTS.md`). One switch,
+# `packing` (`CPT_PACKING=0`), gives the walkthrough's padded rows. Notebook 11 measures the
+# difference on this machine.
 
 # %%
 from helpers.data import pack_blocks, truncate_rows

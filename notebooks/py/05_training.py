@@ -175,11 +175,25 @@ plt.show()
 assert max(lrs) <= profile.learning_rate + 1e-12 and lrs[-1] < max(lrs)
 
 # %% [markdown]
-# How are rows batched? `transformers.Trainer` receives the packed blocks of notebook 02, all of
-# exactly `max_seq_length` tokens, so there is nothing to pad. unsloth's trainer receives the text and
-# decides itself: with `packing=True` it packs; otherwise on recent GPUs it switches on
-# **padding-free** batching automatically (and prints that it did), which concatenates the rows of a
-# batch without padding and tells the attention kernel where each row starts.
+# How are rows batched, and what does each token attend to? Both branches pack the stories into
+# `max_seq_length`-token rows (the profiles say `packing=True`), so almost nothing is padded, and both
+# keep every story's attention to itself: a row holds several stories, and a story should not learn
+# to lean on the unrelated one before it (measured on SmolLM2 in `benchmarks/RESULTS.md`: letting
+# them attend across costs about 4.5% held-out perplexity, with no speed gained on the CPU).
+#
+# - `transformers.Trainer` receives the packed blocks of notebook 02, all exactly `max_seq_length`
+#   tokens. `helpers.data.PackedRowsCollator` restarts the positions at every story and gives the
+#   attention a block-diagonal causal mask, one block per story.
+# - unsloth's trainer receives the text and packs it itself (TRL's best-fit packing), telling the
+#   attention where each story starts. Without the `flash-attn` package, unsloth on torch 2.11 would
+#   run one attention call per story; `helpers.training.build_trainer` hands it torch's own
+#   variable-length flash kernel instead (`helpers.varlen_attention`), one call per row. On an H200
+#   that made the walkthrough's epoch 1.3x faster than unsloth's own route (issue 17's table in
+#   `benchmarks/RESULTS.md`). `CPT_TORCH_VARLEN=0` turns the swap off; `CPT_PACKING=0` gives the
+#   walkthrough's one padded story per row, for which unsloth switches on **padding-free** batching
+#   by itself on recent GPUs.
+#
+# The cell prints the flags and the attention route the trainer took.
 
 # %%
 packing_flag, padding_free_flag = getattr(trainer.args, "packing", None), getattr(trainer.args, "padding_free", None)
@@ -187,6 +201,9 @@ row_lengths = [len(row["input_ids"]) for row in trainer.train_dataset.select(ran
 print(f"packing: {packing_flag}, padding_free: {padding_free_flag} "
       f"({'flags of TRL/unsloth' if packing_flag is not None else 'not options of transformers.Trainer'})")
 print(f"{len(trainer.train_dataset)} training rows; first rows' lengths: min {min(row_lengths)}, max {max(row_lengths)}")
+print(f"attention: {trainer.cpt_attention_route}")
+if profile.packing and not profile.uses_unsloth:
+    assert "only to itself" in trainer.cpt_attention_route  # the plain branch keeps stories apart
 
 # %% [markdown]
 # ## Check the optimizer before training

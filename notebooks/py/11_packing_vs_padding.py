@@ -111,11 +111,16 @@ assert speedup >= 1.0, "packing should not train fewer real tokens per second th
 # while packed blocks start anywhere, often mid-story with little context, so their average loss is
 # higher on the same model.
 #
-# Which is the default? The CPU profile packs (`packing=True`), the faster setting here, and the
-# one that also keeps the long stories' endings. The GPU profile keeps the walkthrough's padded rows,
-# where unsloth's padding-free batching removes most of the padding cost anyway. Either way it is one
-# switch: `profile.replace(packing=False)` (or `True`), which `helpers.data.build_train_dataset` and the
-# trainer both follow.
+# Which is the default? Both profiles pack (`packing=True`): here the faster setting, and the one
+# that also keeps the long stories' endings. The packed blocks measured above are plain causal rows,
+# so a story may attend to the one before it; the training itself keeps each story's attention to
+# itself (notebook 05), which on this CPU costs no measurable time (the two trainings of
+# `benchmarks/cross_document_attention.py` took 231-256 s and 231-237 s) and gives 4.5% lower
+# held-out perplexity. On an H200 at 7B, packing with torch's variable-length attention was the
+# fastest of every batching mode measured: 60.7 s for the walkthrough's epoch against about 450 s
+# padded (issue 17's table in `benchmarks/RESULTS.md`, 2026-11-28). Either way it is one switch:
+# `profile.replace(packing=False)` (or `CPT_PACKING=0`), which `helpers.data.build_train_dataset` and
+# the trainer both follow.
 
 # %%
 print(f"this profile: packing={profile.packing} "

@@ -124,9 +124,9 @@ for label, s in own_counts.items():
 # that is a whole file, with paragraphs a single paragraph.) With packing, the stream's last partial block is dropped:
 # harmless for a large corpus, but a folder smaller than one block would yield *no* training rows at
 # all, so `build_train_dataset` refuses it with a `DataError` that says how much text to add (this
-# example is smaller than one of the GPU profile's 2,048-token blocks: run with `CPT_PACKING=1` there,
-# the cell prints that message and counts 0 rows; without packing the profile pads one document per
-# row, so nothing is lost). And every document ends in exactly one EOS, which the cell asserted.
+# example is smaller than one of the GPU profile's 2,048-token blocks: run there, the cell prints that
+# message and counts 0 rows; with `CPT_PACKING=0` the profile pads one document per row, so nothing is
+# lost). And every document ends in exactly one EOS, which the cell asserted.
 #
 # Practical tips: save files as **UTF-8** (the loader stops with a message naming the file otherwise;
 # `iconv -f latin1 -t utf-8` converts); put **one document per file** when documents are long and
