@@ -399,7 +399,9 @@ class PackedRowsCollator:
 
         rows = [list(f["input_ids"]) for f in features]
         if len({len(r) for r in rows}) != 1:
-            raise ValueError(f"packed rows must all have one length, got {sorted({len(r) for r in rows})}")
+            raise ValueError(f"packed rows must all have one length, got {sorted({len(r) for r in rows})}: pack "
+                             "them first (helpers.data.pack_blocks), or train rows of one document each with a "
+                             "profile that does not pack (profile.replace(packing=False))")
         input_ids = torch.tensor(rows)
         segments = torch.tensor([document_segments(r, self.eos_token_id) for r in rows])
         starts = torch.zeros_like(segments, dtype=torch.bool)

@@ -102,13 +102,14 @@ def optimizer_state_gib(optimizer) -> float:
 
 def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = None, *, label: str = "",
               full_finetune: bool = False, eval_max_tokens: int | None = None, model_and_tokenizer=None,
-              after_load=None) -> tuple[RunResult, object, object]:
+              after_load=None, text_dataset=None) -> tuple[RunResult, object, object]:
     """Train the profile's recipe for ``profile.max_steps`` steps and measure it.
 
     Loads a fresh model (or takes ``model_and_tokenizer``), calls ``after_load(model)`` if given (for
     a change such as RoPE scaling), adds LoRA unless ``full_finetune`` (then every weight trains, at
     ``profile.learning_rate``, the embeddings too), trains with :func:`helpers.training.build_trainer`
-    on ``train_dataset`` (rows of ``input_ids``), and scores ``eval_texts`` with
+    on ``train_dataset`` (rows of ``input_ids``; on the unsloth branch, given ``text_dataset``, the
+    stories with EOS, which it packs itself as notebook 05 does), and scores ``eval_texts`` with
     :func:`helpers.evaluation.perplexity`. Returns ``(RunResult, model, tokenizer)``.
     """
     import torch
@@ -139,7 +140,8 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     reserved_at_start = torch.cuda.memory_reserved() / 1024**3 if cuda else None
     with tempfile.TemporaryDirectory(prefix="cpt-run-") as output_dir:
-        trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=output_dir, disable_tqdm=True)
+        trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=output_dir, disable_tqdm=True,
+                                text_dataset=text_dataset)
         trainer.remove_callback(PrinterCallback)  # without tqdm, Trainer prints every log line; the result has them
         trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

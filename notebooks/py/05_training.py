@@ -302,6 +302,11 @@ steps = trainer.state.global_step
 print(f"{steps} optimizer steps in {train_output.metrics['train_runtime']:.1f} s "
       f"({train_output.metrics['train_runtime'] / steps:.2f} s per step)")
 print(format_snapshot(record_stage("after training", "05")))
+if profile.uses_unsloth and trainer.cpt_attention_route:  # packed on unsloth: did torch's varlen kernel serve it?
+    from helpers.varlen_attention import unsloth_attention_route, wrapper_calls
+
+    print(f"attention after training: {unsloth_attention_route()}")
+    assert wrapper_calls() != 0, "the varlen wrapper was installed, but unsloth's attention never called it"
 
 # %% [markdown]
 # ## Memory used for training, the walkthrough's way

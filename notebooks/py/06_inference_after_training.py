@@ -267,31 +267,35 @@ assert training_row["this_run"] is not None and training_row["this_run"] >= 0
 # ### The same comparison at the walkthrough's own scale
 #
 # The table above compares stages of *this* run. At the walkthrough's own scale the project ran the
-# same recipe twice on an H200, with Mistral-7B-v0.3's exact architecture and random weights (so
-# time and memory are real, text and loss are not), its real tokenizer, 4-bit, r=128 plus the full
-# embeddings, 2,500 rows: once through `scripts/train_cpt.py` (built on the same helpers, one process
-# like the walkthrough, padded rows, bs 2 × GA 8; commit `06111e5`), and once as these notebooks
-# (`CPT_PACKING=1`, one kernel per notebook; commit `e8d2794`). `docs/gpu-runs.md` has both records
-# and the reasons for each difference.
+# same recipe on an H200, with Mistral-7B-v0.3's exact architecture and random weights (so time and
+# memory are real, text and loss are not), its real tokenizer, 4-bit, r=128 plus the full embeddings,
+# 2,500 rows. It ran once through `scripts/train_cpt.py` with the walkthrough's padded rows at
+# bs 2 × GA 8 (built on the same helpers, one process like the walkthrough; commit `06111e5`). It ran
+# again as these notebooks with the profile's default, packed rows at 4 × 4 through torch's
+# variable-length attention (one kernel per notebook; commit `e833a47`, on a GPU shared with another
+# series). `docs/gpu-runs.md` has both records and the reasons for each difference.
 #
 # | | walkthrough (A100-40GB) | `train_cpt.py`, padded (H200) | the notebooks, packed (H200) |
 # |---|---|---|---|
 # | optimizer steps | 156 | 157 | 21 |
 # | trainable parameters | 603,979,776 | 603,979,776 | 603,979,776 |
 # | tokens per epoch | not printed | 664,878 | 664,878 |
-# | `train_runtime` | 536 s | 471.6 s | 167.7 s |
-# | peak reserved | 9.332 GB | 11.336 GiB | 14.59 GiB (notebook 05's gradient probe; since fixed) |
-# | memory for training (peak − start) | 4.969 GB | 4.656 GiB | not measured (the probe's peak) |
-# | nvidia-smi after loading / a forward pass | 4.78 / 5.03 GB | 4.62 / – GiB | 4.62 / 4.73 GiB |
-# | nvidia-smi during inference / after training | 6.17 / 9.85 GB | – / 9.92 GiB | 6.17 / 10.32 GiB |
+# | `train_runtime` | 536 s | 471.6 s | 71.4 s |
+# | peak reserved (GiB) | 9.332 | 11.336 | 12.46 |
+# | memory for training (peak − start, GiB) | 4.969 | 4.656 | 5.70 |
+# | nvidia-smi after loading / a forward pass | 4.78 / 5.03 GB | 4.62 / – GiB | 4.62 / 4.73 GiB (earlier run, a GPU of its own) |
+# | nvidia-smi during inference / after training | 6.17 / 9.85 GB | – / 9.92 GiB | 6.17 / 10.32 GiB (the same) |
 #
-# Where the script measured it, the memory *for training* agrees within 7%; the start is higher here
-# (6.68 vs 4.36 GB: unsloth 2026.10.9 keeps trainable bf16 copies of both embedding matrices from the
-# start), so the peak is too. Packing trains the same 664,878 tokens in 21 full rows per step instead
-# of 157 steps of short ones, which is most of the speed difference; the steps of this recipe are
-# bound by the host that launches the kernels, so the epoch time also moves with the machine (the
-# same notebook took 111.6 s on another machine start). The notebooks run one kernel per notebook,
-# which is why the bars above start again from an empty process at every stage.
+# Where the script measured it, the memory *for training* agrees within 7% with the walkthrough's.
+# Packed rows hold more tokens per micro-batch, so the notebooks need more (5.70 GiB). The start is
+# higher in both (6.7 vs 4.4 GiB): unsloth 2026.10.9 keeps trainable bf16 copies of both embedding
+# matrices from the start, so the peak is too. At the walkthrough's own batching, storing the LoRA
+# weights in bf16 brings the peak to 8.91 GiB (`benchmarks/RESULTS.md`).
+#
+# Most of the speed difference comes from packing: the same 664,878 tokens go in 21 steps of full
+# rows, which keep the GPU busy, instead of 157 steps of short ones, whose kernels wait for the host
+# that launches them. The notebooks run one kernel per notebook, which is why the bars above start
+# again from an empty process at every stage.
 
 # %% [markdown]
 # ## Results

@@ -59,6 +59,8 @@ from helpers.paths import require
 from helpers.profiles import weights_are_random
 
 train_rows = load_from_disk(str(require("dataset")))
+# unsloth packs the stories itself, each attending only to itself, as in notebook 05
+text_rows = load_from_disk(str(require("text_dataset"))) if profile.uses_unsloth else None
 validation, source = load_raw_dataset(profile, split="validation")
 eval_texts = validation["text"][:16]
 EVAL_TOKENS, STEPS = 128, 6
@@ -86,7 +88,8 @@ lr_runs = []
 for index, lr in enumerate(learning_rates):
     run_profile = sweep_profile(profile, learning_rate=lr, max_steps=STEPS)
     given = (base_model, tokenizer) if index == 0 else None  # the first run reuses the model loaded above
-    result, _, _ = short_run(run_profile, train_rows, eval_texts, eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=given)
+    result, _, _ = short_run(run_profile, train_rows, eval_texts, eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=given,
+                             text_dataset=text_rows)
     lr_runs.append(result)
     print(f"lr {lr:.0e}: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f}, "
           f"held-out perplexity {ppl_base:.2f} -> {result.perplexity:.2f} ({result.seconds:.0f} s)")
@@ -142,7 +145,7 @@ if not random_weights:
 rank_runs = []
 for rank in (8, 32, 128):
     result, _, _ = short_run(sweep_profile(profile, lora_r=rank, max_steps=STEPS), train_rows, eval_texts,
-                             eval_max_tokens=EVAL_TOKENS)
+                             eval_max_tokens=EVAL_TOKENS, text_dataset=text_rows)
     rank_runs.append(result)
     gpu = (f", peak reserved {result.peak_reserved_gib:.2f} GiB, for training {result.training_gib:.2f} GiB"
            if result.peak_reserved_gib is not None else "")

@@ -95,7 +95,8 @@ print(f"{len(DOCUMENTS)} documents, {len(training_text.split())} words; {len(FAC
 # ## Tokenize: one document per row
 #
 # Each document gets its end-of-sequence token and becomes one row, padded to the longest (they are
-# short). The small model, its tokenizer, and the recipe's settings come from
+# short; the profile's `packing` is switched off for these rows, since packed rows must all have one
+# length). The small model, its tokenizer, and the recipe's settings come from
 # `helpers.experiments.small_model_profile`.
 
 # %%
@@ -104,7 +105,7 @@ from datasets import Dataset
 from helpers.experiments import small_model_profile
 from helpers.modeling import load_model_and_tokenizer
 
-small = small_model_profile(profile)
+small = small_model_profile(profile).replace(packing=False)  # one fact per row, padded: not packed blocks
 base_model, tokenizer = load_model_and_tokenizer(small)
 rows = [tokenizer(doc + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for doc in DOCUMENTS]
 train_rows = Dataset.from_dict({"input_ids": rows})

@@ -146,7 +146,10 @@ for label, base, linear in ((REAL, theta, 1.0),
 # training run at the new length, so that the model adapts to positions that are now closer
 # together than it learned. Here: the series' LoRA recipe (`helpers.experiments.short_run`: adapters
 # plus full embeddings) on the stand-in with linear scaling, for 6 steps of one 1,024-token sequence
-# of *training* stories each, then the same held-out sequences.
+# of *training* stories each, then the same held-out sequences. Unlike notebook 05, each sequence is
+# trained as one causal row (`isolate_documents=False`): a story that attended only to itself would
+# never see a position past its own few hundred tokens, and the far positions are what this run is
+# meant to teach.
 
 # %%
 from datasets import Dataset
@@ -156,8 +159,10 @@ from helpers.experiments import short_run, sweep_profile
 training_stories, _ = load_raw_dataset(small, split="train")
 train_rows = Dataset.from_dict({"input_ids": long_sequences(training_stories["text"], tokenizer, LENGTH, 6)})
 set_rope(model, theta / SHRINK, factor)
-run, tuned, _ = short_run(sweep_profile(small, learning_rate=5e-4, max_steps=6, batch_size=1), train_rows,
-                          model_and_tokenizer=(model, tokenizer))
+# one causal sequence per row: the point is positions beyond the old context, so here the stories in a
+# row attend across their EOS (as in long-context pre-training), not each on its own as in notebook 05
+long_profile = sweep_profile(small, learning_rate=5e-4, max_steps=6, batch_size=1).replace(isolate_documents=False)
+run, tuned, _ = short_run(long_profile, train_rows, model_and_tokenizer=(model, tokenizer))
 label = f"stand-in, linear x{factor:.2f} + {run.steps} steps"
 results[label] = position_perplexity(tuned, eval_sequences, boundary=context)
 print(f"loss {run.losses[0]:.2f} -> {run.losses[-1]:.2f} in {run.seconds:.0f} s")
