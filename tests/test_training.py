@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -392,3 +393,54 @@ def test_cast_lora_weights_refuses_what_it_cannot_do(peft_model, tiny_llama_fact
         cast_lora_weights(peft_model, "int8")
     with pytest.raises(ValueError, match="no trainable LoRA matrices"):
         cast_lora_weights(tiny_llama_factory(VOCAB), "bfloat16")
+
+
+def test_plain_branch_keeps_packed_documents_apart_unless_told(tiny_llama_factory, word_tokenizer, tmp_path):
+    """Packed rows (the profiles' default) go through PackedRowsCollator: with isolate_documents a
+    token of the second document sees only its own document; without it, the row is one causal
+    sequence; padded rows keep transformers' causal-LM collator."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling
+
+    from helpers.data import PackedRowsCollator
+    from helpers.training import build_trainer
+
+    eos = word_tokenizer.eos_token_id
+    profile = CPU_SMOLLM2.replace(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    model = add_lora(tiny_llama_factory(len(word_tokenizer)), profile)
+    rows = Dataset.from_dict({"input_ids": [[3, 4, eos, 5, 6, 7], [8, eos, 9, 10, 11, eos]]})
+
+    isolated = build_trainer(profile, model, word_tokenizer, rows, output_dir=str(tmp_path / "a"))
+    assert isinstance(isolated.data_collator, PackedRowsCollator) and isolated.data_collator.isolate_documents
+    assert "only to itself" in isolated.cpt_attention_route
+    batch = isolated.data_collator([rows[0], rows[1]])
+    assert batch["attention_mask"].shape == (2, 1, 6, 6)
+    assert not batch["attention_mask"][0, 0, 3, :3].any()  # the second story cannot see the first
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 0, 1, 2]
+    assert isolated.train().training_loss > 0  # and the model trains on it
+
+    across = build_trainer(profile.replace(isolate_documents=False), model, word_tokenizer, rows,
+                           output_dir=str(tmp_path / "b"))
+    assert not across.data_collator.isolate_documents and "across" in across.cpt_attention_route
+    assert "attention_mask" not in across.data_collator([rows[0], rows[1]])
+
+    padded = build_trainer(profile.replace(packing=False), model, word_tokenizer, rows, output_dir=str(tmp_path / "c"))
+    assert isinstance(padded.data_collator, DataCollatorForLanguageModeling)
+
+
+def test_packed_rows_of_different_lengths_say_how_to_train_them(word_tokenizer):
+    from helpers.data import PackedRowsCollator
+
+    collator = PackedRowsCollator(word_tokenizer.eos_token_id, isolate_documents=True)
+    with pytest.raises(ValueError, match=r"packing=False"):
+        collator([{"input_ids": [3, 4, 5]}, {"input_ids": [3, 4]}])
+
+
+def test_use_torch_varlen_without_unsloth_says_why_nothing_changed(monkeypatch):
+    """On the CPU (no unsloth imported) the swap does nothing, and the route says why."""
+    from helpers.training import use_torch_varlen
+
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    monkeypatch.delitem(sys.modules, "unsloth.utils.attention_dispatch", raising=False)
+    route = use_torch_varlen()
+    assert "not enabled" in route and "unsloth" in route
