@@ -11,6 +11,8 @@
 #
 #   CPT_RANDOM_WEIGHTS=1 scripts/scale_out.sh OUT_DIR [PROFILE] [MAX_STEPS] [SAVE]
 #   (defaults: gpu-mistral7b, 24 steps, a checkpoint every 8)
+# Rows are the profile's: gpu-mistral7b packs 2,048-token rows since 2026-11-28 (late); the speed-ups
+# recorded before that were measured on padded rows, which CPT_PACKING=0 gives back.
 # TRACE_STEP=N profiles optimizer step N of the 1-GPU and the 2-GPU run (every rank; summaries in the
 # RESULTs, traces under outputs/scale-out/*/step-trace/). SKIP_RESUME=1 stops after the 2-GPU run.
 # For a CPU check of this script: EXTRA_ARGS=--tiny LAUNCH2="torchrun --standalone --nproc_per_node 2"
