@@ -70,6 +70,27 @@ def test_short_run_lora_and_full_measure_what_they_say(tokenizer, torch_one_thre
     assert full.lora_r is None and full.perplexity is None
 
 
+def test_short_run_hands_the_text_to_the_trainer(tokenizer, torch_one_thread, monkeypatch):
+    """Notebook 13 passes the stories as text so that unsloth packs them itself, each attending only
+    to itself, as notebook 05 does; short_run must hand them to build_trainer."""
+    from datasets import Dataset
+
+    import helpers.training
+
+    seen = {}
+    real_build_trainer = helpers.training.build_trainer
+
+    def recording_build_trainer(*args, text_dataset=None, **kwargs):
+        seen["text_dataset"] = text_dataset
+        return real_build_trainer(*args, text_dataset=text_dataset, **kwargs)
+
+    monkeypatch.setattr(helpers.training, "build_trainer", recording_build_trainer)
+    text = Dataset.from_dict({"text": ["Once upon a time.</s>"]})
+    short_run(sweep_profile(PROFILE, max_steps=1), tiny_dataset(tokenizer, rows=4, length=12), None,
+              model_and_tokenizer=(build_tiny_llama(len(tokenizer)), tokenizer), text_dataset=text)
+    assert seen["text_dataset"] is text  # (the plain branch trains the rows; unsloth would pack the text)
+
+
 def test_short_run_refuses_an_empty_dataset(tokenizer, torch_one_thread):
     with pytest.raises(ValueError, match="empty"):
         short_run(PROFILE, tiny_dataset(tokenizer, rows=0), None,
