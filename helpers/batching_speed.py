@@ -22,14 +22,16 @@ from .training import embedding_param_groups
 
 def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]], *, batch_size: int,
                            steps: int, learning_rate: float, embedding_learning_rate: float, seed: int = 0,
-                           warmup_steps: int = 1) -> dict[str, dict]:
+                           warmup_steps: int = 1, collators: dict | None = None) -> dict[str, dict]:
     """Train a few optimizer steps on each setting's rows and return their speed and loss.
 
     ``settings`` maps a name (e.g. ``"padded rows"``) to its token rows. For each setting the rows are
     shuffled with ``seed`` and taken ``batch_size`` at a time; each batch goes through
     ``DataCollatorForLanguageModeling(mlm=False)`` (pad to the longest row, PAD masked out of the
     labels), a forward and backward pass, and one AdamW step with the embedding learning rate split of
-    :func:`helpers.training.embedding_param_groups`.
+    :func:`helpers.training.embedding_param_groups`. ``collators`` may give a setting its own collator
+    instead (e.g. :class:`helpers.data.PackedRowsCollator`, which keeps packed documents apart); a
+    batch without a 2-D ``attention_mask`` counts every position as real.
 
     Fair timing on a shared machine: the settings take turns step by step (A, B, A, B, ...), so a
     slow moment hits all of them alike. Each setting keeps its own copy of the trainable weights and
@@ -79,7 +81,8 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
                 with torch.no_grad():
                     for p, w in zip(trainable, weights[name], strict=True):
                         p.copy_(w)
-                batch = {k: v.to(device) for k, v in collator([{"input_ids": r} for r in batches[name][step]]).items()}
+                collate = (collators or {}).get(name, collator)
+                batch = {k: v.to(device) for k, v in collate([{"input_ids": r} for r in batches[name][step]]).items()}
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
@@ -95,11 +98,13 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
                         w.copy_(p)
                 if step >= warmup_steps:
                     r = results[name]
-                    real = int(batch["attention_mask"].sum())
+                    mask = batch.get("attention_mask")
+                    positions = int(batch["input_ids"].numel())
+                    real = int(mask.sum()) if mask is not None and mask.dim() == 2 else positions
                     r["seconds"] += elapsed
                     r["real_tokens"] += real
                     r["step_rates"].append(real / elapsed)
-                    r["padded_tokens"] += int(batch["attention_mask"].numel())
+                    r["padded_tokens"] += positions
                     r["losses"].append(float(loss.detach()))
     finally:
         with torch.no_grad():

@@ -42,6 +42,22 @@ def test_counts_real_tokens_and_padding(lora_model, word_tokenizer):
         assert r["mean_loss"] == pytest.approx(sum(r["losses"]) / 4)
 
 
+def test_a_setting_can_keep_its_packed_documents_apart(lora_model, word_tokenizer):
+    """A setting may bring its own collator: packed blocks with every document attending only to
+    itself (a 4-D mask) still count all their tokens as real, and train."""
+    from helpers.data import PackedRowsCollator
+
+    packed, _ = pack_blocks(DOCUMENTS, 8)
+    rows = {"packed blocks": packed, "packed, documents apart": packed}
+    apart = PackedRowsCollator(word_tokenizer.eos_token_id, isolate_documents=True)
+    results = measure_training_speed(lora_model, word_tokenizer, rows, warmup_steps=0,
+                                     collators={"packed, documents apart": apart}, **{**ARGS, "steps": 4})
+    together, isolated = results["packed blocks"], results["packed, documents apart"]
+    assert isolated["real_tokens"] == isolated["padded_tokens"] == together["real_tokens"] == 4 * 2 * 8
+    assert isolated["padding_share"] == 0.0 and isolated["real_tokens_per_s"] > 0
+    assert isolated["losses"] != together["losses"]  # the same rows, seen differently
+
+
 def test_warmup_steps_are_trained_but_not_counted(lora_model, word_tokenizer):
     results = measure_training_speed(lora_model, word_tokenizer, settings(), warmup_steps=1, **ARGS)
     assert all(r["steps"] == 2 and len(r["losses"]) == 2 for r in results.values())
