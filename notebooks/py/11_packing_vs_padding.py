@@ -94,7 +94,6 @@ print(f"{len(token_lists)} stories -> padded: {len(padded_rows)} rows ({truncate
 
 # %%
 from helpers.batching_speed import format_comparison, measure_training_speed
-
 from helpers.data import PackedRowsCollator
 
 train_model = add_lora(train_model, profile)
