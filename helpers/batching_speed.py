@@ -17,6 +17,7 @@ import statistics
 import time
 
 from .modeling import input_device
+from .throughput import padding_mask
 from .training import embedding_param_groups
 
 
@@ -98,9 +99,9 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
                         w.copy_(p)
                 if step >= warmup_steps:
                     r = results[name]
-                    mask = batch.get("attention_mask")
+                    mask = padding_mask(batch.get("attention_mask"))
                     positions = int(batch["input_ids"].numel())
-                    real = int(mask.sum()) if mask is not None and mask.dim() == 2 else positions
+                    real = int(mask.sum()) if mask is not None else positions
                     r["seconds"] += elapsed
                     r["real_tokens"] += real
                     r["step_rates"].append(real / elapsed)

@@ -179,8 +179,8 @@ GPU_MISTRAL7B = Profile(
 # lm_head trained in full, a 10x smaller learning rate for them, cosine with warm-up), scaled so that
 # the whole series runs in a few minutes on 2 CPU cores:
 # - the model is SmolLM2-135M (50x smaller than Mistral-7B), kept in fp32 because 4-bit needs CUDA;
-# - stories are packed into 256-token blocks (each story attending only to itself), and training stops after 12 optimizer steps of 4 blocks
-#   (about a quarter of the sample);
+# - stories are packed into 256-token blocks (each story attending only to itself), and training
+#   stops after 12 optimizer steps of 4 blocks (about a quarter of the sample);
 # - with 13x fewer optimizer steps than the walkthrough's 156, the learning rates are 10x higher
 #   (5e-4 / 5e-5), keeping the walkthrough's 10:1 ratio between the adapters and the embeddings.
 CPU_SMOLLM2 = Profile(

@@ -57,6 +57,13 @@ class TokenCounts:
             self.handle = None
 
 
+def padding_mask(attention_mask):
+    """Return ``attention_mask`` when it marks padding (2-D, batch x length), else None: no mask, or a
+    4-D mask of which token sees which (packed rows, :class:`helpers.data.PackedRowsCollator`), means
+    every position is a real token."""
+    return attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+
+
 def count_tokens(model) -> TokenCounts:
     """Count the tokens of every micro-batch ``model`` trains on, from now until ``stop()``; return
     the record.
@@ -74,9 +81,7 @@ def count_tokens(model) -> TokenCounts:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if not module.training or ids is None:
             return
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() != 2:  # a 4-D mask of which token sees which (packed rows: no padding)
-            mask = None
+        mask = padding_mask(kwargs.get("attention_mask"))
         counts.processed.append(int(ids.numel()))
         counts._real.append(mask.sum() if mask is not None else int(ids.numel()))
 

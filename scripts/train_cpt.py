@@ -234,11 +234,13 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
         with load_on_local_device(profile, procs.local_rank, procs.distributed):
             model, tokenizer = load_model_and_tokenizer(profile)
         raw, source = load_raw_dataset(profile, "train")
-        text = append_eos(raw, tokenizer.eos_token)
-        rows, stats = build_train_dataset(text, tokenizer, profile)
+        with_eos = append_eos(raw, tokenizer.eos_token)
+        rows, stats = build_train_dataset(with_eos, tokenizer, profile)
+    text = with_eos if profile.uses_unsloth and profile.packing else None  # unsloth packs the text itself
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
-        text = datasets.concatenate_datasets([text] * repeat)
+        if text is not None:
+            text = datasets.concatenate_datasets([text] * repeat)
     if len(rows) < min_rows:
         raise DataError(
             f"The training data gives {len(rows)} row(s) of {profile.max_seq_length} tokens, fewer than the "
@@ -250,7 +252,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
     model = add_lora(model, profile)
     note_memory("LoRA added", procs.local_rank)
-    return model, tokenizer, rows, (text if profile.uses_unsloth and profile.packing else None)
+    return model, tokenizer, rows, text
 
 
 MEMORY_STAGES: list[dict] = []  # this process's readings, in order (one process, as in the walkthrough)
