@@ -107,7 +107,7 @@ context = extrapolation_limit(theta / SHRINK)  # the stand-in's trained context
 factor = LENGTH / context  # linear scaling that maps LENGTH back into the trained range
 validation, _ = load_raw_dataset(small, split="validation")
 eval_sequences = long_sequences(validation["text"], tokenizer, LENGTH, 2)
-print(f"{profile.model_label}: rope_theta {theta:,.0f}, trained on {trained:,} positions, unseen angles from "
+print(f"{small.model_label}: rope_theta {theta:,.0f}, trained on {trained:,} positions, unseen angles from "
       f"~{extrapolation_limit(theta):,}")
 print(f"stand-in: rope_theta {theta:,.0f} / {SHRINK} = {theta / SHRINK:,.1f}, unseen angles (its trained context) from ~{context}; "
       f"{len(eval_sequences)} held-out sequences of {LENGTH} tokens; linear factor {factor:.2f}")
