@@ -272,19 +272,19 @@ assert training_row["this_run"] is not None and training_row["this_run"] >= 0
 # 2,500 rows. It ran once through `scripts/train_cpt.py` with the walkthrough's padded rows at
 # bs 2 × GA 8 (built on the same helpers, one process like the walkthrough; commit `06111e5`). It ran
 # again as these notebooks with the profile's default, packed rows at 4 × 4 through torch's
-# variable-length attention (one kernel per notebook; commit `e833a47`, on a GPU shared with another
-# series). `docs/gpu-runs.md` has both records and the reasons for each difference.
+# variable-length attention (one kernel per notebook; 2026-11-29, commit `a46ac58`, on a GPU of its
+# own). `docs/gpu-runs.md` has both records and the reasons for each difference.
 #
 # | | walkthrough (A100-40GB) | `train_cpt.py`, padded (H200) | the notebooks, packed (H200) |
 # |---|---|---|---|
 # | optimizer steps | 156 | 157 | 21 |
 # | trainable parameters | 603,979,776 | 603,979,776 | 603,979,776 |
 # | tokens per epoch | not printed | 664,878 | 664,878 |
-# | `train_runtime` | 536 s | 471.6 s | 71.4 s |
+# | `train_runtime` | 536 s | 471.6 s | 67.6 s |
 # | peak reserved (GiB) | 9.332 | 11.336 | 12.46 |
 # | memory for training (peak − start, GiB) | 4.969 | 4.656 | 5.70 |
-# | nvidia-smi after loading / a forward pass | 4.78 / 5.03 GB | 4.62 / – GiB | 4.62 / 4.73 GiB (earlier run, a GPU of its own) |
-# | nvidia-smi during inference / after training | 6.17 / 9.85 GB | – / 9.92 GiB | 6.17 / 10.32 GiB (the same) |
+# | nvidia-smi after loading / a forward pass | 4.78 / 5.03 GB | 4.62 / – GiB | 4.62 / 4.73 GiB |
+# | nvidia-smi during inference / after training | 6.17 / 9.85 GB | – / 9.92 GiB | 6.17 / 9.98 GiB |
 #
 # Where the script measured it, the memory *for training* agrees within 7% with the walkthrough's.
 # Packed rows hold more tokens per micro-batch, so the notebooks need more (5.70 GiB). The start is
