@@ -93,12 +93,21 @@ def emit(record: dict) -> None:
 # --- one arm, in its own process ----------------------------------------------------------------
 
 
+# --gradient-checkpointing: "unsloth" recomputes each layer and keeps its saved input in CPU memory
+# (copies to the host and back); "true" recomputes too, with the input kept on the GPU; "false" keeps
+# every activation (fastest, the most memory).
+GRADIENT_CHECKPOINTING = {"unsloth": "unsloth", "true": True, "false": False}
+
+
 def arm_profile(args, arm: str) -> Profile:
     """Return the profile of one arm: the chosen profile, with only the backend differing (and the
-    optimizer, when ``--optim`` replaces it for both arms)."""
+    optimizer or the gradient checkpointing, when ``--optim`` / ``--gradient-checkpointing`` replace
+    them for both arms)."""
     profile = TEST_PROFILE if args.test_mode else PROFILES[args.profile]
-    return profile.replace(backend="unsloth" if arm == "unsloth" else "transformers",
-                           **({"optim": args.optim} if getattr(args, "optim", None) else {}))
+    overrides = {"optim": args.optim} if getattr(args, "optim", None) else {}
+    if getattr(args, "gradient_checkpointing", None):
+        overrides["use_gradient_checkpointing"] = GRADIENT_CHECKPOINTING[args.gradient_checkpointing]
+    return profile.replace(backend="unsloth" if arm == "unsloth" else "transformers", **overrides)
 
 
 def epoch_rows(profile: Profile, tokenizer, documents: int, mode: str):
@@ -277,7 +286,8 @@ def run_arm(args) -> int:
                           if p.requires_grad and is_lora_matrix(n)})
     base = {"workload": "epoch", "arm": args.arm, "profile": profile.name, "model": profile.model_name,
             "seq_len": profile.max_seq_length, "global_batch": args.global_batch, "load_in_4bit": profile.load_in_4bit,
-            "optim": profile.optim, "learning_rate": profile.learning_rate,
+            "optim": profile.optim, "gradient_checkpointing": profile.use_gradient_checkpointing,
+            "learning_rate": profile.learning_rate,
             "embedding_learning_rate": profile.embedding_learning_rate, "lora_r": profile.lora_r,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "load_s": round(time.perf_counter() - start, 1), "test_mode": args.test_mode,
@@ -369,6 +379,7 @@ def child_flags(args) -> list[str]:
     flags += ["--trace-step", str(args.trace_step)] if args.trace_step else []
     flags += ["--lora-dtype", args.lora_dtype] if args.lora_dtype else []
     flags += ["--optim", args.optim] if args.optim else []
+    flags += ["--gradient-checkpointing", args.gradient_checkpointing] if args.gradient_checkpointing else []
     flags += ["--out-dir", str(args.out_dir)] if args.out_dir else []
     return flags + (["--test-mode"] if args.test_mode else [])
 
@@ -398,6 +409,10 @@ def parse_args(argv=None):
                         "unsloth / PEFT make them, fp32): issue 17's LoRA-dtype memory lever, for both arms")
     p.add_argument("--optim", help="replace the profile's optimizer for both arms (e.g. paged_adamw_8bit: the "
                                    "optimizer states in paged memory), a TrainingArguments `optim` name")
+    p.add_argument("--gradient-checkpointing", choices=tuple(GRADIENT_CHECKPOINTING),
+                   help="replace the profile's use_gradient_checkpointing for both arms: unsloth (the recipe's: "
+                        "recompute, saved inputs offloaded to the CPU), true (recompute, inputs kept on the GPU: "
+                        "no offload copies), false (keep every activation)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cpt-bench"), help="scratch folder for the trainer")
     p.add_argument("--out-dir", type=Path, help="also write results.jsonl and table.md here")
     p.add_argument("--trace-step", type=int, default=0,

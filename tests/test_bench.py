@@ -45,6 +45,19 @@ def test_optim_flag_replaces_the_optimizer_of_both_arms_only():
     assert bench.arm_profile(bench.parse_args([]), "plain").optim == "adamw_8bit"  # the recipe's, untouched
 
 
+def test_gradient_checkpointing_flag_replaces_it_for_both_arms_only():
+    bench = load_bench()
+    args = bench.parse_args(["--gradient-checkpointing", "true"])
+    plain, unsloth = bench.arm_profile(args, "plain"), bench.arm_profile(args, "unsloth")
+    assert plain.use_gradient_checkpointing is unsloth.use_gradient_checkpointing is True
+    assert dataclasses.replace(plain, backend="unsloth") == unsloth
+    flags = bench.child_flags(args)
+    assert flags[flags.index("--gradient-checkpointing") + 1] == "true"  # the arms' processes get it too
+    assert bench.arm_profile(bench.parse_args(["--gradient-checkpointing", "false"]), "plain").use_gradient_checkpointing is False
+    assert bench.arm_profile(bench.parse_args([]), "unsloth").use_gradient_checkpointing == "unsloth"  # the recipe's
+    assert "--gradient-checkpointing" not in bench.child_flags(bench.parse_args([]))
+
+
 def test_mode_settings():
     settings = load_bench().mode_settings
     assert settings("unsloth", "packing", "off") == {"packing": True}
@@ -59,6 +72,7 @@ def test_mode_settings():
     (["--micro-batches", "3"], "divide --global-batch 16"),
     (["--documents", "0"], "at least 1"),
     (["--lora-dtype", "int8"], "invalid choice"),
+    (["--gradient-checkpointing", "yes"], "invalid choice"),
 ])
 def test_bad_flags_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
