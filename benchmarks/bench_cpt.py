@@ -50,6 +50,8 @@ Every job prints ``RESULT {json}``; the driver ends with a table and repeats the
     python benchmarks/bench_cpt.py                                   # GPU: every arm, mode and micro-batch
     python benchmarks/bench_cpt.py --arms unsloth --modes padded --micro-batches 2
     python benchmarks/bench_cpt.py --test-mode                       # CPU check of the driver (seconds)
+    python benchmarks/bench_cpt.py --quality [--test-mode] ...       # held-out perplexity of each batching
+                                                                     # beside the walkthrough's (quality_gate.py)
 """
 
 from __future__ import annotations
@@ -442,6 +444,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--quality" in argv:  # the quality gate of a batching: benchmarks/quality_gate.py, its own options
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from quality_gate import main as quality_main
+
+        return quality_main([a for a in argv if a != "--quality"])
     args = parse_args(argv)
     return run_arm(args) if args.arm else drive(args)
 

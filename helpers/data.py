@@ -87,8 +87,9 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
 
     When a hub profile falls back to the sample and its split asks for more training rows than the
     sample holds (``train[:2500]`` vs 188), the sample is repeated up to that count
-    (:func:`cycle_to`), so the run takes the walkthrough's number of steps; this is printed and said
-    in ``source``. Profiles that use the sample by design (the CPU default) get it as it is.
+    (:func:`cycle_to`), so the run takes the walkthrough's number of steps, also with your own model
+    (``CPT_MODEL``); this is printed and said in ``source``. Profiles that use the sample by design
+    (``sample_by_design``: the CPU default and its GPU twins) get it as it is.
     """
     from datasets import load_dataset
 
@@ -110,7 +111,7 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     dataset = load_dataset("json", data_files=str(path), split="train")
     source = f"local sample: {relative(path)}"
     wanted = requested_rows(profile.dataset_split)
-    if prefer_hub and not profile.is_local_model and split == "train" and wanted and wanted > dataset.num_rows:
+    if prefer_hub and not profile.sample_by_design and split == "train" and wanted and wanted > dataset.num_rows:
         sample_rows = dataset.num_rows
         dataset = cycle_to(dataset, wanted)
         note = (f"repeated {wanted / sample_rows:.1f}x: {sample_rows} stories cycled to the {wanted} rows of "

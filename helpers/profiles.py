@@ -37,6 +37,9 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 PACKING_ENV_VAR = "CPT_PACKING"  # 1: packed blocks, 0: one padded document per row (overrides the profile)
 RANDOM_WEIGHTS_ENV_VAR = "CPT_RANDOM_WEIGHTS"  # 1: the model has the real architecture but random weights
+EMBEDDING_DTYPE_ENV_VAR = "CPT_EMBEDDING_DTYPE"  # float32 (default on the GPU) or bfloat16 (unsloth's copies)
+EMBEDDING_DTYPES = ("float32", "bfloat16")
+GRADIENT_CHECKPOINTING_CHOICES = (False, True, "unsloth", "auto")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 # The walkthrough trains these seven projections with LoRA, plus the two embedding matrices.
@@ -79,7 +82,15 @@ class Profile:
     lora_dropout: float = 0.0
     bias: str = "none"
     target_modules: tuple[str, ...] = LORA_PROJECTIONS + EMBEDDING_MODULES
+    # "unsloth" (recompute, saved inputs offloaded to the CPU), True (recompute on the GPU), False (keep
+    # every activation), or "auto": off when the activations fit the GPU's free memory with a margin,
+    # "unsloth" when they do not (helpers.training.choose_gradient_checkpointing prints the choice).
     use_gradient_checkpointing: bool | str = "unsloth"
+    # The trainable copies of embed_tokens / lm_head: "float32" stores them (and so their updates) in
+    # fp32; None leaves the library's choice. unsloth keeps them in bf16 on a bf16 GPU, where an update
+    # of about the embedding learning rate (5e-6) is smaller than half a bf16 step of almost every weight
+    # and is rounded away (helpers.training.embedding_change_report measures it).
+    embedding_dtype: str | None = None
     # --- training
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 8
@@ -93,6 +104,14 @@ class Profile:
     weight_decay: float = 0.0
     seed: int = 3407
     logging_steps: int = 1
+    # Rows per device x accumulation steps to use when CPT_PACKING switches the batching: packed rows of
+    # max_seq_length hold several documents each, so the same tokens per optimizer step take fewer rows.
+    # None: keep the batch as it is.
+    packed_batch: tuple[int, int] | None = None
+    padded_batch: tuple[int, int] | None = None
+    # True when the profile is built around the shipped sample (the CPU default and its GPU twins);
+    # False when the sample only stands in for the hub's split, and is cycled up to its size.
+    sample_by_design: bool = False
     # --- generation
     prompt: str = "Once upon a time, in a galaxy, far far away,"
     max_new_tokens: int = 256
@@ -154,16 +173,21 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-# The walkthrough's recipe, with one change of batching measured in benchmarks/RESULTS.md (issue 17,
-# 2026-11-28, H200): the stories are packed into 2,048-token rows (unsloth's best-fit packing, each
-# story attending only to itself, through torch's variable-length flash kernel:
-# helpers.varlen_attention) and trained 4 rows per micro-batch x 4 accumulation steps. The global
-# batch stays the walkthrough's 16 rows; the epoch takes 21 optimizer steps of packed rows instead of
-# 157 of padded stories. CPT_PACKING=0 gives back the walkthrough's padded rows (set the batch to
-# 2 x 8 with profile.replace for its exact settings).
+# The walkthrough's recipe and its optimization: about 4,100 tokens per optimizer step, about 160 steps
+# for the 2,500 stories, its learning rates and schedule. Two changes, each measured against the
+# walkthrough's own batching on the real SmolLM2 (benchmarks/RESULTS.md, the quality table):
+# - packed rows: the stories are packed best-fit into 2,048-token rows, each story attending only to
+#   itself (torch's variable-length flash kernel behind unsloth's attention: helpers.varlen_attention),
+#   2 rows per optimizer step. That is the walkthrough's tokens per step (16 stories of ~266 tokens)
+#   without its padding. CPT_PACKING=0 gives back the walkthrough's padded rows, 2 x 8 stories.
+# - the trainable embed_tokens / lm_head copies are kept in fp32, so that the embedding learning rate
+#   moves them (unsloth's bf16 copies round almost every such update away). CPT_EMBEDDING_DTYPE=bfloat16
+#   gives back unsloth's copies.
+# Gradient checkpointing is chosen by the GPU's free memory ("auto"): off on a large GPU, unsloth's
+# offloaded recomputation on a small one.
 GPU_MISTRAL7B = Profile(
     name="gpu-mistral7b",
-    description="The walkthrough's recipe: Mistral-7B v0.3 in 4-bit through unsloth, 2,500 TinyStories, packed rows.",
+    description="The walkthrough's recipe: Mistral-7B v0.3 in 4-bit through unsloth, 2,500 TinyStories, packed 2 rows a step.",
     backend="unsloth",
     device="cuda",
     model_name="unsloth/mistral-7b-v0.3",
@@ -171,8 +195,24 @@ GPU_MISTRAL7B = Profile(
     max_seq_length=2048,
     dtype=None,
     packing=True,
-    per_device_train_batch_size=4,
-    gradient_accumulation_steps=4,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=1,
+    packed_batch=(2, 1),
+    padded_batch=(2, 8),
+    embedding_dtype="float32",
+    use_gradient_checkpointing="auto",
+)
+
+# The same optimization in less memory, for a 16 GB GPU (a Colab T4): one packed row per micro-batch,
+# two accumulation steps (the same 2 rows a step), unsloth's offloaded gradient checkpointing.
+GPU_MISTRAL7B_LEAN = GPU_MISTRAL7B.replace(
+    name="gpu-mistral7b-lean",
+    description="The walkthrough's recipe in less memory: packed 1 row x 2 accumulation steps, offloaded checkpointing.",
+    per_device_train_batch_size=1,
+    gradient_accumulation_steps=2,
+    packed_batch=(1, 2),
+    padded_batch=(1, 16),
+    use_gradient_checkpointing="unsloth",
 )
 
 # The offline default. Same recipe shape as the walkthrough (LoRA on every projection, embed_tokens and
@@ -205,6 +245,7 @@ CPU_SMOLLM2 = Profile(
     embedding_learning_rate=5e-5,
     optim="adamw_torch",
     max_new_tokens=60,
+    sample_by_design=True,
 )
 
 # A small CUDA profile: the offline model (no hub needed, only PyPI) loaded in 4-bit through unsloth,
@@ -230,7 +271,8 @@ GPU_SMOKE = GPU_SMOLLM2.replace(
     max_new_tokens=40,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2, GPU_SMOLLM2, GPU_SMOKE)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B_LEAN, CPU_SMOLLM2, GPU_SMOLLM2,
+                                                    GPU_SMOKE)}
 
 
 def register_profile(profile: Profile) -> None:
@@ -283,14 +325,17 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
     else:
         chosen, reason = (CPU_SMOLLM2,
                           f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)")
-    return with_own_model(*with_own_text(*with_packing(chosen, reason, env), env), env)
+    chosen, reason = with_embedding_dtype(*with_packing(chosen, reason, env), env)
+    return with_own_model(*with_own_text(chosen, reason, env), env)
 
 
 def with_packing(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
     """Apply ``CPT_PACKING`` from ``env``: ``1`` packs the token stream into ``max_seq_length``
     blocks, ``0`` keeps one padded document per row (the walkthrough's way). Unset or blank: the
-    profile's own choice. Returns the (possibly changed) profile and a reason that says so; raises
-    ``ValueError`` for a value that is not yes/no."""
+    profile's own choice. A switch also takes the profile's batch for that batching
+    (``packed_batch`` / ``padded_batch``), so that ``CPT_PACKING=0`` on ``gpu-mistral7b`` is the
+    walkthrough's 2 x 8 padded stories. Returns the (possibly changed) profile and a reason that says
+    so; raises ``ValueError`` for a value that is not yes/no."""
     value = env.get(PACKING_ENV_VAR, "").strip().lower()
     if not value:
         return profile, reason
@@ -300,7 +345,30 @@ def with_packing(profile: Profile, reason: str, env: dict) -> tuple[Profile, str
     if packing == profile.packing:
         return profile, reason
     how = "packed blocks" if packing else "one padded document per row"
-    return profile.replace(packing=packing), f"{reason}; batching: {PACKING_ENV_VAR}={value} ({how})"
+    changes = {"packing": packing}
+    batch = profile.packed_batch if packing else profile.padded_batch
+    if batch is not None:
+        changes.update(per_device_train_batch_size=batch[0], gradient_accumulation_steps=batch[1])
+        how += f", {batch[0]} x {batch[1]} rows a step"
+    return profile.replace(**changes), f"{reason}; batching: {PACKING_ENV_VAR}={value} ({how})"
+
+
+def with_embedding_dtype(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
+    """Apply ``CPT_EMBEDDING_DTYPE`` from ``env``: ``float32`` keeps the trainable embed_tokens /
+    lm_head copies in fp32, ``bfloat16`` leaves unsloth's 16-bit copies (whose small updates round
+    away). Unset or blank: the profile's own choice. Returns the (possibly changed) profile and a
+    reason that says so; raises ``ValueError`` for any other value."""
+    value = env.get(EMBEDDING_DTYPE_ENV_VAR, "").strip().lower()
+    if not value:
+        return profile, reason
+    if value not in EMBEDDING_DTYPES:
+        raise ValueError(f"{EMBEDDING_DTYPE_ENV_VAR}={value!r}: use float32 (the embedding updates are kept) or "
+                         "bfloat16 (unsloth's 16-bit copies, which round small updates away).")
+    wanted = "float32" if value == "float32" else None
+    if wanted == profile.embedding_dtype:
+        return profile, reason
+    return (profile.replace(embedding_dtype=wanted),
+            f"{reason}; trainable embedding copies: {EMBEDDING_DTYPE_ENV_VAR}={value}")
 
 
 def with_own_text(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:

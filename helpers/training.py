@@ -137,37 +137,137 @@ def add_lora(model, profile: Profile):
 
     The targets are read from the model (:func:`target_modules_for`): its attention and MLP linear
     layers get LoRA, its input and output embeddings are trained in full; tied embeddings stay tied.
-    Returns the PEFT model. unsloth's ``FastLanguageModel.get_peft_model`` on the GPU; PEFT's
-    ``get_peft_model`` plus transformers' gradient checkpointing elsewhere.
+    Gradient checkpointing follows the profile (``"auto"``: :func:`choose_gradient_checkpointing`,
+    which prints its choice), and with ``profile.embedding_dtype`` the trainable embedding copies are
+    stored in that dtype (:func:`cast_embedding_copies`). Returns the PEFT model. unsloth's
+    ``FastLanguageModel.get_peft_model`` on the GPU; PEFT's ``get_peft_model`` plus transformers'
+    gradient checkpointing elsewhere.
     """
     lora_targets, full_modules = target_modules_for(profile, model)
+    checkpointing, why = choose_gradient_checkpointing(profile, model)
+    if profile.use_gradient_checkpointing == "auto":
+        print(f"Gradient checkpointing: {checkpointing!r} ({why})")
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel
 
-        return FastLanguageModel.get_peft_model(
+        peft_model = FastLanguageModel.get_peft_model(
             model,
             r=profile.lora_r,
             target_modules=lora_targets + full_modules,
             lora_alpha=profile.lora_alpha,
             lora_dropout=profile.lora_dropout,
             bias=profile.bias,
-            use_gradient_checkpointing=profile.use_gradient_checkpointing,
+            use_gradient_checkpointing=checkpointing,
             random_state=profile.seed,
             use_rslora=profile.use_rslora,
             loftq_config=None,
             temporary_location=unsloth_offload_dir(),  # one folder per rank under a launcher
         )
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    else:
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if profile.load_in_4bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(profile.use_gradient_checkpointing)
-        )
-    elif profile.use_gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    return get_peft_model(model, lora_config(profile, tie_embeddings=tied, model=model))
+        if profile.load_in_4bit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
+        elif checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        peft_model = get_peft_model(model, lora_config(profile, tie_embeddings=tied, model=model))
+    if profile.embedding_dtype:
+        cast_embedding_copies(peft_model, profile.embedding_dtype)
+    return peft_model
+
+
+# Activation memory of one training step without gradient checkpointing, in bytes per token, per
+# decoder layer and per unit of hidden size: measured at 7B (Mistral, bf16, packed 2 x 2,048 tokens,
+# H200, 2026-12-04): 21.99 GiB peak reserved without checkpointing vs 10.25 GiB recomputing on the GPU,
+# 11.7 GiB for 4,096 tokens x 32 layers x 4,096 = 23.5 bytes.
+ACTIVATION_BYTES = 24
+# fp32 weight + fp32 gradient + 8-bit Adam's two states, per trainable parameter, plus slack.
+TRAINABLE_BYTES = 12
+CHECKPOINTING_MARGIN = 1.25  # the estimate must fit free memory with 25% to spare
+
+
+def estimate_trainable_parameters(model, profile: Profile) -> int:
+    """Return how many parameters :func:`add_lora` will train on ``model`` (before it is wrapped): r x
+    (in + out) for every LoRA target, plus each embedding matrix trained in full (a tied pair once)."""
+    lora_targets, full_modules = target_modules_for(profile, model)
+    total, seen = 0, set()
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in lora_targets and hasattr(module, "in_features"):
+            total += profile.lora_r * (module.in_features + module.out_features)
+        elif leaf in full_modules and getattr(module, "weight", None) is not None:
+            if id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                total += module.weight.numel()
+    return total
+
+
+def choose_gradient_checkpointing(profile: Profile, model, free_bytes: int | None = None) -> tuple[bool | str, str]:
+    """Return ``(setting, reason)``: the gradient checkpointing this run uses and why.
+
+    A profile's explicit setting (``"unsloth"``, True, False) is kept. ``"auto"`` is decided by the
+    GPU's free memory now (``free_bytes``, read from CUDA when None): off when the activations of
+    one micro-batch (:data:`ACTIVATION_BYTES` x tokens x layers x hidden size) plus the trainable
+    state (:data:`TRAINABLE_BYTES` per trainable parameter) fit with :data:`CHECKPOINTING_MARGIN` to
+    spare, since recomputing costs about a third of the step; unsloth's offloaded recomputation when
+    they do not. Off without CUDA (the CPU profiles keep every activation)."""
+    setting = profile.use_gradient_checkpointing
+    if setting != "auto":
+        return setting, "the profile's setting"
+    if free_bytes is None:
+        import torch
+
+        if profile.device != "cuda" or not torch.cuda.is_available():
+            return False, "no CUDA device: activations are kept"
+        free_bytes = torch.cuda.mem_get_info()[0]
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", 0) or 0
+    hidden = getattr(config, "hidden_size", 0) or 0
+    tokens = profile.per_device_train_batch_size * profile.max_seq_length
+    activations = ACTIVATION_BYTES * tokens * layers * hidden
+    state = TRAINABLE_BYTES * estimate_trainable_parameters(model, profile)
+    needed = CHECKPOINTING_MARGIN * (activations + state)
+    gib = 2**30
+    sizes = (f"activations of {tokens:,} tokens about {activations / gib:.1f} GiB + trainable state "
+             f"{state / gib:.1f} GiB, x{CHECKPOINTING_MARGIN} = {needed / gib:.1f} GiB; {free_bytes / gib:.1f} GiB free")
+    if free_bytes >= needed:
+        return False, f"off: it fits ({sizes})"
+    return "unsloth", f"unsloth's offloaded recomputation: it does not fit without ({sizes})"
+
+
+def embedding_copies_of(model) -> dict:
+    """Return ``{name: module}`` for the trainable copies of embed_tokens / lm_head that PEFT keeps in
+    ``modules_to_save`` (empty for a model without them)."""
+    copies = {}
+    for name, module in model.named_modules():
+        saved = getattr(module, "modules_to_save", None)
+        if saved is None or not hasattr(module, "original_module"):
+            continue
+        for adapter, copy in saved.items():
+            copies[f"{name}.modules_to_save.{adapter}"] = copy
+    return copies
+
+
+def cast_embedding_copies(model, dtype: str) -> dict[str, str]:
+    """Store the trainable embed_tokens / lm_head copies of ``model`` in ``dtype`` ("float32" keeps
+    updates of about the embedding learning rate, which bf16 rounds away) and return
+    ``{name: dtype before}`` of every copy. The frozen originals are left as they are; tied copies
+    stay tied (the shared parameter is changed in place). Under bf16 autocast the forward pass still
+    runs in bf16; only the stored weights and their updates are fp32."""
+    import torch
+
+    target = getattr(torch, dtype)
+    before = {}
+    for name, copy in embedding_copies_of(model).items():
+        weight = getattr(copy, "weight", None)
+        if weight is None:
+            continue
+        before[name] = str(weight.dtype).replace("torch.", "")
+        if weight.dtype != target:
+            copy.to(dtype=target)
+    return before
 
 
 LORA_DTYPES = ("float32", "bfloat16", "float16")
@@ -450,16 +550,68 @@ def snapshot_embeddings(model) -> dict:
     return {name: param.detach().float().clone() for name, param in _embedding_copies(model).items()}
 
 
+def change_shares(before, after) -> dict:
+    """Return how much of a matrix an update moved: ``changed_share`` (entries that differ),
+    ``rows_touched_share`` (rows with at least one entry changed) and ``changed_in_touched_rows``
+    (entries that differ among the touched rows; 0.0 when no row was touched), plus ``max_change``.
+    ``before`` / ``after`` are tensors of one shape; ``after`` is compared in its own dtype's values."""
+    changed = after.detach().float() != before.to(after.device)
+    rows = changed.reshape(changed.shape[0], -1).any(dim=1)
+    touched = int(rows.sum())
+    in_touched = changed.reshape(changed.shape[0], -1)[rows]
+    return {
+        "changed_share": changed.float().mean().item(),
+        "rows_touched_share": touched / max(1, rows.numel()),
+        "changed_in_touched_rows": in_touched.float().mean().item() if touched else 0.0,
+        "max_change": (after.detach().float() - before.to(after.device)).abs().max().item(),
+    }
+
+
+def embedding_change_report(model, before: dict) -> dict[str, dict]:
+    """Return, for each trainable embedding matrix of ``model`` snapshotted in ``before``
+    (:func:`snapshot_embeddings`): its stored ``dtype`` and :func:`change_shares` since the snapshot.
+    On 16-bit copies most small updates round away, which this makes visible."""
+    current = _embedding_copies(model)
+    report = {}
+    for name, old in before.items():
+        param = current.get(name)
+        if param is not None:
+            report[name] = {"dtype": str(param.dtype).replace("torch.", ""), **change_shares(old, param)}
+    return report
+
+
+def rounding_survival(weight, step: float, dtype: str = "bfloat16", seed: int = 3407) -> float:
+    """Return the share of entries of ``weight`` that change when an update of size ``step`` (with a
+    random sign, as Adam's first steps move every entry by about the learning rate) is applied to a
+    copy stored in ``dtype``. In fp32 almost all survive; in bf16 only the entries smaller than about
+    256 x ``step`` do, since bf16 keeps 8 bits of mantissa."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    stored = weight.detach().to("cpu", getattr(torch, dtype))
+    signs = torch.randint(0, 2, stored.shape, generator=generator).float() * 2 - 1
+    updated = (stored.float() + step * signs).to(stored.dtype)
+    return (updated != stored).float().mean().item()
+
+
+MIN_CHANGED_SHARE = 0.5
+
+
 def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning_rate: float,
-                              modules: Iterable[str] = EMBEDDING_MODULES) -> dict[str, dict]:
+                              modules: Iterable[str] = EMBEDDING_MODULES,
+                              min_changed_share: float = MIN_CHANGED_SHARE) -> dict[str, dict]:
     """Check that embed_tokens and lm_head really trained, the way the recipe says.
 
     For each of ``modules``: its trainable copy requires gradients, sits in an optimizer group whose
-    (initial) learning rate is ``embedding_learning_rate``, and differs from the ``before`` snapshot
-    (:func:`snapshot_embeddings`). unsloth shipped silent failures of exactly this: the embedding
-    learning rate accepted and then ignored (#4492), the embeddings dropped from training (#9326).
-    Returns ``{name: {"lr": ..., "max_change": ...}}``; raises :class:`EmbeddingsNotTrained` listing
-    every failed check.
+    (initial) learning rate is ``embedding_learning_rate``, differs from the ``before`` snapshot
+    (:func:`snapshot_embeddings`), and in the rows that changed at all at least ``min_changed_share``
+    of the entries changed. That last check catches updates rounded away: every entry of a row that
+    takes part in a step gets a gradient, and Adam moves each by about the learning rate, which a
+    16-bit copy cannot hold for most weights (fp32: ~100% change; unsloth's bf16 copies: ~1%).
+    unsloth shipped silent failures of the first kinds too: the embedding learning rate accepted and
+    then ignored (#4492), the embeddings dropped from training (#9326).
+    Returns ``{name: {"lr", "dtype", "max_change", "changed_share", "rows_touched_share",
+    "changed_in_touched_rows"}}``; raises :class:`EmbeddingsNotTrained` listing every failed check.
     """
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
@@ -476,8 +628,9 @@ def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning
             continue
         group = group_of.get(id(param))
         lr = None if group is None else group.get("initial_lr", group["lr"])
-        change = (param.detach().float() - old.to(param.device)).abs().max().item()
-        report[name] = {"lr": lr, "max_change": change}
+        shares = change_shares(old, param)
+        dtype = str(param.dtype).replace("torch.", "")
+        report[name] = {"lr": lr, "dtype": dtype, **shares}
         short = parameter_kind(name)
         if not param.requires_grad:
             problems.append(f"{short}: frozen (requires_grad=False), so it was never trained (cf. unsloth #9326)")
@@ -486,8 +639,15 @@ def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning
         elif not math.isclose(lr, embedding_learning_rate, rel_tol=1e-6):
             problems.append(f"{short}: trained at lr {lr:.3g}, not the embedding learning rate "
                             f"{embedding_learning_rate:.3g} (cf. unsloth #4492)")
-        if change == 0:
+        if shares["max_change"] == 0:
             problems.append(f"{short}: unchanged after training")
+        elif shares["changed_in_touched_rows"] < min_changed_share:
+            problems.append(
+                f"{short}: only {shares['changed_in_touched_rows']:.1%} of the entries in the rows that trained "
+                f"changed (at least {min_changed_share:.0%} expected). Its trainable copy is stored in {dtype}, "
+                f"where an update of about the embedding learning rate ({embedding_learning_rate:.3g}) is smaller "
+                "than half a step between neighbouring values and rounds away. Keep the copies in float32: "
+                "CPT_EMBEDDING_DTYPE=float32, or profile.replace(embedding_dtype=\"float32\") before add_lora.")
     if problems:
         raise EmbeddingsNotTrained("The embeddings did not train as configured:\n  " + "\n  ".join(problems))
     return report

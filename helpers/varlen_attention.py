@@ -129,6 +129,9 @@ def probe_native_gqa(base: Callable, device) -> tuple[bool, str]:
     return True, f"grouped K/V match repeated K/V (relative diff {worst:.2g}, forward and backward)"
 
 
+MIN_CAPABILITY = (8, 0)  # flash attention: Ampere (A100, A10, L4, RTX 30xx) or newer
+
+
 def _off() -> bool:
     return os.environ.get(ENV_VAR, "1").strip().lower() in OFF_VALUES
 
@@ -147,18 +150,20 @@ def _default_varlen_attn():
 
 def enable_torch_varlen_for_unsloth(*, dispatch: ModuleType | None = None, varlen_attn: Callable | None = None,
                                     cuda_available: bool | None = None, flash_attn_installed: bool | None = None,
-                                    native_gqa: bool | None = None) -> str:
+                                    native_gqa: bool | None = None,
+                                    capability: tuple[int, int] | None = None) -> str:
     """Make unsloth's packed / padding-free attention call torch 2.11's ``varlen_attn`` (through
     :func:`gqa_varlen_attn`) instead of one SDPA call per document. Call it after ``import unsloth``
     and before training. Idempotent.
 
     Returns one line saying what it did (``"enabled: ..."``, ``"already enabled: ..."``) or why it
     did nothing (``"not enabled: ..."``): ``CPT_TORCH_VARLEN=0``, unsloth not imported, unsloth
-    already using torch's kernel or flash-attn, no CUDA, no ``varlen_attn`` / no ``window_size`` in
-    this torch, no flash kernel in this build. The keyword arguments replace what it would otherwise
-    look up (for tests): the dispatch module, torch's ``varlen_attn``, CUDA and flash-attn presence,
-    and whether the kernel takes grouped K/V (None: probe it on the GPU with
-    :func:`probe_native_gqa`).
+    already using torch's kernel or flash-attn, no CUDA, a GPU older than Ampere (torch's
+    ``varlen_attn`` is a flash-attention kernel, which needs compute capability 8.0: a T4 is 7.5, a
+    V100 7.0), no ``varlen_attn`` / no ``window_size`` in this torch, no flash kernel in this build.
+    The keyword arguments replace what it would otherwise look up (for tests): the dispatch module,
+    torch's ``varlen_attn``, CUDA and flash-attn presence, the GPU's compute capability, and whether
+    the kernel takes grouped K/V (None: probe it on the GPU with :func:`probe_native_gqa`).
     """
     if _off():
         return f"not enabled: {ENV_VAR}={os.environ[ENV_VAR]}"
@@ -185,6 +190,12 @@ def enable_torch_varlen_for_unsloth(*, dispatch: ModuleType | None = None, varle
         cuda_available = torch.cuda.is_available()
     if not cuda_available:
         return "not enabled: no CUDA device (torch's varlen_attn is a CUDA kernel)"
+    if capability is None:
+        capability = tuple(torch.cuda.get_device_capability())
+    if tuple(capability) < MIN_CAPABILITY:
+        major, minor = capability
+        return (f"not enabled: this GPU has compute capability {major}.{minor}, older than Ampere (8.0), and torch's "
+                "varlen_attn is a flash-attention kernel that needs 8.0 or newer; unsloth keeps its own route")
     if varlen_attn is None:
         try:
             varlen_attn = _default_varlen_attn()

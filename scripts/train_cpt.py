@@ -352,13 +352,21 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
         sync.append(sync_check(model, "after training"))
     steady = steady_state(clock, counts.real)
     peak = round(torch.cuda.max_memory_reserved(procs.local_rank) / 2**30, 3) if cuda else None
+    from helpers.throughput import matmul_parameters, mfu, peak_tflops
+
+    per_s = sum_over_ranks(steady["tokens"]) / steady["seconds"] if steady["seconds"] > 0 else 0.0
+    base = getattr(model, "get_base_model", lambda: model)()
+    utilisation = (mfu(per_s / procs.world, matmul_parameters(base.config), peak_tflops(device_name(profile, procs.local_rank)))
+                   if cuda and per_s else None)
     traces = gather_objects(None if tracer is None or tracer.summary is None
                             else {**tracer.summary, "top": tracer.summary["top"][:10]}) if tracer else None
     return {"step_traces": traces, "steady": steady, "tokens_steady": sum_over_ranks(steady["tokens"]),
             "tokens_trained": sum_over_ranks(steady["tokens_all"]), "sync": sync,
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
             "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
-            "training_memory": training_memory}
+            "training_memory": training_memory, "mfu": round(utilisation, 4) if utilisation else None,
+            "gradient_checkpointing": repr(getattr(model, "_unsloth_gradient_checkpointing",
+                                                   profile.use_gradient_checkpointing))}
 
 
 def evaluate(model, tokenizer, profile: Profile, stories: int) -> dict:
@@ -416,6 +424,15 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
                          for g in describe_param_groups(getattr(trainer.optimizer, "optimizer", trainer.optimizer),
                                                         trainer.model)],
         "embeddings_trained": {parameter_kind(name): v["max_change"] for name, v in measured["embeddings"].items()},
+        # what the epoch did to each trainable embedding matrix: stored dtype, share of entries changed,
+        # of rows touched, and of entries changed within the touched rows (16-bit copies round updates away)
+        "embedding_change": {parameter_kind(name): {k: (round(v[k], 5) if isinstance(v[k], float) else v[k])
+                                                    for k in ("dtype", "changed_share", "rows_touched_share",
+                                                              "changed_in_touched_rows")}
+                             for name, v in measured["embeddings"].items()},
+        "embedding_dtype": profile.embedding_dtype or "the library's", "packing": profile.packing,
+        "gradient_checkpointing": measured.get("gradient_checkpointing"),
+        "mfu": measured.get("mfu"),
         **({"step_traces": measured["step_traces"]} if measured.get("step_traces") else {}),
         "versions": {**library_versions(), "cuda": torch.version.cuda},
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -44,6 +44,8 @@ def isolated_root(tmp_path, monkeypatch):
     monkeypatch.delenv("CPT_TEXT_DIR", raising=False)
     monkeypatch.delenv("CPT_SPLIT_ON_BLANK_LINES", raising=False)
     monkeypatch.delenv("CPT_MODEL", raising=False)
+    monkeypatch.delenv("CPT_PACKING", raising=False)
+    monkeypatch.delenv("CPT_EMBEDDING_DTYPE", raising=False)
     return tmp_path
 
 

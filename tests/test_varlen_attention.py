@@ -170,7 +170,7 @@ def fake_dispatch(**attrs):
 
 def enable(dispatch, **kwargs):
     settings = {"dispatch": dispatch, "varlen_attn": reference_varlen_attn, "cuda_available": True,
-                "flash_attn_installed": False, "native_gqa": False, **kwargs}
+                "flash_attn_installed": False, "native_gqa": False, "capability": (9, 0), **kwargs}
     return va.enable_torch_varlen_for_unsloth(**settings)
 
 
@@ -199,7 +199,7 @@ def test_context_manager_restores_even_after_an_error():
     dispatch = fake_dispatch()
     with pytest.raises(RuntimeError, match="training failed"):
         with va.torch_varlen_for_unsloth(dispatch=dispatch, varlen_attn=reference_varlen_attn, cuda_available=True,
-                                         flash_attn_installed=False, native_gqa=True) as route:
+                                         flash_attn_installed=False, native_gqa=True, capability=(8, 0)) as route:
             assert route.startswith("enabled:") and "grouped K/V passed through" in route
             assert dispatch._TORCH_VARLEN_ATTN.native_gqa is True
             raise RuntimeError("training failed")
@@ -228,6 +228,8 @@ def test_does_nothing_and_says_why(monkeypatch):
 
     cases = [
         (fake_dispatch(), {"cuda_available": False}, "no CUDA device"),
+        (fake_dispatch(), {"capability": (7, 5)}, "compute capability 7.5, older than Ampere"),  # T4
+        (fake_dispatch(), {"capability": (7, 0)}, "compute capability 7.0, older than Ampere"),  # V100
         (fake_dispatch(), {"flash_attn_installed": True}, "flash-attn is installed"),
         (fake_dispatch(), {"varlen_attn": signature_211_without_window}, "takes no window_size"),
         (fake_dispatch(), {"varlen_attn": signature_212}, "takes enable_gqa already"),
@@ -274,7 +276,7 @@ def test_found_through_sys_modules_when_unsloth_is_imported(monkeypatch):
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
     monkeypatch.setitem(sys.modules, va.DISPATCH_MODULE, dispatch)
     message = va.enable_torch_varlen_for_unsloth(varlen_attn=reference_varlen_attn, cuda_available=True,
-                                                 flash_attn_installed=False, native_gqa=False)
+                                                 flash_attn_installed=False, native_gqa=False, capability=(9, 0))
     assert message.startswith("enabled:") and dispatch._TORCH_VARLEN_ATTN.cpt_gqa_wrapper
     assert va.disable_torch_varlen_for_unsloth().startswith("disabled:") and dispatch._TORCH_VARLEN_ATTN is None
 

@@ -353,6 +353,41 @@ assert lora_change > 0, "the LoRA adapters did not change"
 embedding_change = max(facts["max_change"] for facts in embedding_report.values())
 
 # %% [markdown]
+# ## "Mixed precision" for the embeddings: do their updates survive?
+#
+# When it adds the adapters, unsloth prints "Training embed_tokens in mixed precision to save VRAM",
+# and the walkthrough asks what that means for a 16-bit model. Measured, the answer is: on a bf16 GPU
+# unsloth stores the trainable embed_tokens / lm_head copies in bf16, and almost every update of the
+# embedding learning rate is then rounded away. bf16 keeps 8 bits of mantissa, so the gap between two
+# neighbouring values near a weight of 0.02 is about 1.2e-4; Adam moves each entry by about the learning
+# rate, 5e-6, which is less than half that gap, and the weight stays where it was. On the real SmolLM2
+# with the 7B recipe, 1.1% of the embedding entries changed over the epoch with bf16 copies, against
+# 99.98% with fp32 copies. The GPU profile therefore keeps the copies in fp32 (about 0.5 GB more at 7B,
+# see the benchmarks); `CPT_EMBEDDING_DTYPE=bfloat16` gives back unsloth's copies, and the check above
+# then fails and says why.
+#
+# The cell measures, for each trainable embedding matrix, the dtype it is stored in, the share of its
+# entries that changed, the share of rows that changed at all (a token row of `embed_tokens` only
+# changes if the token occurred), and the share of entries changed within those rows. Then it applies
+# one step of the embedding learning rate to the matrix as it was before training, stored once in fp32
+# and once in bf16, to show the rounding on this very model, CPU included.
+
+# %%
+from helpers.training import embedding_change_report, parameter_kind, rounding_survival
+
+change_report = embedding_change_report(model, embeddings_before)
+print(f"{'matrix':<14}{'stored as':<11}{'entries changed':>17}{'rows touched':>14}{'changed in touched rows':>25}")
+for name, facts in change_report.items():
+    print(f"{parameter_kind(name):<14}{facts['dtype']:<11}{facts['changed_share']:>17.2%}"
+          f"{facts['rows_touched_share']:>14.2%}{facts['changed_in_touched_rows']:>25.2%}")
+matrix_before = next(iter(embeddings_before.values()))  # fp32 copy of the embedding matrix before training
+kept = {dtype: rounding_survival(matrix_before, profile.embedding_learning_rate, dtype) for dtype in ("float32", "bfloat16")}
+print(f"one step of {profile.embedding_learning_rate:.0e} on this matrix changes {kept['float32']:.1%} of its entries "
+      f"stored in fp32 and {kept['bfloat16']:.1%} stored in bf16")
+assert all(facts["changed_in_touched_rows"] > 0.9 for facts in change_report.values())
+assert kept["bfloat16"] < 0.5 < kept["float32"]
+
+# %% [markdown]
 # ## Reading the training loss
 #
 # The logged loss is the average cross-entropy per predicted token on each step's batch, in nats:
