@@ -98,7 +98,7 @@ def emit(record: dict) -> None:
 # --gradient-checkpointing: "unsloth" recomputes each layer and keeps its saved input in CPU memory
 # (copies to the host and back); "true" recomputes too, with the input kept on the GPU; "false" keeps
 # every activation (fastest, the most memory).
-GRADIENT_CHECKPOINTING = {"unsloth": "unsloth", "true": True, "false": False}
+GRADIENT_CHECKPOINTING = {"unsloth": "unsloth", "true": True, "false": False, "auto": "auto"}
 
 
 def arm_profile(args, arm: str) -> Profile:
@@ -412,9 +412,10 @@ def parse_args(argv=None):
     p.add_argument("--optim", help="replace the profile's optimizer for both arms (e.g. paged_adamw_8bit: the "
                                    "optimizer states in paged memory), a TrainingArguments `optim` name")
     p.add_argument("--gradient-checkpointing", choices=tuple(GRADIENT_CHECKPOINTING),
-                   help="replace the profile's use_gradient_checkpointing for both arms: unsloth (the recipe's: "
+                   help="replace the profile's use_gradient_checkpointing for both arms: unsloth (the walkthrough's: "
                         "recompute, saved inputs offloaded to the CPU), true (recompute, inputs kept on the GPU: "
-                        "no offload copies), false (keep every activation)")
+                        "no offload copies), false (keep every activation), auto (the 7B profile's: false when the "
+                        "activations fit the free GPU memory, else unsloth)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/cpt-bench"), help="scratch folder for the trainer")
     p.add_argument("--out-dir", type=Path, help="also write results.jsonl and table.md here")
     p.add_argument("--trace-step", type=int, default=0,

@@ -167,8 +167,8 @@ def run_all(args) -> list[dict]:
             running.remove(item)
             log.close()
             result = folder / "result.json"
-            if proc.returncode == 0 and result.is_file():
-                record = json.loads(result.read_text())
+            if result.is_file():  # a run whose embedding check failed still reports, with "embeddings_check"
+                record = {**json.loads(result.read_text()), "exit": proc.returncode}
             else:
                 tail = (folder / "log.txt").read_text(errors="replace")[-1500:]
                 record = {"error": f"exit {proc.returncode}", "log_tail": tail}

@@ -372,7 +372,7 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     check_training_settings(profile)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
     trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
-    rows = len(trained_on)
+    rows = len(train_dataset) if profile.packing else len(trained_on)  # packed: about the rows unsloth packs
     settings = {
         "save_strategy": "steps",
         "save_steps": save_steps or default_save_steps(profile, rows),

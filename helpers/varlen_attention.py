@@ -190,8 +190,8 @@ def enable_torch_varlen_for_unsloth(*, dispatch: ModuleType | None = None, varle
         cuda_available = torch.cuda.is_available()
     if not cuda_available:
         return "not enabled: no CUDA device (torch's varlen_attn is a CUDA kernel)"
-    if capability is None:
-        capability = tuple(torch.cuda.get_device_capability())
+    if capability is None:  # (a CUDA device told present by a test, on a machine without one, counts as able)
+        capability = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else MIN_CAPABILITY
     if tuple(capability) < MIN_CAPABILITY:
         major, minor = capability
         return (f"not enabled: this GPU has compute capability {major}.{minor}, older than Ampere (8.0), and torch's "

@@ -317,7 +317,12 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     from helpers.distributed import check_sync as sync_check
     from helpers.distributed import gather_objects, plain_cpu_map_location, sum_over_ranks
     from helpers.throughput import StepClock, count_tokens, steady_state
-    from helpers.training import assert_embeddings_trained, snapshot_embeddings
+    from helpers.training import (
+        EmbeddingsNotTrained,
+        assert_embeddings_trained,
+        embedding_change_report,
+        snapshot_embeddings,
+    )
 
     model, sync = trainer.model, []
 
@@ -347,7 +352,11 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     counts.stop()
     training_memory = training_memory_end(memory_start) if cuda else None  # peak - start, as the walkthrough
     note_memory("after training", procs.local_rank)
-    embeddings = assert_embeddings_trained(model, before, trainer.optimizer, profile.embedding_learning_rate)
+    try:
+        embeddings, embeddings_check = assert_embeddings_trained(
+            model, before, trainer.optimizer, profile.embedding_learning_rate), "passed"
+    except EmbeddingsNotTrained as err:  # still measured and reported; main() exits 1 after the RESULT
+        embeddings, embeddings_check = embedding_change_report(model, before), str(err)
     if check_sync:
         sync.append(sync_check(model, "after training"))
     steady = steady_state(clock, counts.real)
@@ -365,6 +374,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
             "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
             "training_memory": training_memory, "mfu": round(utilisation, 4) if utilisation else None,
+            "embeddings_check": embeddings_check,
             "gradient_checkpointing": repr(getattr(model, "_unsloth_gradient_checkpointing",
                                                    profile.use_gradient_checkpointing))}
 
@@ -424,6 +434,7 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
                          for g in describe_param_groups(getattr(trainer.optimizer, "optimizer", trainer.optimizer),
                                                         trainer.model)],
         "embeddings_trained": {parameter_kind(name): v["max_change"] for name, v in measured["embeddings"].items()},
+        "embeddings_check": measured["embeddings_check"],
         # what the epoch did to each trainable embedding matrix: stored dtype, share of entries changed,
         # of rows touched, and of entries changed within the touched rows (16-bit copies round updates away)
         "embedding_change": {parameter_kind(name): {k: (round(v[k], 5) if isinstance(v[k], float) else v[k])
@@ -490,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         report(args, procs, profile, policy, trainer, measured, rows, output_dir)
     procs.state.wait_for_everyone()
     procs.state.destroy_process_group()
+    if measured["embeddings_check"] != "passed":
+        print(f"FAILED: {measured['embeddings_check']}", file=sys.stderr)
+        return 1
     return 0
 
 

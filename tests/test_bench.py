@@ -54,7 +54,7 @@ def test_gradient_checkpointing_flag_replaces_it_for_both_arms_only():
     flags = bench.child_flags(args)
     assert flags[flags.index("--gradient-checkpointing") + 1] == "true"  # the arms' processes get it too
     assert bench.arm_profile(bench.parse_args(["--gradient-checkpointing", "false"]), "plain").use_gradient_checkpointing is False
-    assert bench.arm_profile(bench.parse_args([]), "unsloth").use_gradient_checkpointing == "unsloth"  # the recipe's
+    assert bench.arm_profile(bench.parse_args([]), "unsloth").use_gradient_checkpointing == "auto"  # the profile's
     assert "--gradient-checkpointing" not in bench.child_flags(bench.parse_args([]))
 
 

@@ -599,7 +599,7 @@ def test_gpu_profile_offline_cycles_the_sample_to_the_requested_rows(monkeypatch
     assert f"{len(sample)} stories cycled to the 2500 rows of train[:2500]" in source
     out = capsys.readouterr().out
     assert "Hub dataset unavailable (ConnectionError)" in out and "NOTE: the hub is unreachable" in out
-    batch = GPU_MISTRAL7B.per_device_train_batch_size * GPU_MISTRAL7B.gradient_accumulation_steps
+    batch = GPU_MISTRAL7B.padded_batch[0] * GPU_MISTRAL7B.padded_batch[1]  # CPT_PACKING=0: the walkthrough's
     assert -(-len(dataset) // batch) == 157  # the walkthrough's padded epoch at bs 2 x GA 8
     validation, _ = load_raw_dataset(GPU_MISTRAL7B, split="validation")
     assert len(validation) == 640  # held-out data is never repeated

@@ -311,7 +311,9 @@ def test_build_resumable_trainer_defaults(word_tokenizer, tmp_path):
     assert trainer.args.save_steps == 1  # 6 steps // 4
     assert trainer.args.save_total_limit == 2
     # the walkthrough: 2,500 stories, 2 x 8 per optimizer step, one epoch -> 157 steps, a checkpoint every 39
-    assert default_save_steps(GPU_MISTRAL7B, train_rows=2500) == 39
+    assert default_save_steps(GPU_MISTRAL7B, train_rows=333) == 41  # 333 packed rows, 2 a step: 167 steps
+    walkthrough = GPU_MISTRAL7B.replace(packing=False, per_device_train_batch_size=2, gradient_accumulation_steps=8)
+    assert default_save_steps(walkthrough, train_rows=2500) == 39  # 157 steps of 16 padded stories
 
 
 def test_a_finished_run_is_not_resumed_but_trained_again(word_tokenizer, tmp_path, capsys):

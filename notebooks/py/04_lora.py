@@ -109,8 +109,10 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # and under a launcher every process needs its own file (`temporary_location`, see docs/multi-gpu.md).
 
 # %%
-from helpers.training import lora_config, target_modules_for
+from helpers.training import cast_embedding_copies, choose_gradient_checkpointing, lora_config, target_modules_for
 
+checkpointing, why = choose_gradient_checkpointing(profile, model)  # the profile's, or "auto": by free GPU memory
+print(f"gradient checkpointing: {checkpointing!r} ({why})")
 if profile.uses_unsloth:
     from unsloth import FastLanguageModel
 
@@ -122,7 +124,7 @@ if profile.uses_unsloth:
         lora_alpha=profile.lora_alpha,
         lora_dropout=profile.lora_dropout,
         bias=profile.bias,
-        use_gradient_checkpointing=profile.use_gradient_checkpointing,  # "unsloth"
+        use_gradient_checkpointing=checkpointing,  # the walkthrough's "unsloth"
         random_state=profile.seed,
         use_rslora=profile.use_rslora,
         loftq_config=None,
@@ -131,14 +133,16 @@ else:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if profile.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(profile.use_gradient_checkpointing))
-    elif profile.use_gradient_checkpointing:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
+    elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora_targets, full_modules = target_modules_for(profile, model)  # read from the model itself
     print(f"LoRA on {lora_targets}; trained in full: {full_modules}")
     config = lora_config(profile, tie_embeddings=model.config.tie_word_embeddings, model=model)
     model = get_peft_model(model, config)
+if profile.embedding_dtype:  # the GPU profile keeps the trainable embedding copies in fp32 (notebook 05 says why)
+    cast_embedding_copies(model, profile.embedding_dtype)
 
 model.print_trainable_parameters()
 
@@ -193,12 +197,15 @@ else:
 # block's input and recomputes the block's inside during the backward pass: about a third more
 # compute for a large cut in activation memory. unsloth's `"unsloth"` variant goes one step further
 # and parks those block inputs in CPU memory, fetching them back asynchronously when the backward
-# pass reaches the block; it falls back to ordinary checkpointing for short sequences. The CPU profile
-# turns checkpointing off: with 256-token blocks and a 135M model, activations are small, and
-# recomputation would only cost time.
+# pass reaches the block; it falls back to ordinary checkpointing for short sequences. The walkthrough
+# always passes `"unsloth"`. This project's GPU profile passes `"auto"` to the helper above, which
+# turns checkpointing off when the activations fit the GPU's free memory with a margin (on an 80 GB
+# or larger GPU the 7B epoch then runs faster, at about 24 GiB peak) and keeps unsloth's offloading
+# on a smaller one, such as Colab's 16 GB T4. The CPU profile turns checkpointing off: with
+# 256-token blocks and a 135M model, activations are small, and recomputation would only cost time.
 
 # %%
-print(f"gradient checkpointing: {profile.use_gradient_checkpointing!r}; "
+print(f"gradient checkpointing: {checkpointing!r}; "
       f"model reports enabled = {getattr(model, 'is_gradient_checkpointing', False)}")
 
 # %% [markdown]
