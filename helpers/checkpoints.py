@@ -38,9 +38,9 @@ import shutil
 from pathlib import Path
 
 from .errors import disk_full_explained, out_of_memory_explained
-from .paths import artifact_path, outputs_dir, relative
 from .profiles import Profile
-from .storage import read_json, save_directory_atomically, write_json
+from .support.files import read_json, save_directory_atomically, write_json
+from .support.paths import artifact_path, outputs_dir, relative
 from .training import describe_param_groups
 
 TRAINER_DIR_NAME = "05_trainer"
@@ -125,7 +125,7 @@ def _recorder_callback(run: dict | None = None):
 
 def data_fingerprint(dataset) -> dict:
     """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
-    from .integrity import text_sha256, token_sha256
+    from .support.files import text_sha256, token_sha256
 
     if "input_ids" in dataset.column_names:
         return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
@@ -135,7 +135,7 @@ def data_fingerprint(dataset) -> dict:
 def run_record(trainer, profile: Profile, dataset) -> dict:
     """Return what identifies a training run: the model, a fingerprint of the rows it trains on, and
     the settings that shape its result, read from the trainer's arguments (so that overrides count)."""
-    from .provenance import model_identity
+    from .artifacts import model_identity
 
     args = trainer.args
     embedding_lr = getattr(args, "embedding_learning_rate", None)
@@ -291,7 +291,7 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     (without them a resume would restart Adam's statistics and the warm-up, and end elsewhere); the
     weights file is whole; ``run.json`` parses.
     """
-    from .integrity import file_problem
+    from .support.files import file_problem
 
     folder = Path(folder)
     try:
@@ -364,10 +364,10 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     ``save_steps`` optimizer steps into ``output_dir`` (default ``outputs/05_trainer``), keeping the
     newest ``save_total_limit``, each with its trainable set and its run record (see the module
     docstring; the record is also ``trainer.cpt_run``). Raises
-    :class:`helpers.validation.SettingsError` for settings that cannot train. Train it with
+    :class:`helpers.errors.SettingsError` for settings that cannot train. Train it with
     :func:`train_resumable`."""
+    from .errors import check_training_settings
     from .training import build_trainer
-    from .validation import check_training_settings
 
     check_training_settings(profile)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
@@ -482,13 +482,13 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
                  also: dict | None = None) -> Path:
     """Save a PEFT adapter (and the tokenizer) atomically to ``target`` (default: the ``adapter``
     artifact, ``outputs/05_adapter``, with its manifest for ``profile``, by default the one the
-    environment selects: see :func:`helpers.provenance.save_outputs`); return the folder.
+    environment selects: see :func:`helpers.artifacts.save_outputs`); return the folder.
 
     ``also``: more artifacts of the same notebook (name -> JSON object or writer) committed in the
     same unit as the adapter, so an interrupted save never leaves one without the other.
 
     Written into a temporary folder and swapped in only when complete
-    (:func:`helpers.storage.save_directory_atomically`): an interrupted save leaves the previous
+    (:func:`helpers.support.files.save_directory_atomically`): an interrupted save leaves the previous
     adapter, or no folder, never a half-written one. A full disk raises
     :class:`helpers.errors.DiskFullError` naming the folder and the free space.
     """
@@ -498,8 +498,8 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
             tokenizer.save_pretrained(folder)
 
     if target is None or Path(target) == artifact_path("adapter"):
+        from .artifacts import save_outputs
         from .profiles import select_profile
-        from .provenance import save_outputs
 
         return save_outputs(profile or select_profile()[0], {"adapter": write, **(also or {})},
                             what="the adapter")["adapter"]

@@ -12,8 +12,8 @@ import re
 import statistics
 from pathlib import Path
 
-from .paths import project_root, relative
 from .profiles import Profile
+from .support.paths import project_root, relative
 
 ANY_TEXT_DIR_ENV_VAR = "CPT_ALLOW_ANY_TEXT_DIR"  # 1: read a text folder inside .venv or holding the repo
 BOM = "\ufeff"
@@ -299,7 +299,7 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
 
     Returns ``(dataset, stats)``: a ``datasets.Dataset`` with ``input_ids`` and a dict of counts
     (documents, tokens, rows, tokens dropped or rows truncated), which the notebooks print.
-    Raises :class:`helpers.validation.SettingsError` for settings that cannot train, and
+    Raises :class:`helpers.errors.SettingsError` for settings that cannot train, and
     :class:`DataError` when there is no text, or (packing) less than one row of it.
     Stories longer than ``max_seq_length`` are never dropped: packing continues them into the next
     block, one-row-per-story truncates them; either way they are counted
@@ -308,7 +308,7 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     """
     from datasets import Dataset
 
-    from .validation import check_training_settings
+    from .errors import check_training_settings
 
     check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:

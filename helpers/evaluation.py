@@ -21,7 +21,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     """
     import torch
 
-    from .progress import progress_bar
+    from .support.progress import progress_bar
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     encoded = [ids for ids in encoded if len(ids) >= 2]

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import time
 
-from .paths import artifact_path
-from .storage import read_json, write_json
+from .support.files import read_json, write_json
+from .support.paths import artifact_path
 
 GIB = 1024**3
 

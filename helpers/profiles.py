@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import project_root
+from .support.paths import project_root
 
 PROFILE_ENV_VAR = "CPT_PROFILE"
 TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
@@ -135,7 +135,7 @@ class Profile:
         """The model as it should be printed: a local path relative to the project root (never an
         absolute local path), anything else as it is."""
         if self.is_local_path_model:
-            from .paths import relative
+            from .support.paths import relative
 
             return relative(self.model_name)
         return self.model_name
@@ -157,7 +157,7 @@ class Profile:
 # The walkthrough's recipe, with one change of batching measured in benchmarks/RESULTS.md (issue 17,
 # 2026-11-28, H200): the stories are packed into 2,048-token rows (unsloth's best-fit packing, each
 # story attending only to itself, through torch's variable-length flash kernel:
-# helpers.varlen_attention) and trained 4 rows per micro-batch x 4 accumulation steps. The global
+# helpers.support.varlen_attention) and trained 4 rows per micro-batch x 4 accumulation steps. The global
 # batch stays the walkthrough's 16 rows; the epoch takes 21 optimizer steps of packed rows instead of
 # 157 of padded stories. CPT_PACKING=0 gives back the walkthrough's padded rows (set the batch to
 # 2 x 8 with profile.replace for its exact settings).

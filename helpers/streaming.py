@@ -116,7 +116,7 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     import torch
     from transformers import TextIteratorStreamer
 
-    from .validation import check_prompt
+    from .errors import check_prompt
 
     check_prompt(prompt)  # an empty prompt fails inside generate with "cannot reshape tensor of 0 elements"
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))

@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterable
 
+from .modeling import input_device
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
 
 EMBEDDING_GROUP = "embeddings (embed_tokens, lm_head)"
@@ -413,10 +414,10 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
 
 def use_torch_varlen() -> str:
     """Give unsloth's packed attention torch's variable-length flash kernel for the rest of the
-    process (:func:`helpers.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
+    process (:func:`helpers.support.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
     keeps unsloth's own route) and return the one-line route unsloth now takes. Where the swap is not
     needed or not possible the route says why and unsloth's own choice stays."""
-    from .varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
+    from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
 
     outcome = enable_torch_varlen_for_unsloth()
     route = unsloth_attention_route()
@@ -491,3 +492,58 @@ def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning
     if problems:
         raise EmbeddingsNotTrained("The embeddings did not train as configured:\n  " + "\n  ".join(problems))
     return report
+
+
+def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
+    """Return how many rows of the input and the output embedding get a non-zero gradient from one
+    batch: ``{"embed_tokens": n, "lm_head": n, "vocabulary": V, "distinct_input_tokens": n}``.
+
+    One forward and backward pass on ``input_ids`` (labels = the inputs, as in CPT). The input side's
+    gradient is measured at the embedding layer's output and scattered back to the rows of the tokens
+    that were looked up, which is exactly the gradient ``embed_tokens`` receives; the output side is
+    the gradient of the ``lm_head`` weight, minus the input side's share when the two matrices are tied
+    (one tensor). Gradients are zeroed afterwards, so a trainer can start from this model unchanged.
+    """
+    import torch
+
+    embedding = model.get_input_embeddings()
+    copies = _embedding_copies(model)
+    head = next((p for n, p in copies.items() if "lm_head" in n), None)
+    embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
+    # the input embeddings' device (helpers.modeling.input_device), not ``model.device``: unsloth may
+    # have moved the frozen original embeddings to the CPU while the lookups run on the GPU copy
+    device = input_device(model)
+    input_ids = input_ids.to(device)
+    labels = None if labels is None else labels.to(device)
+    captured = {}
+
+    def keep_output(module, args, output):
+        output.retain_grad()
+        captured["output"] = output
+
+    model.zero_grad(set_to_none=True)
+    hook = embedding.register_forward_hook(keep_output)
+    try:
+        loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels).loss
+        loss.backward()
+    finally:
+        hook.remove()
+    out_grad = captured["output"].grad.float()
+    if head is None or embed is None or head.grad is None:
+        model.zero_grad(set_to_none=True)
+        raise ValueError("embed_tokens and lm_head must both be trainable (target_modules / modules_to_save)")
+    vocab, hidden = head.shape
+    input_side = torch.zeros(vocab, hidden, device=out_grad.device)
+    input_side.index_add_(0, input_ids.reshape(-1).to(out_grad.device), out_grad.reshape(-1, hidden))
+    head_grad = head.grad.float()
+    if head is embed:  # tied: one matrix collects both gradients
+        head_grad = head_grad - input_side
+    result = {
+        "embed_tokens": int((input_side.abs().sum(dim=1) > 0).sum().item()),
+        "lm_head": int((head_grad.abs().sum(dim=1) > 0).sum().item()),
+        "vocabulary": int(vocab),
+        "distinct_input_tokens": int(input_ids.unique().numel()),
+        "tied": head is embed,
+    }
+    model.zero_grad(set_to_none=True)
+    return result
