@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -35,8 +36,19 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .profiles import Profile
-from .support.files import clean_stale_temp, read_json, write_json
+from .data import text_folder_files
+from .errors import check_adapter_folder, disk_full_explained
+from .profiles import Profile, select_profile
+from .support.files import (
+    clean_stale_temp,
+    describe_files,
+    file_problem,
+    file_sha256,
+    list_files,
+    read_json,
+    write_json,
+)
+from .support.gguf import EMBEDDED_PACKAGE
 from .support.paths import ARTIFACTS, artifact_path, outputs_dir, relative
 
 
@@ -97,9 +109,6 @@ def model_identity(profile: Profile) -> dict:
     the hub revision found in the local cache, or None when it cannot be known offline."""
     identity = {"id": profile.model_name, "revision": None}
     if profile.is_embedded_model:
-        import importlib.metadata
-
-        from .support.gguf import EMBEDDED_PACKAGE
 
         try:
             identity["revision"] = f"{EMBEDDED_PACKAGE} {importlib.metadata.version(EMBEDDED_PACKAGE)}"
@@ -109,7 +118,7 @@ def model_identity(profile: Profile) -> dict:
         identity["revision"] = f"random init, seed {profile.seed}"
     else:
         try:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache  # deferred: heavy
 
             found = try_to_load_from_cache(profile.model_name, "config.json")
             if isinstance(found, str) and "/snapshots/" in found:
@@ -123,8 +132,6 @@ def data_request(profile: Profile) -> dict:
     """Return the data the profile asks for: the TinyStories slice, or the text folder (its name,
     how it is split into documents, and a hash of the files the loader reads)."""
     if profile.text_dir:
-        from .data import text_folder_files
-
         digest = hashlib.sha256()
         files, _ = text_folder_files(profile.text_dir)
         for name, file in files:
@@ -203,8 +210,6 @@ def manifest_digest(manifest: dict) -> str:
 def check_files(name: str, path: Path, manifest: dict) -> None:
     """Raise :class:`CorruptArtifactError` naming the first file of ``path`` that is missing, cut off
     or changed compared with ``manifest`` (files added since, like datasets' cache files, are allowed)."""
-    from .support.files import file_sha256
-
     producer = ARTIFACTS[name][1]
     redo = f"Re-run notebooks/{producer}.ipynb to write it again."
     files = {rel: path if path.is_file() and rel == path.name else path / rel for rel in manifest["files"]}
@@ -235,8 +240,6 @@ def verify(name: str, path: Path, profile: Profile | None = None) -> dict | None
     changed since), each naming the notebook to re-run.
     """
     if profile is None:
-        from .profiles import select_profile
-
         profile = select_profile()[0]
     producer = ARTIFACTS[name][1]
     shown = relative(path)
@@ -258,8 +261,6 @@ def verify(name: str, path: Path, profile: Profile | None = None) -> dict | None
             + f"\nRe-run notebooks/{producer}.ipynb with the current settings (and then the notebooks after it), "
               "or go back to the settings it was made with.")
     if path.is_dir() and (path / "adapter_config.json").is_file():
-        from .errors import check_adapter_folder
-
         check_adapter_folder(path, profile)
     outputs = path.parent
     for input_name, digest in manifest.get("inputs", {}).items():
@@ -299,8 +300,6 @@ def _write_one(name: str, value, dest: Path) -> None:
 
 def _check_written(name: str, dest: Path) -> None:
     """Refuse to commit an empty or unreadable artifact (the good one it would replace is kept)."""
-    from .support.files import file_problem, list_files
-
     problem = None
     if not dest.exists():
         problem = "nothing was written"
@@ -335,9 +334,6 @@ def save_outputs(profile: Profile, outputs: Mapping[str, object], data: dict | N
     each file readable): an error, Ctrl-C or a full disk (:class:`helpers.errors.DiskFullError`)
     leaves the previous set as it was.
     """
-    from .errors import disk_full_explained
-    from .support.files import describe_files
-
     if not outputs:
         raise ValueError("save_outputs needs at least one artifact")
     producers = {ARTIFACTS[name][1] for name in outputs}  # KeyError for an unknown name

@@ -37,11 +37,19 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import disk_full_explained, out_of_memory_explained
-from .profiles import Profile
-from .support.files import read_json, save_directory_atomically, write_json
+from .artifacts import model_identity, save_outputs
+from .errors import check_training_settings, disk_full_explained, out_of_memory_explained
+from .profiles import Profile, select_profile
+from .support.files import (
+    file_problem,
+    read_json,
+    save_directory_atomically,
+    text_sha256,
+    token_sha256,
+    write_json,
+)
 from .support.paths import artifact_path, outputs_dir, relative
-from .training import describe_param_groups
+from .training import build_trainer, describe_param_groups
 
 TRAINER_DIR_NAME = "05_trainer"
 TRAINABLE_SET_FILE = "trainable_set.json"
@@ -107,7 +115,7 @@ def _recorder_callback(run: dict | None = None):
     """Return a ``TrainerCallback`` that records the trainable set and ``run`` (see
     :func:`run_record`) into every checkpoint (built lazily so that importing helpers does not import
     transformers). ``run.json`` is written last: a checkpoint without it is incomplete."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # deferred: heavy
 
     class TrainableSetRecorder(TrainerCallback):
         def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -125,8 +133,6 @@ def _recorder_callback(run: dict | None = None):
 
 def data_fingerprint(dataset) -> dict:
     """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
-    from .support.files import text_sha256, token_sha256
-
     if "input_ids" in dataset.column_names:
         return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
     return {"rows": len(dataset), "text_sha256": text_sha256(dataset["text"])}
@@ -135,8 +141,6 @@ def data_fingerprint(dataset) -> dict:
 def run_record(trainer, profile: Profile, dataset) -> dict:
     """Return what identifies a training run: the model, a fingerprint of the rows it trains on, and
     the settings that shape its result, read from the trainer's arguments (so that overrides count)."""
-    from .artifacts import model_identity
-
     args = trainer.args
     embedding_lr = getattr(args, "embedding_learning_rate", None)
     if embedding_lr is None:
@@ -291,8 +295,6 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     (without them a resume would restart Adam's statistics and the warm-up, and end elsewhere); the
     weights file is whole; ``run.json`` parses.
     """
-    from .support.files import file_problem
-
     folder = Path(folder)
     try:
         state = read_json(folder / TRAINER_STATE_FILE)
@@ -325,7 +327,7 @@ def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     :func:`checkpoint_problem`) is moved to ``incomplete/checkpoint-N`` (kept, not deleted, and no
     longer picked up) and the next newest is tried.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # deferred: heavy
 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -366,9 +368,6 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     docstring; the record is also ``trainer.cpt_run``). Raises
     :class:`helpers.errors.SettingsError` for settings that cannot train. Train it with
     :func:`train_resumable`."""
-    from .errors import check_training_settings
-    from .training import build_trainer
-
     check_training_settings(profile)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
     trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
@@ -498,9 +497,6 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
             tokenizer.save_pretrained(folder)
 
     if target is None or Path(target) == artifact_path("adapter"):
-        from .artifacts import save_outputs
-        from .profiles import select_profile
-
         return save_outputs(profile or select_profile()[0], {"adapter": write, **(also or {})},
                             what="the adapter")["adapter"]
     if also:

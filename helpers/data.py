@@ -12,6 +12,7 @@ import re
 import statistics
 from pathlib import Path
 
+from .errors import check_training_settings
 from .profiles import Profile
 from .support.paths import project_root, relative
 
@@ -90,7 +91,7 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     (:func:`cycle_to`), so the run takes the walkthrough's number of steps; this is printed and said
     in ``source``. Profiles that use the sample by design (the CPU default) get it as it is.
     """
-    from datasets import load_dataset
+    from datasets import load_dataset  # deferred: heavy
 
     if profile.text_dir:
         documents = load_text_folder(profile.text_dir, profile.split_on_blank_lines)
@@ -209,7 +210,7 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     names the ``.txt`` names that are not files. Refuses a folder inside a virtual environment or
     holding the project (see :func:`check_text_folder_location`, ``allow_any``).
     """
-    from datasets import Dataset
+    from datasets import Dataset  # deferred: heavy
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -306,9 +307,7 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
     printed. Documents with no tokens at all (empty text) are left out, and a note counts them.
     """
-    from datasets import Dataset
-
-    from .errors import check_training_settings
+    from datasets import Dataset  # deferred: heavy
 
     check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:
@@ -395,7 +394,7 @@ class PackedRowsCollator:
         self.eos_token_id, self.isolate_documents = eos_token_id, isolate_documents
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
+        import torch  # deferred: heavy
 
         rows = [list(f["input_ids"]) for f in features]
         if len({len(r) for r in rows}) != 1:

@@ -22,12 +22,15 @@ elements". Each message gives the smallest value that works.
 from __future__ import annotations
 
 import errno
+import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
+from .support.files import file_problem
 from .support.paths import relative
 
 OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
@@ -81,7 +84,7 @@ def _status_code(err: BaseException) -> int | None:
 
 def _hub_token_present() -> bool:
     try:
-        from huggingface_hub import get_token
+        from huggingface_hub import get_token  # deferred: heavy
 
         return get_token() is not None
     except Exception:  # no huggingface_hub, unreadable token file: treat as no token
@@ -91,7 +94,7 @@ def _hub_token_present() -> bool:
 def hub_offline_mode() -> bool:
     """Return True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE``)."""
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # deferred: heavy
 
         return bool(constants.HF_HUB_OFFLINE)
     except Exception:
@@ -255,7 +258,7 @@ def out_of_memory_explained(profile: Profile | None = None) -> Iterator[None]:
         if not is_out_of_memory(err):
             raise
         try:
-            import torch
+            import torch  # deferred: heavy
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -339,9 +342,6 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
     ``adapter_config.json``, no weights file, a cut-off ``adapter_model.safetensors``, or (with
     ``profile``) another LoRA rank than the profile's. (The manifest that
     :func:`helpers.artifacts.require` checks also compares the model and every LoRA setting.)"""
-    import json
-
-    from .support.files import file_problem
 
     folder = Path(folder)
     redo = "Re-run notebooks/05_training.ipynb to train and save it again."
@@ -376,8 +376,6 @@ def adapter_errors_explained(folder: Path | str) -> Iterator[None]:
     - ``RuntimeError: Error(s) in loading state_dict`` with one "size mismatch" line per tensor (an
       adapter of another model or rank): summarised as a count and the first mismatch.
     """
-    import re
-
     try:
         yield
     except AdapterError:

@@ -23,7 +23,7 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     The same decoding as :func:`generate_without_peft` runs in its subprocess, so the two can be
     compared string for string.
     """
-    import torch
+    import torch  # deferred: heavy
 
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
     with torch.no_grad():

@@ -89,7 +89,7 @@ def _version(package: str) -> str:
 def resolve_dtype(profile: Profile):
     """Return the torch dtype to load with: the profile's, or auto (bf16 if the GPU supports it,
     else fp16 on a GPU, fp32 on the CPU)."""
-    import torch
+    import torch  # deferred: heavy
 
     if profile.dtype:
         return getattr(torch, profile.dtype)
@@ -110,7 +110,7 @@ def load_model_and_tokenizer(profile: Profile):
     source = resolve_model_source(profile)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # noqa: I001  (unsloth before transformers, to patch it)
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # deferred: heavy
 
         try:  # only to explain RoPE scaling in advance; unsloth may load a mirror of a gated name itself
             with architecture_errors_explained(profile.model_label):
@@ -129,11 +129,11 @@ def load_model_and_tokenizer(profile: Profile):
                 load_in_4bit=profile.load_in_4bit,
             )
     else:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
         quantization_config = None
         if profile.load_in_4bit:
-            from transformers import BitsAndBytesConfig
+            from transformers import BitsAndBytesConfig  # deferred: heavy
 
             quantization_config = BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -167,7 +167,7 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     :func:`load_model_and_tokenizer` when not given), then ``eval()``.
     """
     if profile.uses_unsloth:
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # deferred: needs a GPU
 
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=str(adapter_dir),
@@ -177,7 +177,7 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
         )
         FastLanguageModel.for_inference(model)
         return model, tokenizer
-    from peft import PeftModel
+    from peft import PeftModel  # deferred: heavy
 
     if base_model is None:
         base_model, tokenizer = load_model_and_tokenizer(profile)

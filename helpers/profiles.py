@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .support.paths import project_root
+from .support.paths import project_root, relative
 
 PROFILE_ENV_VAR = "CPT_PROFILE"
 TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
@@ -135,8 +135,6 @@ class Profile:
         """The model as it should be printed: a local path relative to the project root (never an
         absolute local path), anything else as it is."""
         if self.is_local_path_model:
-            from .support.paths import relative
-
             return relative(self.model_name)
         return self.model_name
 
@@ -254,7 +252,7 @@ def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
 def cuda_available() -> bool:
     """Return True when torch sees a CUDA device (False when torch is missing)."""
     try:
-        import torch
+        import torch  # deferred: heavy
     except ImportError:
         return False
     return bool(torch.cuda.is_available())

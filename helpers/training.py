@@ -11,8 +11,10 @@ import math
 import os
 from collections.abc import Iterable
 
+from .data import PackedRowsCollator
 from .modeling import input_device
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
+from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
 
 EMBEDDING_GROUP = "embeddings (embed_tokens, lm_head)"
 ADAPTER_GROUP = "LoRA adapters"
@@ -44,8 +46,8 @@ def find_target_modules(model) -> tuple[list[str], list[str]]:
     included even when it is tied to the input one. Raises :class:`TargetModulesNotFound` for a model
     without input embeddings or without linear layers in numbered blocks.
     """
-    import torch
-    from transformers.pytorch_utils import Conv1D
+    import torch  # deferred: heavy
+    from transformers.pytorch_utils import Conv1D  # deferred: heavy
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = {id(module): name for name, module in base.named_modules(remove_duplicate=False)}
@@ -98,7 +100,7 @@ def lora_config(profile: Profile, tie_embeddings: bool = False, model=None):
     keep them shared while training (one trainable copy) instead of silently untying them.
     ``model``: read the target modules from it (see :func:`target_modules_for`).
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: heavy
 
     lora_targets, full = target_modules_for(profile, model)
     return LoraConfig(
@@ -143,7 +145,7 @@ def add_lora(model, profile: Profile):
     """
     lora_targets, full_modules = target_modules_for(profile, model)
     if profile.uses_unsloth:
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # deferred: needs a GPU
 
         return FastLanguageModel.get_peft_model(
             model,
@@ -158,7 +160,7 @@ def add_lora(model, profile: Profile):
             loftq_config=None,
             temporary_location=unsloth_offload_dir(),  # one folder per rank under a launcher
         )
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training  # deferred: heavy
 
     if profile.load_in_4bit:
         model = prepare_model_for_kbit_training(
@@ -190,7 +192,7 @@ def cast_lora_weights(model, dtype: str) -> int:
     --lora-dtype``; the embedding copies are left as they are. Raises ``ValueError`` for another
     dtype, or when the model has no trainable LoRA matrices.
     """
-    import torch
+    import torch  # deferred: heavy
 
     if dtype not in LORA_DTYPES:
         raise ValueError(f"LoRA dtype {dtype!r}: choose one of {', '.join(LORA_DTYPES)}")
@@ -291,7 +293,7 @@ def trainable_breakdown(model) -> dict[str, dict]:
 
 def _embedding_lr_trainer_class():
     """Build the Trainer subclass lazily so that importing helpers does not import transformers."""
-    from transformers import Trainer
+    from transformers import Trainer  # deferred: heavy
 
     class EmbeddingLRTrainer(Trainer):
         """``transformers.Trainer`` with a separate learning rate for embed_tokens and lm_head.
@@ -322,7 +324,7 @@ def _embedding_lr_trainer_class():
 def training_arguments(profile: Profile, output_dir: str, **overrides):
     """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
     branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
-    import torch
+    import torch  # deferred: heavy
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     fp16 = torch.cuda.is_available() and not bf16
@@ -351,10 +353,10 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
     )
     kwargs.update(overrides)
     if profile.uses_unsloth:
-        from unsloth import UnslothTrainingArguments
+        from unsloth import UnslothTrainingArguments  # deferred: needs a GPU
 
         return UnslothTrainingArguments(embedding_learning_rate=profile.embedding_learning_rate, **kwargs)
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # deferred: heavy
 
     return TrainingArguments(**kwargs)
 
@@ -375,7 +377,7 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
     ``profile.isolate_documents`` is False; padded rows through transformers' causal-LM collator.
     """
     if profile.uses_unsloth:
-        from unsloth import UnslothTrainer
+        from unsloth import UnslothTrainer  # deferred: needs a GPU
 
         route = None
         if text_dataset is not None:
@@ -390,11 +392,9 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         return trainer
     args = training_arguments(profile, output_dir, **overrides)
     if profile.packing:
-        from .data import PackedRowsCollator
-
         collator = PackedRowsCollator(tokenizer.eos_token_id, isolate_documents=profile.isolate_documents)
     else:
-        from transformers import DataCollatorForLanguageModeling
+        from transformers import DataCollatorForLanguageModeling  # deferred: heavy
 
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
     trainer_cls = _embedding_lr_trainer_class()
@@ -417,8 +417,6 @@ def use_torch_varlen() -> str:
     process (:func:`helpers.support.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
     keeps unsloth's own route) and return the one-line route unsloth now takes. Where the swap is not
     needed or not possible the route says why and unsloth's own choice stays."""
-    from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
-
     outcome = enable_torch_varlen_for_unsloth()
     route = unsloth_attention_route()
     return route if outcome.startswith(("enabled", "already enabled")) else f"{route} ({outcome})"
@@ -504,7 +502,7 @@ def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
     the gradient of the ``lm_head`` weight, minus the input side's share when the two matrices are tied
     (one tensor). Gradients are zeroed afterwards, so a trainer can start from this model unchanged.
     """
-    import torch
+    import torch  # deferred: heavy
 
     embedding = model.get_input_embeddings()
     copies = _embedding_copies(model)

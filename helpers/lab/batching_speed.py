@@ -46,8 +46,8 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
     stalled by other work on the machine does not decide the comparison. Raises ``ValueError`` when a
     setting has too few rows or the model nothing to train.
     """
-    import torch
-    from transformers import DataCollatorForLanguageModeling
+    import torch  # deferred: heavy
+    from transformers import DataCollatorForLanguageModeling  # deferred: heavy
 
     if not settings:
         raise ValueError("no settings to measure")

@@ -62,7 +62,7 @@ def load_on_local_device(profile: Profile, local_rank: int, distributed: bool):
     if not (distributed and profile.device == "cuda" and not profile.uses_unsloth):
         yield
         return
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # deferred: heavy
 
     def on_local_rank(original):
         def load(*args, **kwargs):
@@ -88,7 +88,7 @@ def plain_cpu_map_location(active: bool):
     if not active:
         yield
         return
-    import torch
+    import torch  # deferred: heavy
 
     def plain_cpu(original):
         def load(*args, **kwargs):
@@ -120,7 +120,7 @@ def _replaced(owner, name: str, wrap):
 
 def _process_group():
     """Return ``torch.distributed`` when a process group with more than one rank is running, else None."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: heavy
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return dist
@@ -130,7 +130,7 @@ def _process_group():
 def trainable_digest(model) -> dict:
     """Return ``sha256`` over the names and bytes of every trainable parameter, their float ``sum``
     and their number of elements (``parameters``)."""
-    import torch
+    import torch  # deferred: heavy
 
     digest, total, count = hashlib.sha256(), 0.0, 0
     for name, param in model.named_parameters():

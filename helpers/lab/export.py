@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 # GGUF architecture for each transformers class this exporter handles (Mistral is a Llama in GGUF).
@@ -32,7 +33,7 @@ class ExportError(ValueError):
 
 
 def _file_type(name: str):
-    from gguf import LlamaFileType
+    from gguf import LlamaFileType  # deferred: optional
 
     return {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
             "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0}[name]
@@ -85,7 +86,7 @@ def export_problem(model, tokenizer) -> str | None:
 def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
     """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata; the
     caller has checked it with :func:`export_problem`."""
-    import gguf
+    import gguf  # deferred: optional
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     model = backend.get("model", {})
@@ -135,9 +136,9 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     leaves no truncated ``.gguf`` behind. Raises :class:`ExportError` for a PEFT model, an architecture
     or tokenizer this exporter does not handle, or an unknown type.
     """
-    import gguf
-    import numpy as np
-    import torch
+    import gguf  # deferred: optional
+    import numpy as np  # deferred: heavy
+    import torch  # deferred: heavy
 
     if quantization not in EXPORT_TYPES:
         raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
@@ -215,8 +216,8 @@ def load_gguf(path: Path | str, dtype=None, device=None):
     mode. transformers dequantizes every tensor to ``dtype`` (float32 by default); ``device`` moves
     the model there (default: the CPU). To compare with a model in memory, pass that model's dtype
     and device, so that both compute the same way."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: heavy
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -229,8 +230,6 @@ def load_gguf(path: Path | str, dtype=None, device=None):
 
 def gguf_tensor_types(path: Path | str) -> dict[str, int]:
     """Return how many tensors of each storage type (``"F32"``, ``"Q8_0"``, ...) a GGUF file holds."""
-    from collections import Counter
-
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # deferred: optional
 
     return dict(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors))

@@ -13,6 +13,9 @@ nothing like children's stories, needs no download, and is selected deterministi
 from __future__ import annotations
 
 import math
+from pydoc_data.topics import topics
+
+from ..evaluation import perplexity
 
 # Colours that read on light and on dark notebook themes (mid-tone, never white text).
 BEFORE_COLOR = "#4C72B0"  # blue
@@ -28,8 +31,6 @@ def general_english_passages(count: int = 16, min_chars: int = 1200) -> list[tup
     every run of the same Python version. Cutting to a token budget is left to the perplexity function
     (its ``max_tokens``). Raises ``ValueError`` for a ``count`` below 1 or above the number available.
     """
-    from pydoc_data.topics import topics
-
     if count < 1:
         raise ValueError("count must be at least 1")
     eligible = [(name, topics[name].strip()) for name in sorted(topics) if len(topics[name].strip()) >= min_chars]
@@ -47,8 +48,6 @@ def perplexity_per_text(model, tokenizer, texts: list[str], max_tokens: int) -> 
     One text at a time, so that later analysis can say *which* texts got worse; :func:`pooled` turns
     the list back into the token-weighted perplexity of all texts together.
     """
-    from ..evaluation import perplexity
-
     rows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
@@ -83,7 +82,7 @@ def plot_before_after(results: dict[str, tuple[float, float]], ax=None, title: s
     their values; colours are explicit mid-tones and text is dark on the figure's own light
     background, so the chart reads in light and dark notebook themes. Returns the Axes.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy
 
     if not results:
         raise ValueError("nothing to plot")

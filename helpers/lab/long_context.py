@@ -37,7 +37,7 @@ def position_perplexity(model, sequences: list[list[int]], boundary: int) -> dic
     "beyond". Each sequence is scored on its own (batch of one, no padding). Raises ``ValueError``
     when ``boundary`` does not fall inside the sequences.
     """
-    import torch
+    import torch  # deferred: heavy
 
     if not sequences:
         raise ValueError("no sequences to score")
@@ -119,7 +119,7 @@ def set_rope(model, rope_theta: float, linear_factor: float = 1.0, layer_type: s
     never see a distance beyond their window and keep their own RoPE. Raises ``ValueError`` for a
     non-positive base or factor, a model without RoPE, or a layer type the model does not have.
     """
-    import torch
+    import torch  # deferred: heavy
 
     if not rope_theta > 0 or not linear_factor > 0:
         raise ValueError(f"rope_theta and linear_factor must be positive, got {rope_theta}, {linear_factor}")

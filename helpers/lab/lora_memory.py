@@ -16,10 +16,15 @@ calling kernel cannot interfere: the numbers are those of plain PyTorch + PEFT.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+
+from ..profiles import CPU_SMOLLM2, LORA_PROJECTIONS
+from ..support.paths import project_root
+from ..training import lora_config
 
 GIB = 1024**3
 SETTINGS = ("full", "CPT LoRA", "LoRA")  # all weights; LoRA + full embed_tokens/lm_head; LoRA only
@@ -27,7 +32,7 @@ SETTINGS = ("full", "CPT LoRA", "LoRA")  # all weights; LoRA + full embed_tokens
 
 def small_llama_config(vocab_size: int = 32000, hidden_size: int = 1024, layers: int = 8):
     """Return a LlamaConfig of a small model (about 150 M parameters with the defaults) for the probe."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # deferred: heavy
 
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 3,
                        num_hidden_layers=layers, num_attention_heads=hidden_size // 64,
@@ -44,9 +49,7 @@ def peak_step_memory(build_model, seq_len: int, batch_size: int = 1, seed: int =
     weights. The model is deleted and the cache emptied afterwards, so calls do not see each other's
     memory. Raises ``RuntimeError`` without CUDA.
     """
-    import gc
-
-    import torch
+    import torch  # deferred: heavy
 
     if not torch.cuda.is_available():
         raise RuntimeError("peak_step_memory measures the CUDA allocator and needs a CUDA device")
@@ -83,12 +86,9 @@ def compare(lengths: list[int], lora_r: int = 16) -> list[dict]:
     """Return one row per length: ``{"tokens", "full", "CPT LoRA", "LoRA"}`` peak GiB of one step
     of the small bf16 Llama, with all weights trained, with LoRA on the seven projections plus full
     embed_tokens / lm_head (this series' CPT recipe), and with LoRA on the projections only."""
-    import torch
-    from peft import get_peft_model
-    from transformers import LlamaForCausalLM
-
-    from ..profiles import CPU_SMOLLM2, LORA_PROJECTIONS
-    from ..training import lora_config
+    import torch  # deferred: heavy
+    from peft import get_peft_model  # deferred: heavy
+    from transformers import LlamaForCausalLM  # deferred: heavy
 
     config = small_llama_config()
     recipe = CPU_SMOLLM2.replace(lora_r=lora_r)
@@ -109,8 +109,6 @@ def compare(lengths: list[int], lora_r: int = 16) -> list[dict]:
 def compare_in_fresh_process(lengths: list[int], lora_r: int = 16, timeout: float = 600) -> list[dict]:
     """Run :func:`compare` in a new Python process (no unsloth imported there) and return its rows.
     Raises ``RuntimeError`` with the last lines of the process's error output on failure."""
-    from ..support.paths import project_root
-
     root = str(project_root())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     code = ("import json, sys; from helpers.lab.lora_memory import compare; "

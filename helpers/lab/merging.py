@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import hub_offline_mode
 from ..support.files import save_directory_atomically
 
 
@@ -38,8 +39,8 @@ def is_quantized(model) -> bool:
 def local_base_weights(repo_id: str, cache_dir: Path | str | None = None) -> Path:
     """Return the local snapshot folder of hub model ``repo_id`` in the Hugging Face cache, which
     must hold ``.safetensors`` weights. Raises :class:`MergeError` saying how to get them otherwise."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download  # deferred: heavy
+    from huggingface_hub.errors import LocalEntryNotFoundError  # deferred: heavy
 
     try:
         folder = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
@@ -66,8 +67,6 @@ def offline_merge_base(model, base: str, cache_dir: Path | str | None = None) ->
     value back afterwards, also after an error. Yields that folder, or None when nothing needed
     changing (hub on, or ``base`` already a local folder).
     """
-    from ..errors import hub_offline_mode
-
     if Path(base).is_dir() or not hub_offline_mode():
         yield None
         return
@@ -123,7 +122,7 @@ def adapter_composition(adapter_dir: Path | str) -> dict[str, dict]:
     ``{"full copies (embed_tokens, lm_head)": {"tensors": n, "parameters": p, "bytes": b}, "LoRA A/B":
     {...}}``; counts come from the safetensors header, without loading the tensors.
     """
-    from safetensors import safe_open
+    from safetensors import safe_open  # deferred: heavy
 
     path = Path(adapter_dir) / "adapter_model.safetensors"
     if not path.is_file():

@@ -30,7 +30,7 @@ def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
     The answer is tokenized as it follows the prompt (with its leading space), so the tokens are the
     ones generation would have to produce.
     """
-    import torch
+    import torch  # deferred: heavy
 
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
@@ -53,7 +53,7 @@ def recall(model, tokenizer, items: list[tuple[str, str]], max_new_tokens: int =
     case ignored) equals the answer's first word. Returns ``{"hits": n, "total": n, "accuracy": ...,
     "mean_logprob": ..., "rows": [{"prompt", "answer", "completion", "hit", "logprob"}, ...]}``.
     """
-    import torch
+    import torch  # deferred: heavy
 
     if not items:
         raise ValueError("recall needs at least one (prompt, answer) pair")

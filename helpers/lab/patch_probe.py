@@ -25,7 +25,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+from ..support.paths import project_root
 
 # What the walkthrough's run touches: the trainer, TRL's SFT trainer class, the Llama/Mistral
 # attention and causal-LM forwards, the norm, and torch's checkpoint function.
@@ -136,7 +139,7 @@ def probe_main(argv: list[str] | None = None) -> None:
         import unsloth  # noqa: F401  (first: this is the import order the notebooks use)
 
         after_import = fingerprint_all()
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # deferred: needs a GPU
 
         FastLanguageModel.from_pretrained(model_name=model_name, max_seq_length=max_seq_length,
                                           dtype=None, load_in_4bit=load_in_4bit)
@@ -153,9 +156,6 @@ def run_probe(*args: str, timeout: float = 600) -> dict:
     The subprocess runs in a temporary folder with the project root on ``PYTHONPATH``, so ``helpers``
     imports the same code. Raises ``RuntimeError`` with the last lines of its error output on failure.
     """
-    import tempfile
-
-    from ..support.paths import project_root
 
     root = str(project_root())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

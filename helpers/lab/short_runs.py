@@ -15,7 +15,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+from ..evaluation import perplexity
+from ..modeling import load_model_and_tokenizer
 from ..profiles import CPU_SMOLLM2, Profile
+from ..training import add_lora, build_trainer
 
 
 def small_model_profile(profile: Profile) -> Profile:
@@ -83,7 +86,7 @@ class RunResult:
 
 def tensor_gib(tensors) -> float:
     """Return the total size in GiB of the tensors in ``tensors`` (anything that is not a tensor is skipped)."""
-    import torch
+    import torch  # deferred: heavy
 
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 1024**3
 
@@ -106,12 +109,8 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     stories with EOS, which it packs itself as notebook 05 does), and scores ``eval_texts`` with
     :func:`helpers.evaluation.perplexity`. Returns ``(RunResult, model, tokenizer)``.
     """
-    import torch
-    from transformers import PrinterCallback
-
-    from ..evaluation import perplexity
-    from ..modeling import load_model_and_tokenizer
-    from ..training import add_lora, build_trainer
+    import torch  # deferred: heavy
+    from transformers import PrinterCallback  # deferred: heavy
 
     if full_finetune and profile.uses_unsloth:
         raise ValueError("full fine-tuning runs on the transformers branch: pass small_model_profile(profile)")

@@ -10,7 +10,10 @@ for a synchronisation. :class:`StepTrace` profiles exactly one optimizer step of
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+
+from .throughput import synchronize_cuda
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -49,7 +52,7 @@ def summarize(events, wall_s: float, top: int = 15) -> dict:
     self time on the device (CUDA) or, without device events, on the CPU, each with its calls, total
     milliseconds and share of the wall time.
     """
-    from torch.autograd import DeviceType
+    from torch.autograd import DeviceType  # deferred: heavy
 
     # device activity only: the GPU-side copies of ``record_function`` ranges ("gpu_user_annotation",
     # e.g. DistributedDataParallel.forward, nccl:all_reduce) span many kernels and would count as busy
@@ -104,19 +107,15 @@ class StepTrace:
 
     def callback(self):
         """Return the ``transformers.TrainerCallback`` that starts and stops the profiler."""
-        import time
-
-        from torch.profiler import ProfilerActivity, profile
-        from transformers import TrainerCallback
-
-        from .throughput import synchronize_cuda
+        from torch.profiler import ProfilerActivity, profile  # deferred: heavy
+        from transformers import TrainerCallback  # deferred: heavy
 
         trace = self
 
         class StepTraceCallback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
                 if state.global_step + 1 == trace.step and trace._profiler is None:
-                    import torch
+                    import torch  # deferred: heavy
 
                     activities = [ProfilerActivity.CPU]
                     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -92,7 +92,7 @@ def count_tokens(model) -> TokenCounts:
 def synchronize_cuda() -> None:
     """Wait for the GPU's queued work (a no-op without CUDA, or before CUDA is used), so that a clock
     read next measures work done, not work launched."""
-    import torch
+    import torch  # deferred: heavy
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
@@ -126,7 +126,7 @@ class StepClock:
 
     def callback(self):
         """Return the ``transformers.TrainerCallback`` that feeds this clock."""
-        from transformers import TrainerCallback
+        from transformers import TrainerCallback  # deferred: heavy
 
         clock = self
 

@@ -201,7 +201,7 @@ def text_sha256(texts) -> str:
 
 def token_sha256(dataset, column: str = "input_ids", batch_size: int = 1024) -> str:
     """Return a SHA-256 over the token ids of a ``datasets.Dataset`` column, row by row."""
-    import numpy as np
+    import numpy as np  # deferred: heavy
 
     digest = hashlib.sha256()
     for start in range(0, len(dataset), batch_size):

@@ -5,8 +5,10 @@ that :func:`helpers.modeling.load_model_and_tokenizer` loads.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from .files import save_directory_atomically, write_json
@@ -57,7 +59,7 @@ class UnreadableGGUFError(ValueError):
 # type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
 def gguf_readable_types() -> set[str]:
     """Return the names of the GGUF tensor types transformers can read (e.g. ``{"F32", "Q8_0", ...}``)."""
-    from gguf.quants import _type_traits
+    from gguf.quants import _type_traits  # deferred: optional
 
     return {"F32", "F16"} | {qtype.name for qtype in _type_traits}
 
@@ -69,10 +71,8 @@ def check_gguf_readable(gguf_path: Path) -> dict:
     :class:`UnreadableGGUFError` naming the architecture or the quantization types that transformers
     cannot read, and what to do (re-quantize with llama.cpp, or use the safetensors folder).
     """
-    from collections import Counter
-
-    from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    from gguf import GGUFReader  # deferred: optional
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES  # deferred: heavy
 
     reader = GGUFReader(str(gguf_path))
     field = reader.fields.get("general.architecture")
@@ -105,9 +105,9 @@ def spm_bpe_tokenizer_from_gguf(gguf_path: Path):
     and the model produces nonsense. Here the BPE merges are regenerated from the scores (the way
     transformers converts a SentencePiece file) and the control tokens kept whole.
     """
-    from gguf import GGUFReader
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import generate_merges
+    from gguf import GGUFReader  # deferred: optional
+    from tokenizers import AddedToken  # deferred: heavy
+    from transformers.convert_slow_tokenizer import generate_merges  # deferred: heavy
 
     reader = GGUFReader(str(gguf_path))
     fields = reader.fields
@@ -117,7 +117,7 @@ def spm_bpe_tokenizer_from_gguf(gguf_path: Path):
 
     if value("tokenizer.ggml.model") != "llama" or value("general.architecture") not in ("gemma2", "gemma3"):
         return None
-    from transformers import GemmaTokenizer
+    from transformers import GemmaTokenizer  # deferred: heavy
 
     tokens, scores, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"), value("tokenizer.ggml.token_type")
     tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]  # SentencePiece writes spaces as ▁
@@ -148,8 +148,8 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | No
     :func:`spm_bpe_tokenizer_from_gguf`). Raises :class:`UnreadableGGUFError` first when transformers
     cannot read the file.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # deferred: heavy
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
     check_gguf_readable(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
@@ -181,8 +181,6 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | No
 def gguf_model_dir(gguf_path: Path | str) -> Path:
     """Return a Hugging Face folder converted from a user's ``.gguf`` file (``CPT_MODEL``), converting
     it on first use into the cache (keyed by the file's name, size and modification time)."""
-    import hashlib
-
     gguf_path = Path(gguf_path)
     stat = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
@@ -229,8 +227,8 @@ def smoke_model_dir(seed: int = 3407) -> Path:
         return target
 
     def build(folder: Path) -> None:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+        import torch  # deferred: heavy
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # deferred: heavy
 
         tokenizer = AutoTokenizer.from_pretrained(project_root() / SMOKE_TOKENIZER_DIR)
         config = LlamaConfig(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .files import clean_stale_temp
+
 ROOT_ENV_VAR = "CPT_ROOT"
 
 # artifact name -> (path relative to outputs/, notebook that writes it)
@@ -56,7 +58,6 @@ def _folder(path: Path, what: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if str(path) not in _cleaned:
         _cleaned.add(str(path))
-        from .files import clean_stale_temp
 
         clean_stale_temp(path)
     return path

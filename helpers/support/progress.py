@@ -36,6 +36,6 @@ def bars_disabled(environ: Mapping[str, str] | None = None) -> bool:
 def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, **kwargs):
     """Return ``tqdm.auto.tqdm(iterable, desc=desc, ...)``, switched off when ``enabled`` is False or
     :func:`bars_disabled` says so (the iteration itself is unchanged either way)."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # deferred: heavy
 
     return tqdm(iterable, desc=desc, disable=not enabled or bars_disabled(), **kwargs)

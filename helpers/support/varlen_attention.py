@@ -62,7 +62,7 @@ def gqa_varlen_attn(base: Callable, *, native_gqa: bool) -> Callable:
 
     def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
                     window_size=(-1, -1), enable_gqa=False):
-        import torch
+        import torch  # deferred: heavy
 
         if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
             raise ValueError("varlen_attn takes packed (tokens, heads, head_dim) tensors; got query "
@@ -98,7 +98,7 @@ def probe_native_gqa(base: Callable, device) -> tuple[bool, str]:
     """Run ``base`` (torch 2.11's ``varlen_attn``) on small random bf16 rows on ``device`` with grouped
     K/V and with K/V repeated, and return ``(True, why)`` when both give the same output and
     gradients, else ``(False, why)`` (an error or a mismatch: the wrapper then repeats K/V)."""
-    import torch
+    import torch  # deferred: heavy
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     lengths, n_heads, n_kv_heads, head_dim = (5, 11, 16), 8, 2, 64
@@ -140,7 +140,7 @@ def _dispatch_module() -> ModuleType | None:
 
 
 def _default_varlen_attn():
-    from torch.nn.attention.varlen import varlen_attn
+    from torch.nn.attention.varlen import varlen_attn  # deferred: heavy
 
     return varlen_attn
 
@@ -179,7 +179,7 @@ def enable_torch_varlen_for_unsloth(*, dispatch: ModuleType | None = None, varle
             importlib.util.find_spec("flash_attn") is not None
     if flash_attn_installed:
         return "not enabled: flash-attn is installed, so unsloth uses its varlen kernel"
-    import torch
+    import torch  # deferred: heavy
 
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()

@@ -67,16 +67,16 @@ def test_short_run_hands_the_text_to_the_trainer(tokenizer, torch_one_thread, mo
     to itself, as notebook 05 does; short_run must hand them to build_trainer."""
     from datasets import Dataset
 
-    import helpers.training
+    import helpers.lab.short_runs
 
     seen = {}
-    real_build_trainer = helpers.training.build_trainer
+    real_build_trainer = helpers.lab.short_runs.build_trainer
 
     def recording_build_trainer(*args, text_dataset=None, **kwargs):
         seen["text_dataset"] = text_dataset
         return real_build_trainer(*args, text_dataset=text_dataset, **kwargs)
 
-    monkeypatch.setattr(helpers.training, "build_trainer", recording_build_trainer)
+    monkeypatch.setattr(helpers.lab.short_runs, "build_trainer", recording_build_trainer)
     text = Dataset.from_dict({"text": ["Once upon a time.</s>"]})
     short_run(sweep_profile(PROFILE, max_steps=1), tiny_dataset(tokenizer, rows=4, length=12), None,
               model_and_tokenizer=(build_tiny_llama(len(tokenizer)), tokenizer), text_dataset=text)
