@@ -46,6 +46,8 @@ from .support.files import (
     file_sha256,
     list_files,
     read_json,
+    text_sha256,
+    token_sha256,
     write_json,
 )
 from .support.gguf import EMBEDDED_PACKAGE
@@ -143,8 +145,60 @@ def data_request(profile: Profile) -> dict:
             "offline_sample": profile.local_data_dir}
 
 
-def run_identity(profile: Profile, notebook: str) -> dict:
-    """Return what must match for an artifact of ``notebook`` to belong to the run of ``profile``."""
+def data_fingerprint(dataset) -> dict:
+    """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
+    if "input_ids" in dataset.column_names:
+        return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
+    return {"rows": len(dataset), "text_sha256": text_sha256(dataset["text"])}
+
+
+def training_settings(trainer, profile: Profile) -> dict:
+    """Return the settings that shape a training run's result, read from the trainer's arguments (so
+    that overrides count)."""
+    args = trainer.args
+    embedding_lr = getattr(args, "embedding_learning_rate", None)
+    if embedding_lr is None:
+        embedding_lr = getattr(trainer, "embedding_learning_rate", None)
+
+    def plain(value):
+        return str(getattr(value, "value", value))
+
+    return {
+        "learning_rate": args.learning_rate,
+        "embedding_learning_rate": embedding_lr,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs,
+        "lr_scheduler_type": plain(args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "optim": plain(args.optim),
+        "seed": args.seed,
+        "max_seq_length": profile.max_seq_length,
+        "packing": profile.packing,
+        "isolate_documents": profile.isolate_documents,
+        "lora": [profile.lora_r, profile.lora_alpha, profile.use_rslora, list(profile.target_modules)],
+    }
+
+
+def run_identity(profile: Profile, notebook: str | None = None, *, trainer=None, dataset=None) -> dict:
+    """Return what identifies a run of ``profile``: the model, the data and the settings that shape
+    the result. One identity, two uses:
+
+    - an artifact of ``notebook`` (its manifest's ``run``): the data the profile asks for, and the
+      profile's settings that shape that notebook's results;
+    - a training run (``trainer`` and the ``dataset`` it trains on; every checkpoint's ``run.json``,
+      see :mod:`helpers.checkpoints`): the profile's name, a fingerprint of the rows trained on, and
+      the settings read from the trainer (:func:`training_settings`).
+    """
+    if trainer is not None:
+        return {
+            "profile": profile.name,
+            "model": model_identity(profile),
+            "data": data_fingerprint(dataset),
+            "settings": training_settings(trainer, profile),
+        }
     fields = IDENTITY_FIELDS + SHAPING_FIELDS.get(notebook, ())
     settings = {}
     for name in dict.fromkeys(fields):
@@ -168,17 +222,27 @@ def describe_data(data: dict | None) -> str:
     return f"{data.get('dataset')} {data.get('split')}"
 
 
-def differences(then: dict, now: dict) -> list[str]:
-    """Return one line per difference between two run identities ("what: then X, now Y")."""
+def differences(recorded: dict, now: dict, then: str = "then") -> list[str]:
+    """Return one line per difference between two run identities (:func:`run_identity`), as
+    "what: then X, now Y" (``then`` names the recorded side: "checkpoint" for a checkpoint's run).
+
+    An artifact's data is described in words; a training run's (it names its profile) is its
+    fingerprint, as "training data". A setting the recorded side has and the current one no longer
+    records counts for a training run only.
+    """
+    training = "profile" in now
     lines = []
-    if then.get("model") != now.get("model"):
-        lines.append(f"model: then {then.get('model')}, now {now.get('model')}")
-    if then.get("data") != now.get("data"):
-        lines.append(f"data: then {describe_data(then.get('data'))}, now {describe_data(now.get('data'))}")
-    old, new = then.get("settings", {}), now.get("settings", {})
+    if recorded.get("model") != now.get("model"):
+        lines.append(f"model: {then} {recorded.get('model')}, now {now.get('model')}")
+    if recorded.get("data") != now.get("data"):
+        if training:
+            lines.append(f"training data: {then} {recorded.get('data')}, now {now.get('data')}")
+        else:
+            lines.append(f"data: {then} {describe_data(recorded.get('data'))}, now {describe_data(now.get('data'))}")
+    old, new = recorded.get("settings", {}), now.get("settings", {})
     for key in sorted(set(old) | set(new)):
-        if key in new and old.get(key) != new.get(key):  # settings no longer recorded do not count
-            lines.append(f"{key}: then {old.get(key, 'not recorded')!r}, now {new[key]!r}")
+        if (key in new or training) and old.get(key) != new.get(key):
+            lines.append(f"{key}: {then} {old.get(key, 'not recorded')!r}, now {new.get(key, 'not set')!r}")
     return lines
 
 

@@ -37,15 +37,13 @@ import re
 import shutil
 from pathlib import Path
 
-from .artifacts import model_identity, save_outputs
+from .artifacts import differences, run_identity, save_outputs
 from .errors import check_training_settings, disk_full_explained, out_of_memory_explained
 from .profiles import Profile, select_profile
 from .support.files import (
     file_problem,
     read_json,
     save_directory_atomically,
-    text_sha256,
-    token_sha256,
     write_json,
 )
 from .support.paths import artifact_path, outputs_dir, relative
@@ -113,7 +111,7 @@ def record_trainable_set(folder: Path | str, model, optimizer=None) -> Path:
 
 def _recorder_callback(run: dict | None = None):
     """Return a ``TrainerCallback`` that records the trainable set and ``run`` (see
-    :func:`run_record`) into every checkpoint (built lazily so that importing helpers does not import
+    :func:`helpers.artifacts.run_identity`) into every checkpoint (built lazily so that importing helpers does not import
     transformers). ``run.json`` is written last: a checkpoint without it is incomplete."""
     from transformers import TrainerCallback  # deferred: heavy
 
@@ -129,62 +127,6 @@ def _recorder_callback(run: dict | None = None):
 
 
 # --- which run a checkpoint belongs to ----------------------------------------------------------
-
-
-def data_fingerprint(dataset) -> dict:
-    """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
-    if "input_ids" in dataset.column_names:
-        return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
-    return {"rows": len(dataset), "text_sha256": text_sha256(dataset["text"])}
-
-
-def run_record(trainer, profile: Profile, dataset) -> dict:
-    """Return what identifies a training run: the model, a fingerprint of the rows it trains on, and
-    the settings that shape its result, read from the trainer's arguments (so that overrides count)."""
-    args = trainer.args
-    embedding_lr = getattr(args, "embedding_learning_rate", None)
-    if embedding_lr is None:
-        embedding_lr = getattr(trainer, "embedding_learning_rate", None)
-
-    def plain(value):
-        return str(getattr(value, "value", value))
-
-    return {
-        "profile": profile.name,
-        "model": model_identity(profile),
-        "data": data_fingerprint(dataset),
-        "settings": {
-            "learning_rate": args.learning_rate,
-            "embedding_learning_rate": embedding_lr,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "max_steps": args.max_steps,
-            "num_train_epochs": args.num_train_epochs,
-            "lr_scheduler_type": plain(args.lr_scheduler_type),
-            "warmup_steps": args.warmup_steps,
-            "weight_decay": args.weight_decay,
-            "optim": plain(args.optim),
-            "seed": args.seed,
-            "max_seq_length": profile.max_seq_length,
-            "packing": profile.packing,
-            "isolate_documents": profile.isolate_documents,
-            "lora": [profile.lora_r, profile.lora_alpha, profile.use_rslora, list(profile.target_modules)],
-        },
-    }
-
-
-def run_differences(recorded: dict, current: dict) -> list[str]:
-    """Return one line per difference between two :func:`run_record` results."""
-    lines = []
-    if recorded.get("model") != current.get("model"):
-        lines.append(f"model: checkpoint {recorded.get('model')}, now {current.get('model')}")
-    if recorded.get("data") != current.get("data"):
-        lines.append(f"training data: checkpoint {recorded.get('data')}, now {current.get('data')}")
-    old, new = recorded.get("settings", {}), current.get("settings", {})
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            lines.append(f"{key}: checkpoint {old.get(key, 'not recorded')!r}, now {new.get(key, 'not set')!r}")
-    return lines
 
 
 def set_aside_run(output_dir: Path | str) -> Path | None:
@@ -380,7 +322,7 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     }
     trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(output_dir),
                             text_dataset=text_dataset, **settings)
-    trainer.cpt_run = run_record(trainer, profile, trained_on)
+    trainer.cpt_run = run_identity(profile, trainer=trainer, dataset=trained_on)
     trainer.add_callback(_recorder_callback(trainer.cpt_run))
     return trainer
 
@@ -442,7 +384,7 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
         print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over.")
         checkpoint = None
     if checkpoint is not None and getattr(trainer, "cpt_run", None) is not None:
-        diff = run_differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run)
+        diff = differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run, then="checkpoint")
         if diff:
             raise ResumeMismatchError(
                 f"{relative(checkpoint)} belongs to another run than this trainer's, so resuming it would "
