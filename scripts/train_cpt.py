@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/train_cpt.py` from a checkout without `pip install -e .`
 
+from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings  # noqa: E402
 from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
-
-MIN_SEQ_LENGTH = 8
 
 # --tiny: the CPU self-test of this script (tests/e2e/test_train_script.py): the CPU profile's settings
 # (fp32, plain transformers + PEFT, r=16) on the smoke profile's random Llama (built from a config,
@@ -453,6 +452,10 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile, reason = choose_profile(args)
+    try:  # the notebooks' rule for settings that cannot train, before any process or model starts
+        check_training_settings(profile)
+    except SettingsError as err:
+        raise SystemExit(f"train_cpt.py: {err}") from None
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
