@@ -339,11 +339,6 @@ def verify(name: str, path: Path, profile: Profile | None = None) -> dict | None
     return manifest
 
 
-def forget_inputs() -> None:
-    """Forget the artifacts read so far in this process (they stop being recorded as inputs)."""
-    _seen.clear()
-
-
 # --- writing a notebook's outputs as one unit ------------------------------------------------------
 
 

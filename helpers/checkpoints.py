@@ -257,11 +257,6 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     return None
 
 
-def is_complete_checkpoint(folder: Path | str) -> bool:
-    """Return True when a checkpoint folder was written to the end (see :func:`checkpoint_problem`)."""
-    return checkpoint_problem(folder) is None
-
-
 def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
 

@@ -127,15 +127,6 @@ def process_rss_gib() -> float:
     return psutil.Process().memory_info().rss / GIB
 
 
-def gpu_used_gib() -> float | None:
-    """Return the GPU memory in use as the driver sees it (NVML, else nvidia-smi), or None."""
-    for probe in (nvml_memory, nvidia_smi_memory):
-        reading = probe()
-        if reading:
-            return reading["used_gib"]
-    return None
-
-
 def snapshot() -> dict:
     """Return every available memory figure at this moment (unavailable probes are None)."""
     return {

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import model_errors_explained
+from .errors import adapter_errors_explained, model_errors_explained
 from .profiles import Profile, check_model_folder
 from .support.gguf import embedded_model_dir, gguf_model_dir, smoke_model_dir
 
@@ -164,24 +164,28 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     unsloth branch: ``FastLanguageModel.from_pretrained`` on the adapter folder (it loads the 4-bit
     base underneath), then ``for_inference``. Plain branch: ``PeftModel.from_pretrained`` on
     ``base_model`` (modified in place, so no second copy of the weights; loaded with
-    :func:`load_model_and_tokenizer` when not given), then ``eval()``.
+    :func:`load_model_and_tokenizer` when not given), then ``eval()``. An adapter that is cut off, has
+    no weights file or belongs to another model or rank raises :class:`helpers.errors.AdapterError`
+    (see :func:`helpers.errors.adapter_errors_explained`).
     """
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # deferred: needs a GPU
 
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=str(adapter_dir),
-            max_seq_length=profile.max_seq_length,
-            dtype=None,
-            load_in_4bit=profile.load_in_4bit,
-        )
+        with adapter_errors_explained(adapter_dir):
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=str(adapter_dir),
+                max_seq_length=profile.max_seq_length,
+                dtype=None,
+                load_in_4bit=profile.load_in_4bit,
+            )
         FastLanguageModel.for_inference(model)
         return model, tokenizer
     from peft import PeftModel  # deferred: heavy
 
     if base_model is None:
         base_model, tokenizer = load_model_and_tokenizer(profile)
-    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    with adapter_errors_explained(adapter_dir):
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     model.eval()
     return model, tokenizer
 

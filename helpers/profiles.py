@@ -231,11 +231,6 @@ GPU_SMOKE = GPU_SMOLLM2.replace(
 PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, CPU_SMOLLM2, GPU_SMOLLM2, GPU_SMOKE)}
 
 
-def register_profile(profile: Profile) -> None:
-    """Add a profile to :data:`PROFILES` (used by tests and by readers who define their own)."""
-    PROFILES[profile.name] = profile
-
-
 def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
     """Return True when this run's model has random weights, so that its quality numbers (perplexity,
     generated text, recall) mean nothing and only speed and memory are measured.

@@ -27,7 +27,6 @@ from ..support.paths import project_root
 from ..training import lora_config
 
 GIB = 1024**3
-SETTINGS = ("full", "CPT LoRA", "LoRA")  # all weights; LoRA + full embed_tokens/lm_head; LoRA only
 
 
 def small_llama_config(vocab_size: int = 32000, hidden_size: int = 1024, layers: int = 8):

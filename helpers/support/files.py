@@ -239,14 +239,6 @@ def safetensors_problem(path: Path | str) -> str | None:
     return None
 
 
-def safetensors_shapes(path: Path | str) -> dict[str, list[int]]:
-    """Return ``{tensor name: shape}`` from a safetensors header (no tensor is read)."""
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
 def torch_archive_problem(path: Path | str) -> str | None:
     """Return what is wrong with a ``torch.save`` file (a zip archive: cut off, empty), or None.
 

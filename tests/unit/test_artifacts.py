@@ -12,10 +12,10 @@ import os
 
 import pytest
 
+from helpers import artifacts
 from helpers.artifacts import (
     CorruptArtifactError,
     ProvenanceError,
-    forget_inputs,
     manifest_path,
     read_manifest,
     recover_commits,
@@ -27,6 +27,11 @@ from helpers.support.files import read_json
 from helpers.support.paths import artifact_path, outputs_dir
 
 PROFILE = CPU_SMOLLM2
+
+
+def forget_inputs() -> None:
+    """Forget the artifacts read so far in this process, as a new kernel would."""
+    artifacts._seen.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -507,3 +507,15 @@ def test_empty_prompt_in_stream_generate_is_explained(word_tokenizer, tiny_llama
 
     with pytest.raises(SettingsError, match=r"The prompt is empty .* profile.prompt"):
         stream_generate(tiny_llama_factory(len(word_tokenizer)), word_tokenizer, "", max_new_tokens=2)
+
+
+def test_load_trained_model_names_a_missing_adapter_file(tiny_adapter, word_tokenizer, tiny_llama_factory):
+    """The loader the notebooks call explains a bad adapter the same way (no raw HFValidationError)."""
+    from helpers.errors import AdapterError
+    from helpers.modeling import load_trained_model
+    from helpers.profiles import CPU_SMOLLM2
+
+    (tiny_adapter / "adapter_model.safetensors").unlink()
+    base = tiny_llama_factory(len(word_tokenizer))
+    with pytest.raises(AdapterError, match="holds no adapter weights"):
+        load_trained_model(CPU_SMOLLM2, tiny_adapter, base_model=base, tokenizer=word_tokenizer)

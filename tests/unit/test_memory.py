@@ -88,22 +88,6 @@ def test_nvidia_smi_garbage_gives_none(monkeypatch):
     assert memory.nvidia_smi_memory() is None
 
 
-def test_gpu_used_prefers_nvml_then_nvidia_smi(monkeypatch):
-    monkeypatch.setattr(memory, "nvml_memory", lambda: None)
-    monkeypatch.setattr(memory, "nvidia_smi_memory", lambda: {"used_gib": 3.0, "total_gib": 80.0})
-    assert memory.gpu_used_gib() == 3.0
-    monkeypatch.setattr(
-        memory, "nvml_memory", lambda: {"used_gib": 5.0, "total_gib": 80.0, "process_gib": None}
-    )
-    assert memory.gpu_used_gib() == 5.0
-    monkeypatch.setattr(memory, "nvml_memory", lambda: None)
-    monkeypatch.setattr(memory, "nvidia_smi_memory", lambda: None)
-    assert memory.gpu_used_gib() is None
-
-
-# --- format_snapshot ---------------------------------------------------------------------------
-
-
 def test_format_snapshot_without_gpu():
     text = format_snapshot(fake_snapshot(rss=1.234))
     assert "process RSS (host): 1.23 GiB" in text

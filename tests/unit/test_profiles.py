@@ -15,7 +15,6 @@ from helpers.profiles import (
     PROFILE_ENV_VAR,
     PROFILES,
     Profile,
-    register_profile,
     select_profile,
 )
 
@@ -77,10 +76,9 @@ def test_cuda_available_matches_torch():
     assert profiles.cuda_available() is bool(torch.cuda.is_available())
 
 
-def test_register_profile_makes_it_selectable(monkeypatch):
-    monkeypatch.setattr(profiles, "PROFILES", dict(PROFILES))  # keep the registry clean for other tests
+def test_a_profile_added_to_the_registry_is_selectable(monkeypatch):
     custom = CPU_SMOLLM2.replace(name="cpu-custom", max_steps=3)
-    register_profile(custom)
+    monkeypatch.setitem(profiles.PROFILES, custom.name, custom)  # removed again after the test
     assert select_profile(env={PROFILE_ENV_VAR: "cpu-custom"}, cuda=False)[0] is custom
     with pytest.raises(KeyError, match="cpu-custom"):
         select_profile(env={PROFILE_ENV_VAR: "missing"}, cuda=False)
