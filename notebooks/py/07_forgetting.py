@@ -205,10 +205,10 @@ print(f"In-domain perplexity fell by {-in_change:.1%}; out-of-domain perplexity 
 # The numbers of this notebook go to `outputs/07_forgetting.json`.
 
 # %%
-from helpers.support.files import write_json
+from helpers.artifacts import save_outputs
 from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("forgetting"), {
+save_outputs(profile, {"forgetting": {
     "profile": profile.name,
     "python": platform.python_version(),
     "in_domain_perplexity": [in_before, in_after],
@@ -217,6 +217,6 @@ write_json(artifact_path("forgetting"), {
     "out_of_domain_per_topic": [[name, b["perplexity"], a["perplexity"]]
                                 for name, b, a in zip(ood_names, ood_before_rows, ood_after_rows, strict=True)],
     "topics_worse": worse,
-})
+}})
 print(f"saved {relative(artifact_path('forgetting'))}: in-domain {in_before:.2f} → {in_after:.2f}, "
       f"out-of-domain {ood_before:.2f} → {ood_after:.2f}")

@@ -412,10 +412,10 @@ results["first_chunks_skip_prompt"] = first_chunks[:4]
 # `outputs/08_open_questions.json`.
 
 # %%
-from helpers.support.files import write_json
+from helpers.artifacts import save_outputs
 from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("open_questions"), results)
+save_outputs(profile, {"open_questions": results})
 print(f"saved {relative(artifact_path('open_questions'))}:")
 for key, value in results.items():
     print(f"  {key}: {value}")

@@ -104,16 +104,15 @@ assert same, "the reloaded adapter should reproduce notebook 06's greedy text"
 # they are not there); with a network it changes nothing.
 
 # %%
+from helpers.artifacts import save_outputs
 from helpers.lab.merging import merge_adapter, offline_merge_base, save_merged
 from helpers.modeling import resolve_model_source
-from helpers.support.files import save_directory_atomically
 from helpers.support.paths import artifact_path, relative
 
 if profile.uses_unsloth:
     with offline_merge_base(model, resolve_model_source(profile)):
-        merged_dir = save_directory_atomically(
-            artifact_path("merged"),
-            lambda folder: model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit"))
+        merged_dir = save_outputs(profile, {"merged": lambda folder: model.save_pretrained_merged(
+            str(folder), tokenizer, save_method="merged_16bit")})["merged"]
     merged_text = None  # no merged model in this kernel: the check below loads the folder
 else:
     merged = merge_adapter(model)
@@ -122,7 +121,7 @@ else:
           f"{any('lora_' in n or 'modules_to_save' in n for n, _ in merged.named_parameters())}")
     print(f"merged model, same greedy text as the adapter: {merged_text == adapter_text}")
     assert merged_text == adapter_text
-    merged_dir = save_merged(merged, tokenizer, artifact_path("merged"))
+    merged_dir = save_outputs(profile, {"merged": lambda folder: save_merged(merged, tokenizer, folder)})["merged"]
 print(f"merged model saved to {relative(merged_dir)}")
 
 # %% [markdown]
@@ -227,9 +226,7 @@ assert lora_gb["fp32"] > 1.0 and walkthrough_adapter_gb > 1.5, "a rank-128 CPT a
 # `outputs/09_merged` for notebook 10.
 
 # %%
-from helpers.support.files import write_json
-
-write_json(artifact_path("save_and_merge"), {
+save_outputs(profile, {"save_and_merge": {
     "profile": profile.name,
     "adapter_text_matches_notebook_06": adapter_text == after["text_after"],
     "merged_text_matches_adapter": fresh["text"] == adapter_text,
@@ -239,6 +236,6 @@ write_json(artifact_path("save_and_merge"), {
     "adapter_composition": composition,
     "mistral_7b_r128_adapter": {"lora_parameters": counts[LORA], "embedding_copy_parameters": counts[FULL],
                                 "gb_lora_fp32_embeddings_bf16": walkthrough_adapter_gb},
-})
+}})
 print(f"saved {relative(artifact_path('save_and_merge'))}: adapter {adapter_bytes / 1e6:.0f} MB vs merged "
       f"model {model_bytes / 1e6:.0f} MB; Mistral-7B r=128 adapter about {walkthrough_adapter_gb:.2f} GB")

@@ -154,15 +154,15 @@ if profile.device == "cpu":
 # The measured speeds go to `outputs/11_packing_vs_padding.json` (the per-step losses stay out).
 
 # %%
-from helpers.support.files import write_json
+from helpers.artifacts import save_outputs
 from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("packing_vs_padding"), {
+save_outputs(profile, {"packing_vs_padding": {
     "profile": profile.name,
     "stories": len(token_lists),
     "padded_rows": len(padded_rows), "rows_truncated": truncated,
     "packed_blocks": len(packed_rows), "tail_tokens_dropped": tail,
     "measured": {name: {k: v for k, v in r.items() if k != "losses"} for name, r in speed.items()},
     "packing_speedup": speedup,
-})
+}})
 print(f"saved {relative(artifact_path('packing_vs_padding'))}: packing {speedup:.2f}x the real tokens per second")

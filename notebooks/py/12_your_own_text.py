@@ -144,10 +144,10 @@ for label, s in own_counts.items():
 # The counts go to `outputs/12_own_text.json`.
 
 # %%
-from helpers.support.files import write_json
+from helpers.artifacts import save_outputs
 from helpers.support.paths import artifact_path
 
-write_json(artifact_path("own_text"), {"profile": profile.name, "folder": relative(own_profile.text_dir),
-                                       "counts": own_counts})
+save_outputs(profile, {"own_text": {"profile": profile.name, "folder": relative(own_profile.text_dir),
+                                    "counts": own_counts}})
 print(f"saved {relative(artifact_path('own_text'))}: "
       + "; ".join(f"{label}: {s['documents']} documents, {s['rows']} rows" for label, s in own_counts.items()))
