@@ -8,15 +8,14 @@ explanation (no need to read the traceback underneath, which stays chained as ``
 - :class:`TrainingOutOfMemory`: the GPU ran out of memory during training; lists the knobs.
 - :class:`DiskFullError`: a save ran out of disk space; names the folder and the free space.
 
+A bad adapter is one message too (:class:`AdapterError`), and settings that cannot train are refused
+before anything is loaded or written (:class:`SettingsError`, :func:`check_training_settings`,
+:func:`check_prompt`). Without these checks, ``max_seq_length=1`` trains on rows with nothing to
+predict and reports a loss of 0.0, ``max_steps=0`` trains one step and exits successfully, a batch
+size of 0 fails deep inside the data loader, and an empty prompt fails inside ``generate`` with
+"cannot reshape tensor of 0 elements". Each message gives the smallest value that works.
+
 Nothing here imports torch, transformers or huggingface_hub at module level.
-
-And settings that cannot train, refused before anything runs (:class:`SettingsError`,
-:func:`check_training_settings`, :func:`check_prompt`): settings that cannot train, refused before anything is loaded or written.
-
-Without these checks, ``max_seq_length=1`` trains on rows with nothing to predict and reports a loss
-of 0.0, ``max_steps=0`` trains one step and exits successfully, a batch size of 0 fails deep inside
-the data loader, and an empty prompt fails inside ``generate`` with "cannot reshape tensor of 0
-elements". Each message gives the smallest value that works.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Writing results so that an interrupted or failed write never leaves a half-written file behind
-(and measuring what was written: :func:`folder_size_bytes`).
+"""Files: written so that an interrupted or failed write never leaves a half-written file behind
+(and measured: :func:`folder_size_bytes`), and checked to be whole.
 
 Both helpers write to a temporary name next to the target and rename it into place at the end: a
 rename within one folder is atomic on POSIX file systems, so readers see either the old complete
@@ -9,8 +9,8 @@ Temporary names carry the writer's process id (``.NAME.tmp-PID-xxxx``). A proces
 saving leaves its temporary folder behind (a converted model or an adapter: hundreds of MB);
 :func:`clean_stale_temp` removes those whose process is gone, and each save runs it on its folder.
 
-And whether a file is whole: is a file whole? Hashes of files and folders, and quick structural checks of the formats the
-series writes (safetensors weights, ``torch.save`` zip archives, JSON).
+Is a file whole? Hashes of files and folders, and quick structural checks of the formats the series
+writes (safetensors weights, ``torch.save`` zip archives, JSON).
 
 A hash recorded when a file was written tells later whether it is still the same file (a manifest,
 see :mod:`helpers.artifacts`). The structural checks need no recorded hash: they find a file cut
