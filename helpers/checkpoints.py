@@ -37,11 +37,17 @@ import re
 import shutil
 from pathlib import Path
 
-from .errors import disk_full_explained, out_of_memory_explained
-from .paths import artifact_path, outputs_dir, relative
-from .profiles import Profile
-from .storage import read_json, save_directory_atomically, write_json
-from .training import describe_param_groups
+from .artifacts import differences, run_identity, save_outputs
+from .errors import check_training_settings, disk_full_explained, out_of_memory_explained
+from .profiles import Profile, select_profile
+from .support.files import (
+    file_problem,
+    read_json,
+    save_directory_atomically,
+    write_json,
+)
+from .support.paths import artifact_path, outputs_dir, relative
+from .training import build_trainer, describe_param_groups
 
 TRAINER_DIR_NAME = "05_trainer"
 TRAINABLE_SET_FILE = "trainable_set.json"
@@ -105,9 +111,9 @@ def record_trainable_set(folder: Path | str, model, optimizer=None) -> Path:
 
 def _recorder_callback(run: dict | None = None):
     """Return a ``TrainerCallback`` that records the trainable set and ``run`` (see
-    :func:`run_record`) into every checkpoint (built lazily so that importing helpers does not import
+    :func:`helpers.artifacts.run_identity`) into every checkpoint (built lazily so that importing helpers does not import
     transformers). ``run.json`` is written last: a checkpoint without it is incomplete."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # deferred: heavy
 
     class TrainableSetRecorder(TrainerCallback):
         def on_save(self, args, state, control, model=None, optimizer=None, **kwargs):
@@ -121,66 +127,6 @@ def _recorder_callback(run: dict | None = None):
 
 
 # --- which run a checkpoint belongs to ----------------------------------------------------------
-
-
-def data_fingerprint(dataset) -> dict:
-    """Return the rows and a SHA-256 of a training set: of its token ids, or of its text."""
-    from .integrity import text_sha256, token_sha256
-
-    if "input_ids" in dataset.column_names:
-        return {"rows": len(dataset), "token_sha256": token_sha256(dataset)}
-    return {"rows": len(dataset), "text_sha256": text_sha256(dataset["text"])}
-
-
-def run_record(trainer, profile: Profile, dataset) -> dict:
-    """Return what identifies a training run: the model, a fingerprint of the rows it trains on, and
-    the settings that shape its result, read from the trainer's arguments (so that overrides count)."""
-    from .provenance import model_identity
-
-    args = trainer.args
-    embedding_lr = getattr(args, "embedding_learning_rate", None)
-    if embedding_lr is None:
-        embedding_lr = getattr(trainer, "embedding_learning_rate", None)
-
-    def plain(value):
-        return str(getattr(value, "value", value))
-
-    return {
-        "profile": profile.name,
-        "model": model_identity(profile),
-        "data": data_fingerprint(dataset),
-        "settings": {
-            "learning_rate": args.learning_rate,
-            "embedding_learning_rate": embedding_lr,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "max_steps": args.max_steps,
-            "num_train_epochs": args.num_train_epochs,
-            "lr_scheduler_type": plain(args.lr_scheduler_type),
-            "warmup_steps": args.warmup_steps,
-            "weight_decay": args.weight_decay,
-            "optim": plain(args.optim),
-            "seed": args.seed,
-            "max_seq_length": profile.max_seq_length,
-            "packing": profile.packing,
-            "isolate_documents": profile.isolate_documents,
-            "lora": [profile.lora_r, profile.lora_alpha, profile.use_rslora, list(profile.target_modules)],
-        },
-    }
-
-
-def run_differences(recorded: dict, current: dict) -> list[str]:
-    """Return one line per difference between two :func:`run_record` results."""
-    lines = []
-    if recorded.get("model") != current.get("model"):
-        lines.append(f"model: checkpoint {recorded.get('model')}, now {current.get('model')}")
-    if recorded.get("data") != current.get("data"):
-        lines.append(f"training data: checkpoint {recorded.get('data')}, now {current.get('data')}")
-    old, new = recorded.get("settings", {}), current.get("settings", {})
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            lines.append(f"{key}: checkpoint {old.get(key, 'not recorded')!r}, now {new.get(key, 'not set')!r}")
-    return lines
 
 
 def set_aside_run(output_dir: Path | str) -> Path | None:
@@ -291,8 +237,6 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     (without them a resume would restart Adam's statistics and the warm-up, and end elsewhere); the
     weights file is whole; ``run.json`` parses.
     """
-    from .integrity import file_problem
-
     folder = Path(folder)
     try:
         state = read_json(folder / TRAINER_STATE_FILE)
@@ -313,11 +257,6 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     return None
 
 
-def is_complete_checkpoint(folder: Path | str) -> bool:
-    """Return True when a checkpoint folder was written to the end (see :func:`checkpoint_problem`)."""
-    return checkpoint_problem(folder) is None
-
-
 def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
 
@@ -325,7 +264,7 @@ def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     :func:`checkpoint_problem`) is moved to ``incomplete/checkpoint-N`` (kept, not deleted, and no
     longer picked up) and the next newest is tried.
     """
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # deferred: heavy
 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -364,11 +303,8 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     ``save_steps`` optimizer steps into ``output_dir`` (default ``outputs/05_trainer``), keeping the
     newest ``save_total_limit``, each with its trainable set and its run record (see the module
     docstring; the record is also ``trainer.cpt_run``). Raises
-    :class:`helpers.validation.SettingsError` for settings that cannot train. Train it with
+    :class:`helpers.errors.SettingsError` for settings that cannot train. Train it with
     :func:`train_resumable`."""
-    from .training import build_trainer
-    from .validation import check_training_settings
-
     check_training_settings(profile)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
     trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
@@ -381,7 +317,7 @@ def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, o
     }
     trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(output_dir),
                             text_dataset=text_dataset, **settings)
-    trainer.cpt_run = run_record(trainer, profile, trained_on)
+    trainer.cpt_run = run_identity(profile, trainer=trainer, dataset=trained_on)
     trainer.add_callback(_recorder_callback(trainer.cpt_run))
     return trainer
 
@@ -443,7 +379,7 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
         print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over.")
         checkpoint = None
     if checkpoint is not None and getattr(trainer, "cpt_run", None) is not None:
-        diff = run_differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run)
+        diff = differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run, then="checkpoint")
         if diff:
             raise ResumeMismatchError(
                 f"{relative(checkpoint)} belongs to another run than this trainer's, so resuming it would "
@@ -482,13 +418,13 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
                  also: dict | None = None) -> Path:
     """Save a PEFT adapter (and the tokenizer) atomically to ``target`` (default: the ``adapter``
     artifact, ``outputs/05_adapter``, with its manifest for ``profile``, by default the one the
-    environment selects: see :func:`helpers.provenance.save_outputs`); return the folder.
+    environment selects: see :func:`helpers.artifacts.save_outputs`); return the folder.
 
     ``also``: more artifacts of the same notebook (name -> JSON object or writer) committed in the
     same unit as the adapter, so an interrupted save never leaves one without the other.
 
     Written into a temporary folder and swapped in only when complete
-    (:func:`helpers.storage.save_directory_atomically`): an interrupted save leaves the previous
+    (:func:`helpers.support.files.save_directory_atomically`): an interrupted save leaves the previous
     adapter, or no folder, never a half-written one. A full disk raises
     :class:`helpers.errors.DiskFullError` naming the folder and the free space.
     """
@@ -498,9 +434,6 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
             tokenizer.save_pretrained(folder)
 
     if target is None or Path(target) == artifact_path("adapter"):
-        from .profiles import select_profile
-        from .provenance import save_outputs
-
         return save_outputs(profile or select_profile()[0], {"adapter": write, **(also or {})},
                             what="the adapter")["adapter"]
     if also:

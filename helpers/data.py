@@ -12,8 +12,9 @@ import re
 import statistics
 from pathlib import Path
 
-from .paths import project_root, relative
+from .errors import check_training_settings
 from .profiles import Profile
+from .support.paths import project_root, relative
 
 ANY_TEXT_DIR_ENV_VAR = "CPT_ALLOW_ANY_TEXT_DIR"  # 1: read a text folder inside .venv or holding the repo
 BOM = "\ufeff"
@@ -91,7 +92,7 @@ def load_raw_dataset(profile: Profile, split: str = "train", prefer_hub: bool = 
     (``CPT_MODEL``); this is printed and said in ``source``. Profiles that use the sample by design
     (``sample_by_design``: the CPU default and its GPU twins) get it as it is.
     """
-    from datasets import load_dataset
+    from datasets import load_dataset  # deferred: heavy
 
     if profile.text_dir:
         documents = load_text_folder(profile.text_dir, profile.split_on_blank_lines)
@@ -210,7 +211,7 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     names the ``.txt`` names that are not files. Refuses a folder inside a virtual environment or
     holding the project (see :func:`check_text_folder_location`, ``allow_any``).
     """
-    from datasets import Dataset
+    from datasets import Dataset  # deferred: heavy
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -300,16 +301,14 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
 
     Returns ``(dataset, stats)``: a ``datasets.Dataset`` with ``input_ids`` and a dict of counts
     (documents, tokens, rows, tokens dropped or rows truncated), which the notebooks print.
-    Raises :class:`helpers.validation.SettingsError` for settings that cannot train, and
+    Raises :class:`helpers.errors.SettingsError` for settings that cannot train, and
     :class:`DataError` when there is no text, or (packing) less than one row of it.
     Stories longer than ``max_seq_length`` are never dropped: packing continues them into the next
     block, one-row-per-story truncates them; either way they are counted
     (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
     printed. Documents with no tokens at all (empty text) are left out, and a note counts them.
     """
-    from datasets import Dataset
-
-    from .validation import check_training_settings
+    from datasets import Dataset  # deferred: heavy
 
     check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:
@@ -396,7 +395,7 @@ class PackedRowsCollator:
         self.eos_token_id, self.isolate_documents = eos_token_id, isolate_documents
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
+        import torch  # deferred: heavy
 
         rows = [list(f["input_ids"]) for f in features]
         if len({len(r) for r in rows}) != 1:

@@ -8,19 +8,29 @@ explanation (no need to read the traceback underneath, which stays chained as ``
 - :class:`TrainingOutOfMemory`: the GPU ran out of memory during training; lists the knobs.
 - :class:`DiskFullError`: a save ran out of disk space; names the folder and the free space.
 
+A bad adapter is one message too (:class:`AdapterError`), and settings that cannot train are refused
+before anything is loaded or written (:class:`SettingsError`, :func:`check_training_settings`,
+:func:`check_prompt`). Without these checks, ``max_seq_length=1`` trains on rows with nothing to
+predict and reports a loss of 0.0, ``max_steps=0`` trains one step and exits successfully, a batch
+size of 0 fails deep inside the data loader, and an empty prompt fails inside ``generate`` with
+"cannot reshape tensor of 0 elements". Each message gives the smallest value that works.
+
 Nothing here imports torch, transformers or huggingface_hub at module level.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .paths import relative
 from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
+from .support.files import file_problem
+from .support.paths import relative
 
 OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
 OFFLINE_HINT = (
@@ -73,7 +83,7 @@ def _status_code(err: BaseException) -> int | None:
 
 def _hub_token_present() -> bool:
     try:
-        from huggingface_hub import get_token
+        from huggingface_hub import get_token  # deferred: heavy
 
         return get_token() is not None
     except Exception:  # no huggingface_hub, unreadable token file: treat as no token
@@ -83,7 +93,7 @@ def _hub_token_present() -> bool:
 def hub_offline_mode() -> bool:
     """Return True when the Hugging Face hub is switched off (``HF_HUB_OFFLINE``)."""
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # deferred: heavy
 
         return bool(constants.HF_HUB_OFFLINE)
     except Exception:
@@ -247,7 +257,7 @@ def out_of_memory_explained(profile: Profile | None = None) -> Iterator[None]:
         if not is_out_of_memory(err):
             raise
         try:
-            import torch
+            import torch  # deferred: heavy
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -330,10 +340,7 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
     """Raise :class:`AdapterError` when ``folder`` is not a loadable PEFT adapter: no
     ``adapter_config.json``, no weights file, a cut-off ``adapter_model.safetensors``, or (with
     ``profile``) another LoRA rank than the profile's. (The manifest that
-    :func:`helpers.paths.require` checks also compares the model and every LoRA setting.)"""
-    import json
-
-    from .integrity import file_problem
+    :func:`helpers.artifacts.require` checks also compares the model and every LoRA setting.)"""
 
     folder = Path(folder)
     redo = "Re-run notebooks/05_training.ipynb to train and save it again."
@@ -368,8 +375,6 @@ def adapter_errors_explained(folder: Path | str) -> Iterator[None]:
     - ``RuntimeError: Error(s) in loading state_dict`` with one "size mismatch" line per tensor (an
       adapter of another model or rank): summarised as a count and the first mismatch.
     """
-    import re
-
     try:
         yield
     except AdapterError:
@@ -395,3 +400,44 @@ def adapter_errors_explained(folder: Path | str) -> Iterator[None]:
                 f"with another LoRA rank. Load it with the base model and profile it was trained with, or {redo[0].lower()}"
                 f"{redo[1:]}") from err
         raise
+
+
+MIN_SEQ_LENGTH = 8  # below this a row holds too few tokens to predict anything worth training on
+
+
+class SettingsError(ValueError):
+    """A setting cannot work; the message names it and the smallest value that does."""
+
+
+def check_prompt(prompt) -> str:
+    """Return ``prompt`` unchanged, or raise :class:`SettingsError` when it is empty or blank (the
+    model needs at least one token to continue from)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise SettingsError(
+            f"The prompt is empty ({prompt!r}): generation continues a text, so it needs at least one word. "
+            "Set profile.prompt (or pass prompt=...) to some text, e.g. \"Once upon a time\".")
+    return prompt
+
+
+def check_training_settings(profile: Profile) -> None:
+    """Raise :class:`SettingsError` listing every training setting of ``profile`` that cannot work:
+    ``max_seq_length`` below :data:`MIN_SEQ_LENGTH`, ``max_steps`` of 0 or below -1 (-1 means "run
+    the epochs"), a batch size or gradient accumulation below 1, ``num_train_epochs`` of 0 or less
+    (when the epochs decide), a learning rate of 0 or less."""
+    problems = []
+    if profile.max_seq_length < MIN_SEQ_LENGTH:
+        problems.append(f"max_seq_length={profile.max_seq_length}: use at least {MIN_SEQ_LENGTH} tokens per row "
+                        "(shorter rows leave almost nothing to predict; the loss is then meaningless)")
+    if profile.max_steps == 0 or profile.max_steps < -1:
+        problems.append(f"max_steps={profile.max_steps}: use at least 1, or -1 to run num_train_epochs")
+    if profile.per_device_train_batch_size < 1:
+        problems.append(f"per_device_train_batch_size={profile.per_device_train_batch_size}: use at least 1")
+    if profile.gradient_accumulation_steps < 1:
+        problems.append(f"gradient_accumulation_steps={profile.gradient_accumulation_steps}: use at least 1")
+    if profile.max_steps == -1 and profile.num_train_epochs <= 0:
+        problems.append(f"num_train_epochs={profile.num_train_epochs} with max_steps=-1: use more than 0 epochs")
+    if profile.learning_rate <= 0:
+        problems.append(f"learning_rate={profile.learning_rate}: use a positive learning rate")
+    if problems:
+        raise SettingsError(f"Profile {profile.name!r} cannot train with these settings:\n  - "
+                            + "\n  - ".join(problems) + "\nChange them with profile.replace(...) or on the command line.")

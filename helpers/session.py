@@ -53,7 +53,7 @@ def check_runnable(profile: Profile, cuda: bool | None = None, unsloth_installed
 
 def device_description(profile: Profile) -> str:
     """Return a short description of the device the profile runs on (GPU name or CPU threads)."""
-    import torch
+    import torch  # deferred: heavy
 
     if profile.device == "cuda":
         return f"cuda: {torch.cuda.get_device_name(0)}"
@@ -62,7 +62,7 @@ def device_description(profile: Profile) -> str:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) through transformers' ``set_seed``."""
-    from transformers import set_seed
+    from transformers import set_seed  # deferred: heavy
 
     set_seed(seed)
 

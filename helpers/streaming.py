@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from threading import Thread
 
+from .errors import check_prompt
 from .modeling import input_device
 
 
@@ -113,10 +114,8 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     decoded text from a ``TextIteratorStreamer``. Greedy decoding unless ``generate_kwargs`` say
     otherwise. Returns a :class:`StreamResult`.
     """
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from .validation import check_prompt
+    import torch  # deferred: heavy
+    from transformers import TextIteratorStreamer  # deferred: heavy
 
     check_prompt(prompt)  # an empty prompt fails inside generate with "cannot reshape tensor of 0 elements"
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))

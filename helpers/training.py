@@ -11,7 +11,10 @@ import math
 import os
 from collections.abc import Iterable
 
+from .data import PackedRowsCollator
+from .modeling import input_device
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
+from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
 
 EMBEDDING_GROUP = "embeddings (embed_tokens, lm_head)"
 ADAPTER_GROUP = "LoRA adapters"
@@ -43,8 +46,8 @@ def find_target_modules(model) -> tuple[list[str], list[str]]:
     included even when it is tied to the input one. Raises :class:`TargetModulesNotFound` for a model
     without input embeddings or without linear layers in numbered blocks.
     """
-    import torch
-    from transformers.pytorch_utils import Conv1D
+    import torch  # deferred: heavy
+    from transformers.pytorch_utils import Conv1D  # deferred: heavy
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = {id(module): name for name, module in base.named_modules(remove_duplicate=False)}
@@ -97,7 +100,7 @@ def lora_config(profile: Profile, tie_embeddings: bool = False, model=None):
     keep them shared while training (one trainable copy) instead of silently untying them.
     ``model``: read the target modules from it (see :func:`target_modules_for`).
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: heavy
 
     lora_targets, full = target_modules_for(profile, model)
     return LoraConfig(
@@ -148,7 +151,7 @@ def add_lora(model, profile: Profile):
     if profile.use_gradient_checkpointing == "auto":
         print(f"Gradient checkpointing: {checkpointing!r} ({why})")
     if profile.uses_unsloth:
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # deferred: needs a GPU
 
         peft_model = FastLanguageModel.get_peft_model(
             model,
@@ -164,7 +167,7 @@ def add_lora(model, profile: Profile):
             temporary_location=unsloth_offload_dir(),  # one folder per rank under a launcher
         )
     else:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model, prepare_model_for_kbit_training  # deferred: heavy
 
         if profile.load_in_4bit:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(checkpointing))
@@ -289,7 +292,7 @@ def cast_lora_weights(model, dtype: str) -> int:
     --lora-dtype``; the embedding copies are left as they are. Raises ``ValueError`` for another
     dtype, or when the model has no trainable LoRA matrices.
     """
-    import torch
+    import torch  # deferred: heavy
 
     if dtype not in LORA_DTYPES:
         raise ValueError(f"LoRA dtype {dtype!r}: choose one of {', '.join(LORA_DTYPES)}")
@@ -390,7 +393,7 @@ def trainable_breakdown(model) -> dict[str, dict]:
 
 def _embedding_lr_trainer_class():
     """Build the Trainer subclass lazily so that importing helpers does not import transformers."""
-    from transformers import Trainer
+    from transformers import Trainer  # deferred: heavy
 
     class EmbeddingLRTrainer(Trainer):
         """``transformers.Trainer`` with a separate learning rate for embed_tokens and lm_head.
@@ -421,7 +424,7 @@ def _embedding_lr_trainer_class():
 def training_arguments(profile: Profile, output_dir: str, **overrides):
     """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
     branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
-    import torch
+    import torch  # deferred: heavy
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     fp16 = torch.cuda.is_available() and not bf16
@@ -450,10 +453,10 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
     )
     kwargs.update(overrides)
     if profile.uses_unsloth:
-        from unsloth import UnslothTrainingArguments
+        from unsloth import UnslothTrainingArguments  # deferred: needs a GPU
 
         return UnslothTrainingArguments(embedding_learning_rate=profile.embedding_learning_rate, **kwargs)
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # deferred: heavy
 
     return TrainingArguments(**kwargs)
 
@@ -474,7 +477,7 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
     ``profile.isolate_documents`` is False; padded rows through transformers' causal-LM collator.
     """
     if profile.uses_unsloth:
-        from unsloth import UnslothTrainer
+        from unsloth import UnslothTrainer  # deferred: needs a GPU
 
         route = None
         if text_dataset is not None:
@@ -489,11 +492,9 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         return trainer
     args = training_arguments(profile, output_dir, **overrides)
     if profile.packing:
-        from .data import PackedRowsCollator
-
         collator = PackedRowsCollator(tokenizer.eos_token_id, isolate_documents=profile.isolate_documents)
     else:
-        from transformers import DataCollatorForLanguageModeling
+        from transformers import DataCollatorForLanguageModeling  # deferred: heavy
 
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
     trainer_cls = _embedding_lr_trainer_class()
@@ -513,11 +514,9 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
 
 def use_torch_varlen() -> str:
     """Give unsloth's packed attention torch's variable-length flash kernel for the rest of the
-    process (:func:`helpers.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
+    process (:func:`helpers.support.varlen_attention.enable_torch_varlen_for_unsloth`; ``CPT_TORCH_VARLEN=0``
     keeps unsloth's own route) and return the one-line route unsloth now takes. Where the swap is not
     needed or not possible the route says why and unsloth's own choice stays."""
-    from .varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
-
     outcome = enable_torch_varlen_for_unsloth()
     route = unsloth_attention_route()
     return route if outcome.startswith(("enabled", "already enabled")) else f"{route} ({outcome})"
@@ -651,3 +650,58 @@ def assert_embeddings_trained(model, before: dict, optimizer, embedding_learning
     if problems:
         raise EmbeddingsNotTrained("The embeddings did not train as configured:\n  " + "\n  ".join(problems))
     return report
+
+
+def embedding_gradient_rows(model, input_ids, labels=None) -> dict:
+    """Return how many rows of the input and the output embedding get a non-zero gradient from one
+    batch: ``{"embed_tokens": n, "lm_head": n, "vocabulary": V, "distinct_input_tokens": n}``.
+
+    One forward and backward pass on ``input_ids`` (labels = the inputs, as in CPT). The input side's
+    gradient is measured at the embedding layer's output and scattered back to the rows of the tokens
+    that were looked up, which is exactly the gradient ``embed_tokens`` receives; the output side is
+    the gradient of the ``lm_head`` weight, minus the input side's share when the two matrices are tied
+    (one tensor). Gradients are zeroed afterwards, so a trainer can start from this model unchanged.
+    """
+    import torch  # deferred: heavy
+
+    embedding = model.get_input_embeddings()
+    copies = _embedding_copies(model)
+    head = next((p for n, p in copies.items() if "lm_head" in n), None)
+    embed = next((p for n, p in copies.items() if "embed_tokens" in n), None)
+    # the input embeddings' device (helpers.modeling.input_device), not ``model.device``: unsloth may
+    # have moved the frozen original embeddings to the CPU while the lookups run on the GPU copy
+    device = input_device(model)
+    input_ids = input_ids.to(device)
+    labels = None if labels is None else labels.to(device)
+    captured = {}
+
+    def keep_output(module, args, output):
+        output.retain_grad()
+        captured["output"] = output
+
+    model.zero_grad(set_to_none=True)
+    hook = embedding.register_forward_hook(keep_output)
+    try:
+        loss = model(input_ids=input_ids, labels=input_ids if labels is None else labels).loss
+        loss.backward()
+    finally:
+        hook.remove()
+    out_grad = captured["output"].grad.float()
+    if head is None or embed is None or head.grad is None:
+        model.zero_grad(set_to_none=True)
+        raise ValueError("embed_tokens and lm_head must both be trainable (target_modules / modules_to_save)")
+    vocab, hidden = head.shape
+    input_side = torch.zeros(vocab, hidden, device=out_grad.device)
+    input_side.index_add_(0, input_ids.reshape(-1).to(out_grad.device), out_grad.reshape(-1, hidden))
+    head_grad = head.grad.float()
+    if head is embed:  # tied: one matrix collects both gradients
+        head_grad = head_grad - input_side
+    result = {
+        "embed_tokens": int((input_side.abs().sum(dim=1) > 0).sum().item()),
+        "lm_head": int((head_grad.abs().sum(dim=1) > 0).sum().item()),
+        "vocabulary": int(vocab),
+        "distinct_input_tokens": int(input_ids.unique().numel()),
+        "tied": head is embed,
+    }
+    model.zero_grad(set_to_none=True)
+    return result

@@ -7,7 +7,7 @@
 The kernel runs in notebooks/ (as in JupyterLab and under nbval). Stops at the first failing
 notebook and prints the time each one took.
 
-Progress bars stay out of the saved notebooks: the kernels start with helpers.progress.QUIET_PROGRESS_ENV
+Progress bars stay out of the saved notebooks: the kernels start with helpers.support.progress.QUIET_PROGRESS_ENV
 (the switches of tqdm, transformers/huggingface_hub and datasets), and any bar drawn all the same (a
 library's plain tqdm.auto, which ignores TQDM_DISABLE in a notebook) is removed before saving: widget
 views and the "\\r"-rewritten text lines of a tqdm meter.
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # helpers/, also when the script runs without the editable install
     sys.path.insert(0, str(ROOT))
 
-from helpers.progress import QUIET_PROGRESS_ENV  # noqa: E402
+from helpers.support.progress import QUIET_PROGRESS_ENV  # noqa: E402
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # One tqdm meter: "Loading weights:  42%|████▏     | 114/272 [00:00<00:00, 1117.97it/s]"

@@ -11,7 +11,7 @@ everything through the notebooks' helpers: ``load_model_and_tokenizer``, ``add_l
 ``load_raw_dataset`` + ``append_eos`` + ``build_train_dataset``, ``build_resumable_trainer`` +
 ``train_resumable`` (checkpoints, and the unsloth #3108 guard that keeps the embedding learning-rate
 group intact on resume), ``assert_embeddings_trained`` and ``save_adapter``. What several processes
-need lives in ``helpers.distributed``, the measuring in ``helpers.throughput``; ``docs/multi-gpu.md``
+need lives in ``helpers.lab.distributed``, the measuring in ``helpers.lab.throughput``; ``docs/multi-gpu.md``
 explains both.
 
 Killed and started again with the same command, it continues from its last complete checkpoint
@@ -38,11 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/train_cpt.py` from a checkout without `pip install -e .`
 
+from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings  # noqa: E402
 from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
 
-MIN_SEQ_LENGTH = 8
-
-# --tiny: the CPU self-test of this script (tests/test_train_script.py): the CPU profile's settings
+# --tiny: the CPU self-test of this script (tests/e2e/test_train_script.py): the CPU profile's settings
 # (fp32, plain transformers + PEFT, r=16) on the smoke profile's random Llama (built from a config,
 # SmolLM2 tokenizer shipped in data/), 2 optimizer steps of 2 x 2 rows of 64 tokens.
 TINY_PROFILE = CPU_SMOLLM2.replace(
@@ -79,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--check-sync", action="store_true", help="after the first two optimizer steps and at the end, assert that "
                                                   "the trainable weights are bit-identical on every rank")
     add("--trace-step", type=int, default=0, help="profile this optimizer step on every rank with torch.profiler "
-                                                 "(helpers.step_trace): device busy/idle time and top kernels go into "
+                                                 "(helpers.lab.step_trace): device busy/idle time and top kernels go into "
                                                  "the RESULT, each rank's trace into OUTPUT_DIR/step-trace/rank<N>/")
     add("--result-json", type=Path, help="also write the RESULT object to this file (rank 0)")
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
@@ -224,7 +223,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     import datasets
 
     from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset
-    from helpers.distributed import load_on_local_device
+    from helpers.lab.distributed import load_on_local_device
     from helpers.modeling import load_model_and_tokenizer
     from helpers.session import seed_everything
     from helpers.training import add_lora
@@ -305,18 +304,18 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     """Train with ``helpers.checkpoints.train_resumable`` (resuming when ``resume``), timing every
     optimizer step and counting real tokens; check that the embeddings trained (and, with
     ``check_sync``, that the ranks agree after the first two steps and at the end). With
-    ``trace_step``, every rank profiles that optimizer step (:class:`helpers.step_trace.StepTrace`,
+    ``trace_step``, every rank profiles that optimizer step (:class:`helpers.lab.step_trace.StepTrace`,
     trace files under ``trace_dir/rank<N>``); the traced step stays in the timings, as one of many.
 
-    Returns the measurements: ``steady`` (this rank's :func:`helpers.throughput.steady_state`),
+    Returns the measurements: ``steady`` (this rank's :func:`helpers.lab.throughput.steady_state`),
     ``tokens_steady`` / ``tokens_trained`` (summed over all ranks), ``sync`` (the checks),
     ``runtime_s``, ``peaks`` (GiB reserved per rank) and ``embeddings`` (what changed)."""
     import torch
 
     from helpers.checkpoints import train_resumable
-    from helpers.distributed import check_sync as sync_check
-    from helpers.distributed import gather_objects, plain_cpu_map_location, sum_over_ranks
-    from helpers.throughput import StepClock, count_tokens, steady_state
+    from helpers.lab.distributed import check_sync as sync_check
+    from helpers.lab.distributed import gather_objects, plain_cpu_map_location, sum_over_ranks
+    from helpers.lab.throughput import StepClock, count_tokens, steady_state
     from helpers.training import (
         EmbeddingsNotTrained,
         assert_embeddings_trained,
@@ -335,7 +334,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     trainer.add_callback(clock.callback())
     tracer = None
     if trace_step:
-        from helpers.step_trace import StepTrace
+        from helpers.lab.step_trace import StepTrace
 
         rank = procs.state.process_index
         tracer = StepTrace(trace_step, None if trace_dir is None else trace_dir / f"rank{rank}", clock=clock)
@@ -361,7 +360,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
         sync.append(sync_check(model, "after training"))
     steady = steady_state(clock, counts.real)
     peak = round(torch.cuda.max_memory_reserved(procs.local_rank) / 2**30, 3) if cuda else None
-    from helpers.throughput import matmul_parameters, mfu, peak_tflops
+    from helpers.lab.throughput import matmul_parameters, mfu, peak_tflops
 
     per_s = sum_over_ranks(steady["tokens"]) / steady["seconds"] if steady["seconds"] > 0 else 0.0
     base = getattr(model, "get_base_model", lambda: model)()
@@ -402,8 +401,8 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
     """Return the RESULT object of this run (see the module docstring)."""
     import torch
 
+    from helpers.lab.throughput import WARMUP_STEPS_EXCLUDED
     from helpers.session import library_versions
-    from helpers.throughput import WARMUP_STEPS_EXCLUDED
     from helpers.training import describe_param_groups, parameter_kind
 
     steady = measured["steady"]
@@ -458,9 +457,9 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
     from helpers.checkpoints import save_adapter
-    from helpers.distributed import compare_runs
-    from helpers.paths import relative
-    from helpers.storage import write_json
+    from helpers.lab.distributed import compare_runs
+    from helpers.support.files import write_json
+    from helpers.support.paths import relative
 
     model, tokenizer = trainer.model, trainer.processing_class
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
@@ -481,11 +480,15 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile, reason = choose_profile(args)
+    try:  # the notebooks' rule for settings that cannot train, before any process or model starts
+        check_training_settings(profile)
+    except SettingsError as err:
+        raise SystemExit(f"train_cpt.py: {err}") from None
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
-    from helpers.distributed import batch_policy
-    from helpers.paths import project_root
+    from helpers.lab.distributed import batch_policy
+    from helpers.support.paths import project_root
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)

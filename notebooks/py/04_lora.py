@@ -104,12 +104,17 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # unsloth's `get_peft_model` takes that list directly. The plain PEFT twin has to split it
 # (projections get LoRA, embeddings go to `modules_to_save`) and turn on gradient checkpointing
 # through transformers. Later notebooks use `helpers.training.add_lora`, which holds this same code
-# (`tests/test_teaching_copies.py` checks that both build the same model). It adds one argument for
+# (`tests/repo/test_teaching_copies.py` checks that both build the same model). It adds one argument for
 # multi-GPU runs: unsloth writes the frozen embeddings it offloads to a file and memory-maps it back,
 # and under a launcher every process needs its own file (`temporary_location`, see docs/multi-gpu.md).
 
 # %%
-from helpers.training import cast_embedding_copies, choose_gradient_checkpointing, lora_config, target_modules_for
+from helpers.training import (
+    cast_embedding_copies,
+    choose_gradient_checkpointing,
+    lora_config,
+    target_modules_for,
+)
 
 checkpointing, why = choose_gradient_checkpointing(profile, model)  # the profile's, or "auto": by free GPU memory
 print(f"gradient checkpointing: {checkpointing!r} ({why})")
@@ -216,9 +221,9 @@ print(f"gradient checkpointing: {checkpointing!r}; "
 # helper) inside its own kernel and trains them.
 
 # %%
+from helpers.artifacts import save_outputs
 from helpers.memory import format_snapshot, record_stage
-from helpers.paths import relative
-from helpers.provenance import save_outputs
+from helpers.support.paths import relative
 
 print(format_snapshot(record_stage("LoRA added", "04")))
 saved = save_outputs(profile, {"lora_info": {

@@ -45,8 +45,8 @@ profile = start("05_training")
 # %%
 from datasets import load_from_disk
 
+from helpers.artifacts import require
 from helpers.modeling import load_model_and_tokenizer
-from helpers.paths import require
 from helpers.training import add_lora
 
 train_dataset = load_from_disk(str(require("dataset")))
@@ -187,7 +187,7 @@ assert max(lrs) <= profile.learning_rate + 1e-12 and lrs[-1] < max(lrs)
 # - unsloth's trainer receives the text and packs it itself (TRL's best-fit packing), telling the
 #   attention where each story starts. Without the `flash-attn` package, unsloth on torch 2.11 would
 #   run one attention call per story; `helpers.training.build_trainer` hands it torch's own
-#   variable-length flash kernel instead (`helpers.varlen_attention`), one call per row. On an H200
+#   variable-length flash kernel instead (`helpers.support.varlen_attention`), one call per row. On an H200
 #   that made the walkthrough's epoch 1.3x faster than unsloth's own route (issue 17's table in
 #   `benchmarks/RESULTS.md`). `CPT_TORCH_VARLEN=0` turns the swap off; `CPT_PACKING=0` gives the
 #   walkthrough's one padded story per row, for which unsloth switches on **padding-free** batching
@@ -236,7 +236,7 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 # ## Which embedding rows get a gradient?
 #
 # The claim above, measured: one forward and backward pass on the first training row, then a count of the rows with a non-zero gradient in each matrix.
-# `helpers.experiments.embedding_gradient_rows` reads the input side's gradient where the embedding
+# `helpers.training.embedding_gradient_rows` reads the input side's gradient where the embedding
 # lookup hands it on, and the output side's as the gradient of the `lm_head` weight (for SmolLM2,
 # whose two matrices are one tied tensor, it separates the two shares). The gradients are cleared
 # afterwards, so training starts as if this cell had not run. On a GPU it also hands the probe's
@@ -248,7 +248,7 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 # %%
 import torch
 
-from helpers.experiments import embedding_gradient_rows
+from helpers.training import embedding_gradient_rows
 
 probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]])  # the helper moves it
 model.train()
@@ -274,7 +274,7 @@ if torch.cuda.is_available():
 # writes a **checkpoint** (adapter, optimizer and scheduler state, random-number state) every quarter
 # of the run into `outputs/05_trainer`, and `helpers.checkpoints.train_resumable` starts from the last
 # *complete* checkpoint when there is one: run this cell again after an interruption and it continues
-# where it stopped, with the same result as an uninterrupted run (`tests/test_resume.py` proves it).
+# where it stopped, with the same result as an uninterrupted run (`tests/e2e/test_resume.py` proves it).
 # It also guards against unsloth issue #3108: when a checkpoint is reloaded, the trainable copies of
 # `embed_tokens` / `lm_head` can come back frozen, and the saved optimizer state then no longer fits
 # the optimizer's groups; the helper restores the recorded trainable set first and checks the groups.
@@ -303,7 +303,7 @@ print(f"{steps} optimizer steps in {train_output.metrics['train_runtime']:.1f} s
       f"({train_output.metrics['train_runtime'] / steps:.2f} s per step)")
 print(format_snapshot(record_stage("after training", "05")))
 if profile.uses_unsloth and trainer.cpt_attention_route:  # packed on unsloth: did torch's varlen kernel serve it?
-    from helpers.varlen_attention import unsloth_attention_route, wrapper_calls
+    from helpers.support.varlen_attention import unsloth_attention_route, wrapper_calls
 
     print(f"attention after training: {unsloth_attention_route()}")
     assert wrapper_calls() != 0, "the varlen wrapper was installed, but unsloth's attention never called it"
@@ -419,15 +419,15 @@ assert last < first, "the loss did not go down"
 # embedding copies, plus the adapter config that names the base model. `helpers.checkpoints.save_adapter`
 # calls it (and the tokenizer's) on a temporary folder that is swapped in only once complete, so an
 # interrupted save can never leave a half-written adapter that would load, and a full disk stops with
-# a message naming the folder and the free space. Its manifest (`helpers.provenance`, notebook 02)
+# a message naming the folder and the free space. Its manifest (`helpers.artifacts`, notebook 02)
 # records the data and settings it was trained with, which notebook 06 checks before it loads the
 # adapter on top of a fresh base model.
 
 # %%
 from helpers.checkpoints import save_adapter
 from helpers.memory import snapshot
-from helpers.paths import relative
-from helpers.storage import folder_size_bytes
+from helpers.support.files import folder_size_bytes
+from helpers.support.paths import relative
 
 train_result = {
     "profile": profile.name,

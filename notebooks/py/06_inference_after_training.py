@@ -37,8 +37,8 @@ from helpers.session import start
 profile = start("06_inference_after_training")
 
 # %%
-from helpers.paths import require
-from helpers.storage import read_json
+from helpers.artifacts import require
+from helpers.support.files import read_json
 
 adapter_dir = require("adapter")
 before = read_json(require("before"))
@@ -57,7 +57,7 @@ print(f"adapter from notebook 05 ({train_result['steps']} steps); before-text an
 # the model to its fast generation path (evaluation mode, KV cache on, left padding, checkpointing
 # off). `for_training` switches back. In plain transformers the equivalent is `model.eval()`.
 # Notebooks 07-09 call `helpers.modeling.load_trained_model`, which holds this cell's code
-# (`tests/test_teaching_copies.py` checks that both give the same model).
+# (`tests/repo/test_teaching_copies.py` checks that both give the same model).
 
 # %%
 from helpers.modeling import load_model_and_tokenizer
@@ -273,7 +273,7 @@ assert training_row["this_run"] is not None and training_row["this_run"] >= 0
 # bs 2 × GA 8 (built on the same helpers, one process like the walkthrough; commit `06111e5`). It ran
 # again as these notebooks with the profile's default, packed rows at 4 × 4 through torch's
 # variable-length attention (one kernel per notebook; 2026-11-29, commit `a46ac58`, on a GPU of its
-# own). `docs/gpu-runs.md` has both records and the reasons for each difference.
+# own). `runs/LOG.md` has both records and the reasons for each difference.
 #
 # | | walkthrough (A100-40GB) | `train_cpt.py`, padded (H200) | the notebooks, packed (H200) |
 # |---|---|---|---|
@@ -303,7 +303,7 @@ assert training_row["this_run"] is not None and training_row["this_run"] >= 0
 # The numbers of this run go to `outputs/06_after.json`.
 
 # %%
-from helpers.provenance import save_outputs
+from helpers.artifacts import save_outputs
 
 result = {
     "profile": profile.name,

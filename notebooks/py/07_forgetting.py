@@ -52,8 +52,8 @@ profile = start("07_forgetting")
 # the notebook to run first.
 
 # %%
-from helpers.paths import require
-from helpers.storage import read_json
+from helpers.artifacts import require
+from helpers.support.files import read_json
 
 adapter_dir = require("adapter")
 after = read_json(require("after"))
@@ -75,7 +75,7 @@ print(f"in-domain (held-out) perplexity from notebook 06: "
 # %%
 import platform
 
-from helpers.forgetting import general_english_passages
+from helpers.lab.forgetting import general_english_passages
 
 passages = general_english_passages(count=16)
 ood_names = [name for name, _ in passages]
@@ -92,7 +92,7 @@ assert len(set(ood_names)) == len(ood_names) == 16
 # token-weighted perplexity, the same number that scoring all passages in one call would give.
 
 # %%
-from helpers.forgetting import perplexity_per_text, pooled
+from helpers.lab.forgetting import perplexity_per_text, pooled
 from helpers.modeling import load_model_and_tokenizer
 
 base_model, tokenizer = load_model_and_tokenizer(profile)
@@ -136,7 +136,7 @@ print(f"Out-of-domain perplexity: {ood_before:.2f} → {ood_after:.2f}")
 # `after / before - 1`: negative means the model got better at that text.
 
 # %%
-from helpers.forgetting import relative_change
+from helpers.lab.forgetting import relative_change
 
 in_before, in_after = after["perplexity_before"], after["perplexity_after"]
 in_change, ood_change = relative_change(in_before, in_after), relative_change(ood_before, ood_after)
@@ -154,7 +154,7 @@ if not profile.text_dir:  # with your own (possibly tiny) folder these are repor
 # %%
 import matplotlib.pyplot as plt
 
-from helpers.forgetting import plot_before_after
+from helpers.lab.forgetting import plot_before_after
 
 plot_before_after({f"in-domain\n({domain})": (in_before, in_after),
                    "out-of-domain\n(Python help topics)": (ood_before, ood_after)},
@@ -205,10 +205,10 @@ print(f"In-domain perplexity fell by {-in_change:.1%}; out-of-domain perplexity 
 # The numbers of this notebook go to `outputs/07_forgetting.json`.
 
 # %%
-from helpers.paths import artifact_path, relative
-from helpers.storage import write_json
+from helpers.artifacts import save_outputs
+from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("forgetting"), {
+save_outputs(profile, {"forgetting": {
     "profile": profile.name,
     "python": platform.python_version(),
     "in_domain_perplexity": [in_before, in_after],
@@ -217,6 +217,6 @@ write_json(artifact_path("forgetting"), {
     "out_of_domain_per_topic": [[name, b["perplexity"], a["perplexity"]]
                                 for name, b, a in zip(ood_names, ood_before_rows, ood_after_rows, strict=True)],
     "topics_worse": worse,
-})
+}})
 print(f"saved {relative(artifact_path('forgetting'))}: in-domain {in_before:.2f} → {in_after:.2f}, "
       f"out-of-domain {ood_before:.2f} → {ood_after:.2f}")

@@ -34,7 +34,7 @@
 # | (h) | what does the streamer's first chunk hold? | everywhere |
 #
 # Cells that need a GPU say so and are skipped on the CPU, with the reason printed; the numbers they
-# gave on an H200 are quoted from `docs/gpu-runs.md` in the text before them. The notebook reuses
+# gave on an H200 are quoted from `runs/LOG.md` in the text before them. The notebook reuses
 # notebook 05's adapter and trains nothing but a tiny random model for (e); on the CPU default it
 # takes well under a minute.
 
@@ -62,9 +62,9 @@ profile = start("08_open_questions")
 # %%
 import torch
 
+from helpers.artifacts import require
 from helpers.modeling import load_trained_model
-from helpers.paths import require
-from helpers.storage import read_json
+from helpers.support.files import read_json
 
 before = read_json(require("before"))
 model, tokenizer = load_trained_model(profile, require("adapter"))
@@ -77,7 +77,7 @@ print(type(model).__name__, "with adapter", list(model.peft_config))
 # unsloth's speed comes from replacing parts of other libraries while your program runs: attention
 # and normalisation forwards, the causal-LM forward (to fuse the cross-entropy), TRL's trainer
 # classes, gradient checkpointing. That is why it insists on being imported before transformers.
-# Instead of taking that on trust we can look: `helpers.patch_probe` records what a dotted name such as
+# Instead of taking that on trust we can look: `helpers.lab.patch_probe` records what a dotted name such as
 # `transformers.Trainer.train` points at (the object's `id`, `__module__`, `__qualname__` and the file
 # and line that define its code) and compares two records.
 #
@@ -92,7 +92,7 @@ print(type(model).__name__, "with adapter", list(model.peft_config))
 # CPU *can* show is the unpatched baseline the GPU cell compares against (this kernel never imported
 # unsloth), and whether unsloth's source is installed for reading.
 #
-# Measured on an H200 with unsloth 2026.10.9 (`docs/gpu-runs.md`, "Open questions on the GPU"):
+# Measured on an H200 with unsloth 2026.10.9 (`runs/LOG.md`, "Open questions on the GPU"):
 # `import unsloth` alone replaced `trl.SFTTrainer` (by `UnslothSFTTrainer`) and wrapped
 # `transformers.Trainer.train`; `FastLanguageModel.from_pretrained` then replaced
 # `Trainer.training_step`, `LlamaAttention.forward` (by `LlamaAttention_fast_forward`) and
@@ -103,7 +103,7 @@ print(type(model).__name__, "with adapter", list(model.peft_config))
 import importlib.metadata
 import importlib.util
 
-from helpers.patch_probe import changes, fingerprint_all
+from helpers.lab.patch_probe import changes, fingerprint_all
 
 
 def show_changes(title, changed):
@@ -115,8 +115,8 @@ def show_changes(title, changed):
 
 
 if profile.uses_unsloth:
+    from helpers.lab.patch_probe import run_probe
     from helpers.modeling import resolve_model_source
-    from helpers.patch_probe import run_probe
 
     plain = run_probe("plain")["without unsloth"]
     probed = run_probe("unsloth", resolve_model_source(profile), str(profile.max_seq_length),
@@ -155,7 +155,7 @@ else:
 # own `quantize_4bit` on a seeded bf16 matrix: the packed codes, the block scales, and the dequantized
 # result. bitsandbytes' 4-bit kernels need CUDA, so on the CPU the cell is skipped.
 #
-# Measured on an H200 (`docs/gpu-runs.md`): 16.8 M bf16 weights quantized twice gave identical packed
+# Measured on an H200 (`runs/LOG.md`): 16.8 M bf16 weights quantized twice gave identical packed
 # codes (8.4 MB of uint8), identical block scales and identical dequantized weights; the mean absolute
 # rounding error was 0.073 for weights of standard deviation 1. NF4 quantization is deterministic.
 
@@ -279,7 +279,7 @@ else:
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from helpers.paths import outputs_dir
+from helpers.support.paths import outputs_dir
 from helpers.training import EMBEDDING_GROUP, add_lora, build_trainer, describe_param_groups
 
 tiny_profile = profile.replace(backend="transformers", device="cpu", load_in_4bit=False, dtype="float32",
@@ -338,7 +338,7 @@ results["embedding_copy_dtypes"] = {name.split(".")[-1]: str(w.modules_to_save["
 # %% [markdown]
 # On the CPU everything is fp32: there is no 4-bit and nothing to save by mixing precisions. On the
 # GPU branch the frozen projections show up as packed `uint8` (4-bit), the embedding copies in bf16
-# and the LoRA matrices in fp32 (the project's GPU run record, `docs/gpu-runs.md`, shows the same
+# and the LoRA matrices in fp32 (the project's GPU run record, `runs/LOG.md`, shows the same
 # for training).
 #
 # ## (g) How much memory does LoRA save as the sequence grows?
@@ -354,7 +354,7 @@ results["embedding_copy_dtypes"] = {name.split(".")[-1]: str(w.modules_to_save["
 # runs in a fresh process without unsloth: this kernel's unsloth has patched the Llama classes for
 # its own loader, and the question is about plain LoRA, not about unsloth's kernels.
 #
-# What it measured on an H200 (`docs/gpu-runs.md`, "Open questions on the GPU"): peak GiB of one step
+# What it measured on an H200 (`runs/LOG.md`, "Open questions on the GPU"): peak GiB of one step
 # at 512 / 2,048 / 8,192 tokens were 1.61 / 1.78 / 6.18 for full fine-tuning and 0.77 / 2.12 / 7.53 for
 # LoRA on the projections. LoRA saved 52% at 512 tokens and then used *more* memory than full
 # fine-tuning (-19%, -22%). For a model this small the weights, gradients and optimizer state that
@@ -369,7 +369,7 @@ results["embedding_copy_dtypes"] = {name.split(".")[-1]: str(w.modules_to_save["
 
 # %%
 if torch.cuda.is_available():
-    from helpers.lora_memory import compare_in_fresh_process
+    from helpers.lab.lora_memory import compare_in_fresh_process
 
     memory_rows = compare_in_fresh_process([512, 2048, 8192], lora_r=16)
     print(f"{'tokens':>7}{'full FT':>10}{'CPT LoRA':>10}{'LoRA':>9}   peak GiB of one step, batch 1")
@@ -412,10 +412,10 @@ results["first_chunks_skip_prompt"] = first_chunks[:4]
 # `outputs/08_open_questions.json`.
 
 # %%
-from helpers.paths import artifact_path, relative
-from helpers.storage import write_json
+from helpers.artifacts import save_outputs
+from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("open_questions"), results)
+save_outputs(profile, {"open_questions": results})
 print(f"saved {relative(artifact_path('open_questions'))}:")
 for key, value in results.items():
     print(f"  {key}: {value}")

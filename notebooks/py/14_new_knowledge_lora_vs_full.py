@@ -27,7 +27,7 @@
 # *in other words than the training text*, so that a hit is recall, not copying.
 #
 # Both arms use SmolLM2-135M (on a GPU profile too: full fine-tuning of a 4-bit 7B model is not
-# possible, and the comparison needs one model), through `helpers.experiments.short_run`.
+# possible, and the comparison needs one model), through `helpers.lab.short_runs.short_run`.
 
 # %%
 import sys
@@ -84,7 +84,7 @@ FACTS = [
 # every answer does: recall then means putting together what the text says in another wording.
 
 # %%
-from helpers.experiments import check_not_verbatim
+from helpers.lab.new_knowledge import check_not_verbatim
 
 training_text = "\n".join(DOCUMENTS)
 check_not_verbatim([prompt for prompt, _ in FACTS], training_text)
@@ -97,12 +97,12 @@ print(f"{len(DOCUMENTS)} documents, {len(training_text.split())} words; {len(FAC
 # Each document gets its end-of-sequence token and becomes one row, padded to the longest (they are
 # short; the profile's `packing` is switched off for these rows, since packed rows must all have one
 # length). The small model, its tokenizer, and the recipe's settings come from
-# `helpers.experiments.small_model_profile`.
+# `helpers.lab.short_runs.small_model_profile`.
 
 # %%
 from datasets import Dataset
 
-from helpers.experiments import small_model_profile
+from helpers.lab.short_runs import small_model_profile
 from helpers.modeling import load_model_and_tokenizer
 
 small = small_model_profile(profile).replace(packing=False)  # one fact per row, padded: not packed blocks
@@ -114,12 +114,12 @@ print(f"{len(rows)} rows of {min(map(len, rows))}-{max(map(len, rows))} tokens; 
 # %% [markdown]
 # ## Before training
 #
-# `helpers.experiments.recall` completes each prompt greedily and counts a hit when the first word
+# `helpers.lab.new_knowledge.recall` completes each prompt greedily and counts a hit when the first word
 # is the answer; it also reports the mean log-probability of the answer's tokens, a finer measure
 # that moves before the answer becomes the top choice.
 
 # %%
-from helpers.experiments import recall
+from helpers.lab.new_knowledge import recall
 from helpers.profiles import weights_are_random
 
 before = recall(base_model, tokenizer, FACTS)
@@ -137,7 +137,7 @@ for row in before["rows"][:3]:
 # recipe's cosine schedule.
 
 # %%
-from helpers.experiments import short_run, sweep_profile
+from helpers.lab.short_runs import short_run, sweep_profile
 
 STEPS = 40
 lora_profile = sweep_profile(small, learning_rate=1e-3, max_steps=STEPS, batch_size=4)

@@ -76,7 +76,8 @@ profile = start("15_long_context_rope")
 import math
 
 from helpers.data import load_raw_dataset
-from helpers.experiments import long_sequences, position_perplexity, rope_base, set_rope, small_model_profile
+from helpers.lab.long_context import long_sequences, position_perplexity, rope_base, set_rope
+from helpers.lab.short_runs import small_model_profile
 from helpers.modeling import load_model_and_tokenizer
 from helpers.profiles import weights_are_random
 
@@ -116,11 +117,11 @@ assert abs(extrapolation_limit(theta) - trained) / trained < 0.1  # the formula 
 # %% [markdown]
 # ## Perplexity inside and beyond the trained context
 #
-# `helpers.experiments.position_perplexity` scores every token of each sequence and splits the
+# `helpers.lab.long_context.position_perplexity` scores every token of each sequence and splits the
 # perplexity at the trained context: tokens predicted inside the first ~620 positions (SmolLM2; the
 # cell above printed this model's), and tokens
 # beyond. (In ordinary text, later tokens are *easier*, since the model has more context, so a
-# healthy model shows a lower perplexity beyond than inside.) `helpers.experiments.set_rope` sets
+# healthy model shows a lower perplexity beyond than inside.) `helpers.lab.long_context.set_rope` sets
 # the rotation speeds in place, so all conditions use one loaded model.
 
 # %%
@@ -144,7 +145,7 @@ for label, base, linear in ((REAL, theta, 1.0),
 #
 # The usual remedy (position interpolation, Chen et al. 2023) is linear scaling *plus* a short
 # training run at the new length, so that the model adapts to positions that are now closer
-# together than it learned. Here: the series' LoRA recipe (`helpers.experiments.short_run`: adapters
+# together than it learned. Here: the series' LoRA recipe (`helpers.lab.short_runs.short_run`: adapters
 # plus full embeddings) on the stand-in with linear scaling, for 6 steps of one 1,024-token sequence
 # of *training* stories each, then the same held-out sequences. Unlike notebook 05, each sequence is
 # trained as one causal row (`isolate_documents=False`): a story that attended only to itself would
@@ -154,7 +155,7 @@ for label, base, linear in ((REAL, theta, 1.0),
 # %%
 from datasets import Dataset
 
-from helpers.experiments import short_run, sweep_profile
+from helpers.lab.short_runs import short_run, sweep_profile
 
 training_stories, _ = load_raw_dataset(small, split="train")
 train_rows = Dataset.from_dict({"input_ids": long_sequences(training_stories["text"], tokenizer, LENGTH, 6)})

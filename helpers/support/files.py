@@ -1,0 +1,281 @@
+"""Files: written so that an interrupted or failed write never leaves a half-written file behind
+(and measured: :func:`folder_size_bytes`), and checked to be whole.
+
+Both helpers write to a temporary name next to the target and rename it into place at the end: a
+rename within one folder is atomic on POSIX file systems, so readers see either the old complete
+version or the new complete version, never a mix.
+
+Temporary names carry the writer's process id (``.NAME.tmp-PID-xxxx``). A process killed while
+saving leaves its temporary folder behind (a converted model or an adapter: hundreds of MB);
+:func:`clean_stale_temp` removes those whose process is gone, and each save runs it on its folder.
+
+Is a file whole? Hashes of files and folders, and quick structural checks of the formats the series
+writes (safetensors weights, ``torch.save`` zip archives, JSON).
+
+A hash recorded when a file was written tells later whether it is still the same file (a manifest,
+see :mod:`helpers.artifacts`). The structural checks need no recorded hash: they find a file cut
+off by a killed process or a full disk by reading only its header or its zip directory, so they
+are cheap even for multi-GB files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+# ``.NAME.tmp-PID-random`` (folders of save_directory_atomically), ``.NAME.PID.random`` (files of
+# write_json), ``.NAME.old`` (the previous version during a swap), and the forms without a PID
+# written by earlier versions of this module.
+_TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:tmp-(?P<pid>\d+)-[^.]+|tmp-[^.]+|(?P<fpid>\d+)\.[^.]+|old)$")
+LEGACY_TEMP_AGE_S = 600  # a temporary name without a PID is removed once it is this old
+
+
+def write_json(path: Path | str, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(path.parent, only=path.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: Path | str):
+    """Return the object stored as JSON in ``path``."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save_directory_atomically(target: Path | str, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` to fill a fresh temporary folder, then swap it in as ``target``.
+
+    If ``write`` raises (disk full, Ctrl-C, ...), the temporary folder is removed, the previous
+    ``target`` is left untouched, and the error propagates. Returns ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(target.parent, only=target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        write(tmp)
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def folder_size_bytes(folder: Path | str, pattern: str = "*") -> int:
+    """Return the total size in bytes of the files under ``folder`` matching ``pattern`` (recursive)."""
+    return sum(f.stat().st_size for f in Path(folder).rglob(pattern) if f.is_file())
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def clean_stale_temp(folder: Path | str, only: str | None = None, quiet: bool = False) -> list[str]:
+    """Remove what interrupted saves left in ``folder``; return one line per thing removed or kept.
+
+    - ``.NAME.tmp-PID-*`` folders and ``.NAME.PID.*`` files whose process no longer runs (a save
+      that is still running in another process keeps its folder); those without a PID (older
+      versions) once they are :data:`LEGACY_TEMP_AGE_S` seconds old, else they are only reported;
+    - ``.NAME.old`` (the previous version during a folder swap): put back as ``NAME`` when ``NAME``
+      is missing (the process died between the two renames), else removed.
+
+    ``only``: clean only the leftovers of that target name. Prints each line unless ``quiet``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    lines = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP.match(entry.name)
+        if not match or (only is not None and match.group("name") != only):
+            continue
+        name = match.group("name")
+        size_mb = _size(entry) / 1e6
+        if entry.name.endswith(".old") and not (match.group("pid") or match.group("fpid")):
+            target = folder / name
+            if not target.exists():
+                os.replace(entry, target)
+                lines.append(f"restored {name} from {entry.name} (a save was killed between its two renames)")
+                continue
+        else:
+            pid = match.group("pid") or match.group("fpid")
+            if pid is not None and _process_alive(int(pid)):
+                continue
+            if pid is None and time.time() - entry.stat().st_mtime < LEGACY_TEMP_AGE_S:
+                lines.append(f"kept {entry.name} ({size_mb:.0f} MB): recent, maybe a save in progress")
+                continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        lines.append(f"removed {entry.name} ({size_mb:.0f} MB), left by an interrupted save")
+    if lines and not quiet:
+        for line in lines:
+            print(f"{folder.name}/: {line}")
+    return lines
+
+
+CHUNK = 1 << 20
+_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path | str) -> str:
+    """Return the SHA-256 hex digest of a file (cached per process by path, size and mtime)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _hash_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def list_files(path: Path | str) -> dict[str, Path]:
+    """Return ``{relative name: path}`` of the regular files of an artifact: the file itself (under
+    its own name) or every file below a folder (sorted, symlinks followed)."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: path}
+    return {str(f.relative_to(path)): f for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def describe_files(path: Path | str) -> dict[str, dict]:
+    """Return ``{relative name: {"bytes": size, "sha256": digest}}`` for :func:`list_files`."""
+    return {name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for name, f in list_files(path).items()}
+
+
+def text_sha256(texts) -> str:
+    """Return a SHA-256 over a sequence of strings (each length-prefixed, so the split counts)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        data = (text or "").encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def token_sha256(dataset, column: str = "input_ids", batch_size: int = 1024) -> str:
+    """Return a SHA-256 over the token ids of a ``datasets.Dataset`` column, row by row."""
+    import numpy as np  # deferred: heavy
+
+    digest = hashlib.sha256()
+    for start in range(0, len(dataset), batch_size):
+        for row in dataset[start : start + batch_size][column]:
+            ids = np.asarray(row, dtype=np.int64)
+            digest.update(len(ids).to_bytes(8, "little"))
+            digest.update(ids.tobytes())
+    return digest.hexdigest()
+
+
+def safetensors_problem(path: Path | str) -> str | None:
+    """Return what is wrong with a safetensors file (cut off, no header, not safetensors), or None.
+
+    Reads the 8-byte header length and the JSON header only: the tensors' byte ranges must end
+    exactly at the end of the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8 or header_len > 100_000_000:
+            return f"header length {header_len} does not fit in the file ({size} bytes): cut off or not safetensors"
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "its header is not valid JSON: cut off or not safetensors"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + header_len + (max(ends) if ends else 0)
+    if expected != size:
+        return f"{size} bytes where its header describes {expected}: {'cut off' if size < expected else 'extra bytes'}"
+    return None
+
+
+def torch_archive_problem(path: Path | str) -> str | None:
+    """Return what is wrong with a ``torch.save`` file (a zip archive: cut off, empty), or None.
+
+    Opening the zip reads its central directory at the end of the file, which a cut-off file lacks.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return "empty (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not archive.namelist():
+                return "an empty archive"
+    except zipfile.BadZipFile:
+        return "not a complete torch.save archive (cut off while writing?)"
+    return None
+
+
+def json_problem(path: Path | str) -> str | None:
+    """Return why a JSON file does not parse (empty, cut off), or None."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"not valid JSON ({err})"
+    return None
+
+
+def file_problem(path: Path | str) -> str | None:
+    """Return what is structurally wrong with a file, judged by its extension, or None (unknown
+    extensions: only that it exists and is readable)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing" if not path.exists() else "not a regular file"
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return safetensors_problem(path)
+    if suffix in (".pt", ".pth", ".bin"):
+        return torch_archive_problem(path)
+    if suffix == ".json":
+        return json_problem(path)
+    return None

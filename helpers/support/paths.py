@@ -1,0 +1,102 @@
+"""Where things live: the project root, ``outputs/``, and the artifacts notebooks hand to each other.
+
+Every notebook runs in its own kernel, so state passes through files under ``outputs/``. Each
+artifact is registered in :data:`ARTIFACTS` with the notebook that writes it, so a notebook run out of
+order can say exactly which notebook to run first (:func:`require`). :func:`require` also checks,
+through :mod:`helpers.artifacts`, that the artifact is whole and belongs to the current run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .files import clean_stale_temp
+
+ROOT_ENV_VAR = "CPT_ROOT"
+
+# artifact name -> (path relative to outputs/, notebook that writes it)
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "model_info": ("01_model_info.json", "01_load_quantized_model"),
+    "dataset": ("02_dataset", "02_data_prep"),
+    "text_dataset": ("02_text_dataset", "02_data_prep"),
+    "data_stats": ("02_data_stats.json", "02_data_prep"),
+    "before": ("03_before.json", "03_inference_before_training"),
+    "lora_info": ("04_lora_info.json", "04_lora"),
+    "adapter": ("05_adapter", "05_training"),
+    "train_result": ("05_train_result.json", "05_training"),
+    "after": ("06_after.json", "06_inference_after_training"),
+    "forgetting": ("07_forgetting.json", "07_forgetting"),
+    "open_questions": ("08_open_questions.json", "08_open_questions"),
+    "merged": ("09_merged", "09_save_and_merge"),
+    "save_and_merge": ("09_save_and_merge.json", "09_save_and_merge"),
+    "packing_vs_padding": ("11_packing_vs_padding.json", "11_packing_vs_padding"),
+    "own_text": ("12_own_text.json", "12_your_own_text"),
+    "memory_stages": ("memory_stages.json", "any notebook"),
+}
+
+
+class OutputsNotAFolderError(NotADirectoryError):
+    """``outputs`` (or the cache folder) exists but is not a folder; the message says what to do."""
+
+
+_cleaned: set[str] = set()  # folders already cleaned of interrupted saves in this process
+
+
+def _folder(path: Path, what: str) -> Path:
+    """Create ``path`` as a folder (explaining a file or a dangling link in the way) and, once per
+    process, finish or remove what interrupted saves left in it."""
+    shown = path.name if path.parent == project_root() else f"{relative(path.parent)}/{path.name}"  # not resolved
+    if path.is_symlink() and not path.exists():
+        raise OutputsNotAFolderError(
+            f"{what} {shown} is a link to a folder that does not exist. Create the folder it points to, "
+            f"or remove the link (a real folder is then made).")
+    if path.exists() and not path.is_dir():
+        raise OutputsNotAFolderError(
+            f"{what} {shown} is a file, not a folder, so nothing can be saved there. Rename or remove "
+            f"that file (the notebooks then create the folder), or set {ROOT_ENV_VAR} to another project root.")
+    path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in _cleaned:
+        _cleaned.add(str(path))
+
+        clean_stale_temp(path)
+    return path
+
+
+def project_root() -> Path:
+    """Return the repository root: ``$CPT_ROOT`` if set, else the nearest parent of the current
+    directory holding ``pyproject.toml`` and ``helpers/``, else the parent of this package."""
+    if os.environ.get(ROOT_ENV_VAR):
+        return Path(os.environ[ROOT_ENV_VAR]).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "pyproject.toml").is_file() and (candidate / "helpers").is_dir():
+            return candidate
+    return Path(__file__).resolve().parents[2]  # helpers/support/paths.py -> the root
+
+
+def outputs_dir() -> Path:
+    """Return ``<root>/outputs`` (created if missing); every notebook writes its results there."""
+    return _folder(project_root() / "outputs", "The outputs folder")
+
+
+def cache_dir() -> Path:
+    """Return the folder for converted models (``$CPT_CACHE_DIR`` or ``outputs/cache``), created if missing."""
+    return _folder(Path(os.environ.get("CPT_CACHE_DIR") or outputs_dir() / "cache"), "The cache folder")
+
+
+def artifact_path(name: str) -> Path:
+    """Return the path of a registered artifact (it may not exist yet)."""
+    if name not in ARTIFACTS:
+        raise KeyError(f"Unknown artifact {name!r}; known: {', '.join(ARTIFACTS)}")
+    return outputs_dir() / ARTIFACTS[name][0]
+
+
+def relative(path: Path | str) -> str:
+    """Return ``path`` relative to the project root when it lies inside it (for printing without
+    absolute local paths), else its name only."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return f".../{path.name}"

@@ -1,0 +1,151 @@
+"""The teaching copies stay true to the helpers they teach.
+
+Notebooks 01, 04 and 06 show the loading, LoRA and reloading code in full, and later notebooks call
+the helper that does the same (``load_model_and_tokenizer``, ``add_lora``, ``load_trained_model``).
+These tests run the notebook's own cell (read from ``notebooks/py``) on the plain transformers branch
+with a tiny model and check that it gives the same model as the helper; for the unsloth branch, which
+needs a GPU, they check that the notebook and the helper pass unsloth the same arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks" / "py"
+
+
+def notebook_cell(stem: str, marker: str) -> str:
+    """Return the source of the one code cell of ``notebooks/py/<stem>.py`` that contains ``marker``."""
+    import jupytext
+
+    cells = [c.source for c in jupytext.read(NOTEBOOKS / f"{stem}.py").cells
+             if c.cell_type == "code" and marker in c.source]
+    assert len(cells) == 1, f"{stem}: expected one code cell containing {marker!r}, found {len(cells)}"
+    return cells[0]
+
+
+def unsloth_call(source: str, attribute: str) -> ast.Call:
+    """Return the ``FastLanguageModel.<attribute>(...)`` call in ``source``."""
+    calls = [node for node in ast.walk(ast.parse(inspect.cleandoc(source) if source.startswith(" ") else source))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == attribute and getattr(node.func.value, "id", None) == "FastLanguageModel"]
+    assert len(calls) == 1, f"expected one FastLanguageModel.{attribute} call, found {len(calls)}"
+    return calls[0]
+
+
+def keywords(call: ast.Call) -> dict[str, str]:
+    return {k.arg: ast.unparse(k.value) for k in call.keywords}
+
+
+def run_cell(source: str, namespace: dict) -> dict:
+    exec(compile(source, "<notebook cell>", "exec"), namespace)  # noqa: S102  (the repository's own notebook)
+    return namespace
+
+
+def same_weights(a, b) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def tiny_profile(tmp_path, tiny_llama_factory):
+    """A CPU profile whose model is a tiny random Llama saved with a word tokenizer in tmp_path."""
+    from conftest import build_word_tokenizer
+
+    from helpers.profiles import CPU_SMOLLM2
+
+    tokenizer = build_word_tokenizer(specials=("</s>", "<pad>"), eos_token="</s>", pad_token="<pad>")
+    folder = tmp_path / "tiny-base"
+    tiny_llama_factory(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return CPU_SMOLLM2.replace(name="cpu-tiny", model_name=str(folder), lora_r=4)
+
+
+def test_notebook_01_loading_cell_loads_what_the_helper_loads(tiny_profile):
+    from helpers.modeling import load_model_and_tokenizer, resolve_dtype
+
+    cell = notebook_cell("01_load_quantized_model", "AutoModelForCausalLM.from_pretrained(")
+    ns = run_cell(cell, {"profile": tiny_profile, "resolve_dtype": resolve_dtype})
+    model, tokenizer = load_model_and_tokenizer(tiny_profile)
+    assert type(ns["model"]) is type(model) and ns["model"].dtype == model.dtype
+    assert same_weights(ns["model"], model)
+    assert ns["tokenizer"].get_vocab() == tokenizer.get_vocab() and ns["tokenizer"].pad_token == tokenizer.pad_token
+
+
+def test_notebook_01_and_the_helper_pass_unsloth_the_same_arguments():
+    from helpers.modeling import load_model_and_tokenizer
+
+    notebook = keywords(unsloth_call(notebook_cell("01_load_quantized_model", "AutoModelForCausalLM"),
+                                     "from_pretrained"))
+    helper = keywords(unsloth_call(inspect.getsource(load_model_and_tokenizer), "from_pretrained"))
+    assert notebook.keys() == helper.keys()
+    # the helper honours a profile's fixed dtype; with the walkthrough's dtype=None both pass None
+    assert {k: v for k, v in notebook.items() if k != "dtype"} == {k: v for k, v in helper.items() if k != "dtype"}
+    assert notebook["dtype"] == "None" and helper["dtype"].startswith("None if profile.dtype is None")
+
+
+def test_notebook_04_lora_cell_builds_what_add_lora_builds(tiny_profile, torch_one_thread):
+    torch = torch_one_thread
+    from helpers.modeling import load_model_and_tokenizer
+    from helpers.training import add_lora
+
+    cell = notebook_cell("04_lora", "get_peft_model(")
+    base_a, _ = load_model_and_tokenizer(tiny_profile)
+    base_b, _ = load_model_and_tokenizer(tiny_profile)
+    torch.manual_seed(0)
+    notebook_model = run_cell(cell, {"profile": tiny_profile, "model": base_a})["model"]
+    torch.manual_seed(0)
+    helper_model = add_lora(base_b, tiny_profile)
+    assert notebook_model.peft_config["default"].to_dict() == helper_model.peft_config["default"].to_dict()
+    trainable = {n for n, p in notebook_model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in helper_model.named_parameters() if p.requires_grad}
+    assert same_weights(notebook_model, helper_model)  # same seed, so the same LoRA initialisation
+
+
+def test_notebook_04_and_add_lora_pass_unsloth_the_same_arguments():
+    from helpers.training import add_lora
+
+    notebook = keywords(unsloth_call(notebook_cell("04_lora", "get_peft_model("), "get_peft_model"))
+    helper = keywords(unsloth_call(inspect.getsource(add_lora), "get_peft_model"))
+    # the one addition: a folder per process for unsloth's offloaded embeddings under a multi-GPU
+    # launcher (scripts/train_cpt.py); in one process it is unsloth's own default, as in the notebook
+    helper_only = {"temporary_location": "unsloth_offload_dir()"}
+    assert {key: helper[key] for key in helper_only} == helper_only
+    assert {key: value for key, value in helper.items() if key not in helper_only} == notebook
+
+
+def test_notebook_06_reload_cell_gives_what_load_trained_model_gives(tiny_profile, tmp_path, torch_one_thread):
+    torch = torch_one_thread
+    from helpers.modeling import load_model_and_tokenizer, load_trained_model
+    from helpers.training import add_lora
+
+    trained = add_lora(load_model_and_tokenizer(tiny_profile)[0], tiny_profile)
+    with torch.no_grad():
+        for name, param in trained.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)  # a non-zero adapter
+    trained.save_pretrained(tmp_path / "adapter")
+
+    cell = notebook_cell("06_inference_after_training", "PeftModel.from_pretrained(")
+    ns = run_cell(cell, {"profile": tiny_profile, "adapter_dir": tmp_path / "adapter"})
+    model, _ = load_trained_model(tiny_profile, tmp_path / "adapter")
+    assert not ns["model"].training and not model.training
+    assert same_weights(ns["model"], model)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert {n for n, p in ns["model"].named_parameters() if not p.requires_grad} == frozen  # loaded for inference
+
+
+def test_notebook_06_and_load_trained_model_pass_unsloth_the_same_arguments():
+    from helpers.modeling import load_trained_model
+
+    cell = notebook_cell("06_inference_after_training", "PeftModel.from_pretrained(")
+    notebook = keywords(unsloth_call(cell, "from_pretrained"))
+    helper = keywords(unsloth_call(inspect.getsource(load_trained_model), "from_pretrained"))
+    assert notebook == helper
+    assert "FastLanguageModel.for_inference(model)" in cell
