@@ -296,29 +296,45 @@ def default_save_steps(profile: Profile, train_rows: int) -> int:
     return max(1, steps // 4)
 
 
+def checkpoint_settings(profile: Profile, train_dataset, text_dataset=None, output_dir: Path | str | None = None,
+                        save_steps: int | None = None, save_total_limit: int = 2) -> dict:
+    """Return the training arguments that make a run resumable: ``output_dir`` (default
+    ``outputs/05_trainer``), ``save_strategy="steps"``, ``save_steps`` (default: about four checkpoints
+    over the run, :func:`default_save_steps`) and ``save_total_limit``. Raises
+    :class:`helpers.errors.SettingsError` for settings that cannot train."""
+    check_training_settings(profile)
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
+    trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
+    rows = len(train_dataset) if profile.packing else len(trained_on)  # packed: about the rows unsloth packs
+    return {"output_dir": str(output_dir), "save_strategy": "steps",
+            "save_steps": save_steps or default_save_steps(profile, rows), "save_total_limit": save_total_limit}
+
+
+def record_checkpoints(trainer, profile: Profile, trained_on) -> None:
+    """Give ``trainer`` its run record (``trainer.cpt_run``: profile, trainer settings and the data it
+    trains on) and the callback that writes it, with the trainable set, into every checkpoint, so
+    that :func:`train_resumable` can check a checkpoint before resuming from it."""
+    trainer.cpt_run = run_identity(profile, trainer=trainer, dataset=trained_on)
+    trainer.add_callback(_recorder_callback(trainer.cpt_run))
+
+
 def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: Path | str | None = None,
                             save_steps: int | None = None, save_total_limit: int = 2, text_dataset=None,
                             **overrides):
     """Return :func:`helpers.training.build_trainer`'s trainer, set to save a checkpoint every
     ``save_steps`` optimizer steps into ``output_dir`` (default ``outputs/05_trainer``), keeping the
     newest ``save_total_limit``, each with its trainable set and its run record (see the module
-    docstring; the record is also ``trainer.cpt_run``). Raises
+    docstring; the record is also ``trainer.cpt_run``): :func:`checkpoint_settings` and
+    :func:`record_checkpoints`, the two steps notebook 05 shows around its trainer call. Raises
     :class:`helpers.errors.SettingsError` for settings that cannot train. Train it with
     :func:`train_resumable`."""
-    check_training_settings(profile)
-    output_dir = Path(output_dir) if output_dir is not None else default_output_dir()
-    trained_on = text_dataset if text_dataset is not None and profile.uses_unsloth else train_dataset
-    rows = len(train_dataset) if profile.packing else len(trained_on)  # packed: about the rows unsloth packs
-    settings = {
-        "save_strategy": "steps",
-        "save_steps": save_steps or default_save_steps(profile, rows),
-        "save_total_limit": save_total_limit,
-        **overrides,
-    }
-    trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=str(output_dir),
+    settings = {**checkpoint_settings(profile, train_dataset, text_dataset, output_dir, save_steps, save_total_limit),
+                **overrides}
+    output_dir = settings.pop("output_dir")
+    trainer = build_trainer(profile, model, tokenizer, train_dataset, output_dir=output_dir,
                             text_dataset=text_dataset, **settings)
-    trainer.cpt_run = run_identity(profile, trainer=trainer, dataset=trained_on)
-    trainer.add_callback(_recorder_callback(trainer.cpt_run))
+    record_checkpoints(trainer, profile, text_dataset if text_dataset is not None and profile.uses_unsloth
+                       else train_dataset)
     return trainer
 
 

@@ -391,8 +391,9 @@ def trainable_breakdown(model) -> dict[str, dict]:
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]["parameters"]))
 
 
-def _embedding_lr_trainer_class():
-    """Build the Trainer subclass lazily so that importing helpers does not import transformers."""
+def embedding_lr_trainer_class():
+    """Return :class:`EmbeddingLRTrainer`, the plain twin of ``UnslothTrainer``; built lazily so that
+    importing helpers does not import transformers."""
     from transformers import Trainer  # deferred: heavy
 
     class EmbeddingLRTrainer(Trainer):
@@ -497,7 +498,7 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         from transformers import DataCollatorForLanguageModeling  # deferred: heavy
 
         collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-    trainer_cls = _embedding_lr_trainer_class()
+    trainer_cls = embedding_lr_trainer_class()
     trainer = trainer_cls(
         model=model,
         args=args,

@@ -115,16 +115,116 @@ print(inspect.getsource(embedding_param_groups))
 # cosine towards 0, so the final steps make small, refining updates. Both groups follow the same
 # shape, each scaled to its own peak. The plot draws the schedule for this run.
 #
-# transformers 5 removed the `warmup_ratio` argument: a `warmup_steps` value below 1 is now read
-# as a ratio. The helper passes the profile's `warmup_ratio` that way.
+# transformers 5 removed the `warmup_ratio` argument that the walkthrough passes: a `warmup_steps`
+# value below 1 is now read as a ratio, so the call below passes 0.1 that way.
+#
+# ## The training call
+#
+# This is the walkthrough's central cell, argument by argument. Each comment says what the
+# walkthrough passes where this run differs. Three differences are deliberate, and each was measured
+# against the walkthrough's own settings on a real model (three seeds, held-out perplexity on 600
+# validation stories):
+#
+# | batching | tokens per optimizer step | optimizer steps for 2,500 stories | held-out perplexity |
+# |---|---|---|---|
+# | the walkthrough: one padded story per row, 2 rows x 8 accumulation steps | about 4,300 (16 stories) | 157 | 6.401 |
+# | this profile: packed 2,048-token rows, 2 rows x 1 step | about 4,100 | 161-167 | **6.362** |
+# | packed, 4 rows x 4 steps (16 rows a step) | about 33,000 | 21 | 7.241 |
+#
+# What a step learns depends on its tokens, not on its rows. A packed row holds about 7.7 stories, so
+# 16 packed rows a step would be 8 times the walkthrough's tokens per step and 8 times fewer steps. At
+# the same learning rate, with the same 10% warm-up and cosine decay, the adapters then take 8 times
+# fewer updates, and the model learns far less (the last row). Packing two rows a step keeps the
+# walkthrough's tokens per step and its number of updates, and throws away only the padding. (These
+# are the SmolLM2 model's numbers under the 7B recipe; the CPU profile's own, smaller run is further
+# down.)
+#
+# - **Batching**: packed rows instead of padded ones (`packing=True`), 2 rows a step. Each story
+#   still attends only to itself (below). `CPT_PACKING=0` gives the walkthrough's padded 2 x 8.
+# - **Embedding copies in fp32**: see "Mixed precision for the embeddings" after training.
+# - **Renamed arguments**: TRL renamed `tokenizer` to `processing_class` and `max_seq_length` to
+#   `max_length`, and moved the dataset options into the arguments object.
+#
+# Two more arguments are not in the walkthrough at all: `output_dir`, `save_strategy`, `save_steps` and
+# `save_total_limit` make the run resumable (the aside under "Train" explains them). On the CPU the
+# plain twin takes the same settings: `transformers.TrainingArguments` without the embedding learning
+# rate, which `EmbeddingLRTrainer` takes instead, and the causal-language-modelling collator.
+# `helpers.training.build_trainer`, which later notebooks call, holds this same code.
+
+# %%
+import torch
+
+from helpers.checkpoints import checkpoint_settings, record_checkpoints
+
+checkpoints = checkpoint_settings(profile, train_dataset, text_dataset)  # not in the walkthrough: see "Train"
+bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # walkthrough: is_bf16_supported()
+fp16 = torch.cuda.is_available() and not bf16
+settings = dict(
+    per_device_train_batch_size=profile.per_device_train_batch_size,  # walkthrough: 2 (padded stories)
+    gradient_accumulation_steps=profile.gradient_accumulation_steps,  # walkthrough: 8; packed rows: 1
+    num_train_epochs=profile.num_train_epochs,  # 1
+    max_steps=profile.max_steps,  # -1: the epoch decides (the CPU profile stops early)
+    learning_rate=profile.learning_rate,  # 5e-5: the LoRA adapters
+    warmup_steps=profile.warmup_ratio,  # walkthrough: warmup_ratio = 0.1
+    lr_scheduler_type=profile.lr_scheduler_type,  # "cosine"
+    optim=profile.optim,  # "adamw_8bit" (the CPU: PyTorch's AdamW)
+    weight_decay=profile.weight_decay,  # 0.0
+    seed=profile.seed,  # 3407
+    data_seed=profile.seed,  # not in the walkthrough: the batches' order follows the same seed
+    logging_steps=profile.logging_steps,  # 1
+    bf16=bf16 and profile.device == "cuda",
+    fp16=fp16 and profile.device == "cuda",
+    use_cpu=profile.device == "cpu",
+    report_to="none",  # "none"
+    dataloader_num_workers=0,
+    disable_tqdm=False,
+    **checkpoints,  # walkthrough: output_dir = "outputs", no checkpoints
+)
+if profile.uses_unsloth:
+    from unsloth import UnslothTrainer, UnslothTrainingArguments
+
+    from helpers.training import use_torch_varlen
+
+    route = use_torch_varlen() if profile.packing else None  # torch's flash kernel for packed rows (below)
+    trainer = UnslothTrainer(
+        model=model,
+        processing_class=tokenizer,  # walkthrough: tokenizer = tokenizer
+        train_dataset=text_dataset,  # the stories with EOS from notebook 02; unsloth tokenizes them itself
+        args=UnslothTrainingArguments(
+            embedding_learning_rate=profile.embedding_learning_rate,  # 5e-6: embed_tokens and lm_head
+            dataset_text_field="text",  # the same
+            max_length=profile.max_seq_length,  # walkthrough: max_seq_length = 2048
+            packing=profile.packing,  # walkthrough: not set (padded rows)
+            **settings,
+        ),
+    )
+    trainer.cpt_attention_route = route
+else:
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments
+
+    from helpers.data import PackedRowsCollator
+    from helpers.training import embedding_lr_trainer_class
+
+    collator = (PackedRowsCollator(tokenizer.eos_token_id, isolate_documents=profile.isolate_documents)
+                if profile.packing else DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False))
+    trainer = embedding_lr_trainer_class()(  # transformers.Trainer plus the embedding learning rate
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train_dataset,  # notebook 02's rows of token ids
+        data_collator=collator,
+        args=TrainingArguments(**settings),
+        embedding_learning_rate=profile.embedding_learning_rate,
+    )
+    trainer.cpt_attention_route = ("each document attends only to itself (block-diagonal causal mask)"
+                                   if profile.packing and profile.isolate_documents else
+                                   "documents attend across their EOS" if profile.packing else "padded rows")
+record_checkpoints(trainer, profile, text_dataset if profile.uses_unsloth else train_dataset)
 
 # %%
 import math
 
-from helpers.checkpoints import build_resumable_trainer, planned_steps
+from helpers.checkpoints import planned_steps
 
-# helpers.training.build_trainer, set to write a checkpoint every few steps into outputs/05_trainer
-trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset, text_dataset=text_dataset)
 trainer.create_optimizer()
 num_steps = planned_steps(trainer)  # max_steps, or the batches of the epochs / gradient accumulation
 print(f"{type(trainer).__name__} with {type(trainer.optimizer).__name__}, {num_steps} optimizer steps")
@@ -186,12 +286,12 @@ assert max(lrs) <= profile.learning_rate + 1e-12 and lrs[-1] < max(lrs)
 #   attention a block-diagonal causal mask, one block per story.
 # - unsloth's trainer receives the text and packs it itself (TRL's best-fit packing), telling the
 #   attention where each story starts. Without the `flash-attn` package, unsloth on torch 2.11 would
-#   run one attention call per story; `helpers.training.build_trainer` hands it torch's own
-#   variable-length flash kernel instead (`helpers.support.varlen_attention`), one call per row. On an H200
-#   that made the walkthrough's epoch 1.3x faster than unsloth's own route (issue 17's table in
-#   `benchmarks/RESULTS.md`). `CPT_TORCH_VARLEN=0` turns the swap off; `CPT_PACKING=0` gives the
-#   walkthrough's one padded story per row, for which unsloth switches on **padding-free** batching
-#   by itself on recent GPUs.
+#   run one attention call per story; the training call above hands it torch's own variable-length
+#   flash kernel instead (`helpers.training.use_torch_varlen`), one call per row, which made the
+#   walkthrough's epoch about 1.3x faster than unsloth's own route on an H200. That kernel needs an
+#   Ampere or newer GPU: on a T4 or a V100 the swap is not installed, the route says why, and unsloth
+#   keeps its own. With padded rows (`CPT_PACKING=0`) unsloth switches on **padding-free** batching by
+#   itself on recent GPUs.
 #
 # The cell prints the flags and the attention route the trainer took.
 
@@ -242,8 +342,8 @@ print("\nembedding LR applies to:", embedding_group["modules"],
 # afterwards, so training starts as if this cell had not run. On a GPU it also hands the probe's
 # memory back and resets the peak counter: at 7B the probe's full-vocabulary gradients peaked at
 # 14.59 GiB reserved, above what training itself needs, and the walkthrough's "start" reading below
-# (`max_memory_reserved` before `train()`) would otherwise report the probe's peak (H200 run of
-# 2026-11-28, commit `e8d2794`: "memory for training 0.0 GiB").
+# (`max_memory_reserved` before `train()`) would otherwise report the probe's peak, and "memory for
+# training 0.0 GiB".
 
 # %%
 import torch
@@ -270,12 +370,14 @@ if torch.cuda.is_available():
 #
 # ## Train
 #
-# A real CPT run takes hours, and kernels die, Colab disconnects, people press stop. So the trainer
-# writes a **checkpoint** (adapter, optimizer and scheduler state, random-number state) every quarter
-# of the run into `outputs/05_trainer`, and `helpers.checkpoints.train_resumable` starts from the last
+# The walkthrough calls `trainer.train()`. This cell calls `helpers.checkpoints.train_resumable(trainer,
+# profile)`, which is `trainer.train()` with one aside, the reason for the checkpoint arguments in the
+# training call. A real CPT run takes hours, and kernels die, Colab disconnects, people press stop. So
+# the trainer writes a **checkpoint** (adapter, optimizer and scheduler state, random-number state)
+# every quarter of the run into `outputs/05_trainer`, and `train_resumable` starts from the last
 # *complete* checkpoint when there is one: run this cell again after an interruption and it continues
-# where it stopped, with the same result as an uninterrupted run (`tests/e2e/test_resume.py` proves it).
-# It also guards against unsloth issue #3108: when a checkpoint is reloaded, the trainable copies of
+# where it stopped, with the same result as an uninterrupted run (the project's tests check that). It
+# also guards against a known unsloth bug: when a checkpoint is reloaded, the trainable copies of
 # `embed_tokens` / `lm_head` can come back frozen, and the saved optimizer state then no longer fits
 # the optimizer's groups; the helper restores the recorded trainable set first and checks the groups.
 # A checkpoint that ends a finished run is not "resumed": the run starts over.
@@ -361,10 +463,11 @@ embedding_change = max(facts["max_change"] for facts in embedding_report.values(
 # embedding learning rate is then rounded away. bf16 keeps 8 bits of mantissa, so the gap between two
 # neighbouring values near a weight of 0.02 is about 1.2e-4; Adam moves each entry by about the learning
 # rate, 5e-6, which is less than half that gap, and the weight stays where it was. On the real SmolLM2
-# with the 7B recipe, 1.1% of the embedding entries changed over the epoch with bf16 copies, against
-# 99.98% with fp32 copies. The GPU profile therefore keeps the copies in fp32 (about 0.5 GB more at 7B,
-# see the benchmarks); `CPT_EMBEDDING_DTYPE=bfloat16` gives back unsloth's copies, and the check above
-# then fails and says why.
+# with the 7B recipe, over the whole epoch, 1.1% of the entries in the embedding rows that trained
+# changed with bf16 copies, against 100% with fp32 copies. The GPU profile therefore keeps the copies in
+# fp32: at 7B that is about 1 GB more for the two matrices' weights and gradients.
+# `CPT_EMBEDDING_DTYPE=bfloat16` gives back unsloth's copies, and the check above then fails and says
+# why.
 #
 # The cell measures, for each trainable embedding matrix, the dtype it is stored in, the share of its
 # entries that changed, the share of rows that changed at all (a token row of `embed_tokens` only

@@ -149,3 +149,75 @@ def test_notebook_06_and_load_trained_model_pass_unsloth_the_same_arguments():
     helper = keywords(unsloth_call(inspect.getsource(load_trained_model), "from_pretrained"))
     assert notebook == helper
     assert "FastLanguageModel.for_inference(model)" in cell
+
+
+# --- notebook 05: the training call ---------------------------------------------------------------
+
+
+def dict_keywords(source: str, name: str) -> dict[str, str]:
+    """Return the keywords of the ``<name> = dict(...)`` assignment in ``source`` (``**x`` as ``**x``)."""
+    tree = ast.parse(inspect.cleandoc(source) if source.startswith(" ") else source)
+    calls = [node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+             and any(getattr(t, "id", None) == name for t in node.targets) and isinstance(node.value, ast.Call)
+             and getattr(node.value.func, "id", None) == "dict"]
+    assert len(calls) == 1, f"expected one `{name} = dict(...)`, found {len(calls)}"
+    return {(k.arg or f"**{ast.unparse(k.value)}"): ast.unparse(k.value) for k in calls[0].keywords}
+
+
+def named_call(source: str, name: str) -> ast.Call:
+    tree = ast.parse(inspect.cleandoc(source) if source.startswith(" ") else source)
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "id", None) == name]
+    assert len(calls) == 1, f"expected one {name}(...) call, found {len(calls)}"
+    return calls[0]
+
+
+def test_notebook_05_training_call_builds_what_build_resumable_trainer_builds(tiny_profile, torch_one_thread):
+    """The plain branch of 05's training call, run on a tiny model, gives the trainer that
+    helpers.checkpoints.build_resumable_trainer (helpers.training.build_trainer) gives."""
+    from datasets import Dataset
+
+    from helpers.checkpoints import build_resumable_trainer
+    from helpers.modeling import load_model_and_tokenizer
+    from helpers.training import add_lora
+
+    cell = notebook_cell("05_training", "UnslothTrainingArguments(")
+    for packing in (True, False):
+        profile = tiny_profile.replace(packing=packing, max_steps=2)
+        base_a, tokenizer = load_model_and_tokenizer(profile)
+        base_b, _ = load_model_and_tokenizer(profile)
+        ids = [[5 + (i + j) % 7 for j in range(12)] + [tokenizer.eos_token_id] for i in range(8)]
+        rows = Dataset.from_dict({"input_ids": ids})
+        ns = run_cell(cell, {"profile": profile, "model": add_lora(base_a, profile), "tokenizer": tokenizer,
+                             "train_dataset": rows, "text_dataset": None})
+        helper = build_resumable_trainer(profile, add_lora(base_b, profile), tokenizer, rows)
+        notebook = ns["trainer"]
+        assert type(notebook).__name__ == type(helper).__name__ == "EmbeddingLRTrainer"
+        assert notebook.args.to_dict() == helper.args.to_dict()
+        assert notebook.embedding_learning_rate == helper.embedding_learning_rate
+        assert type(notebook.data_collator) is type(helper.data_collator)
+        assert notebook.cpt_attention_route == helper.cpt_attention_route
+        assert notebook.cpt_run == helper.cpt_run
+
+
+def test_notebook_05_and_the_helpers_pass_unsloth_the_same_settings():
+    """The unsloth branch needs a GPU: its settings are compared as code. 05's `settings` are
+    helpers.training.training_arguments' keywords (less output_dir / save_strategy, which the
+    checkpoint settings give), and UnslothTrainingArguments gets what build_trainer adds for the text."""
+    from helpers.training import build_trainer, training_arguments
+
+    cell = notebook_cell("05_training", "UnslothTrainingArguments(")
+    notebook = dict_keywords(cell, "settings")
+    helper = dict_keywords(inspect.getsource(training_arguments), "kwargs")
+    assert notebook.pop("**checkpoints") == "checkpoints"
+    assert {k: v for k, v in helper.items() if k not in ("output_dir", "save_strategy")} == notebook
+    unsloth_args = {k.arg: ast.unparse(k.value) for k in named_call(cell, "UnslothTrainingArguments").keywords if k.arg}
+    assert unsloth_args == {"embedding_learning_rate": "profile.embedding_learning_rate",
+                            "dataset_text_field": "'text'", "max_length": "profile.max_seq_length",
+                            "packing": "profile.packing"}
+    helper_source = inspect.getsource(build_trainer)
+    for fragment in ('"dataset_text_field": "text"', '"max_length": profile.max_seq_length', '"packing": profile.packing',
+                     "UnslothTrainer(model=model, processing_class=tokenizer, train_dataset=train_dataset"):
+        assert fragment in helper_source, fragment
+    assert "embedding_learning_rate=profile.embedding_learning_rate" in inspect.getsource(training_arguments)
+    trainer_call = {k.arg: ast.unparse(k.value) for k in named_call(cell, "UnslothTrainer").keywords}
+    assert trainer_call["processing_class"] == "tokenizer" and trainer_call["train_dataset"] == "text_dataset"
