@@ -243,17 +243,28 @@ plt.show()
 #   That can be prevented: restart the positions at every story and give the attention one causal
 #   block per story (notebook 05 shows how each branch does it). It matters: on SmolLM2, training
 #   with attention across stories left the model 4.5% worse on held-out stories than the same
-#   training with each story kept apart (`benchmarks/RESULTS.md`).
+#   training with each story kept apart.
 #   "Padding-free" batching, which unsloth enables by default on recent GPUs, gets packing's
 #   efficiency in the same way: rows are concatenated without padding and the attention kernel is
 #   told where each one starts.
 #
 # Both profiles pack (`packing=True`) and keep each story's attention to itself. On the CPU its
 # stories are often longer than its 256-token blocks, so padding would throw most of their text
-# away; on the GPU, packing with a variable-length attention kernel trained the walkthrough's epoch
-# fastest of every batching mode measured (issue 17's table in `benchmarks/RESULTS.md`). One switch,
-# `packing` (`CPT_PACKING=0`), gives the walkthrough's padded rows. Notebook 11 measures the
-# difference on this machine.
+# away; on the GPU, packing with a variable-length attention kernel trains the walkthrough's epoch
+# several times faster than padded rows. One switch, `packing` (`CPT_PACKING=0`), gives the
+# walkthrough's padded rows.
+#
+# **Packing changes how many rows make an optimizer step.** The walkthrough's step is 16 padded
+# stories: about 4,300 real tokens. A 2,048-token packed row holds about 7.7 stories, so the GPU
+# profile takes 2 packed rows a step, the same tokens per step and about the same 160 steps for the
+# 2,500 stories. Taking 16 packed rows a step instead would be 8 times the tokens per step and 8 times
+# fewer steps (21); at the walkthrough's learning rate the model then learned far less (held-out
+# perplexity 7.24 against 6.40, measured on the real SmolLM2 under the 7B recipe, three seeds; notebook
+# 05 has the table). Notebook 11 measures the speed difference on this machine.
+#
+# A coincidence to avoid misreading below: on the CPU the 188 stories pack into about as many
+# 256-token blocks as there are stories. A block is not a story: a long story runs over several
+# blocks, and a block holds the end of one story and the beginning of the next.
 
 # %%
 from helpers.data import pack_blocks, truncate_rows

@@ -319,7 +319,11 @@ results["untied_embedding_group"] = {"lr": embedding_group["lr"], "modules": emb
 # trained with a gradient scaler), and moves the frozen original to **CPU memory**, since it is never
 # used again while the copy exists. "Mixed precision" therefore means: the embedding copies are
 # stored and updated in 16 bits (bf16), not in fp32 like the LoRA matrices, next to a 4-bit frozen
-# body; that halves their weight and optimizer-state memory. The cell prints what this run holds.
+# body; that halves their weight memory. The price, measured in notebook 05: an update of the
+# embedding learning rate (5e-6) is smaller than half a bf16 step for almost every weight, so it
+# rounds away (1.1% of the trained rows' entries changed over the epoch on the real SmolLM2, 100%
+# with fp32 copies). This project's GPU profile therefore casts the copies back to fp32 after
+# `get_peft_model`; `CPT_EMBEDDING_DTYPE=bfloat16` keeps unsloth's. The cell prints what this run holds.
 
 # %%
 wrappers = [(name, m) for name, m in model.named_modules()
@@ -337,9 +341,8 @@ results["embedding_copy_dtypes"] = {name.split(".")[-1]: str(w.modules_to_save["
 
 # %% [markdown]
 # On the CPU everything is fp32: there is no 4-bit and nothing to save by mixing precisions. On the
-# GPU branch the frozen projections show up as packed `uint8` (4-bit), the embedding copies in bf16
-# and the LoRA matrices in fp32 (the project's GPU run record, `runs/LOG.md`, shows the same
-# for training).
+# GPU branch the frozen projections show up as packed `uint8` (4-bit), the LoRA matrices in fp32, and
+# the embedding copies in fp32 with the GPU profile's default (bf16 with unsloth's own).
 #
 # ## (g) How much memory does LoRA save as the sequence grows?
 #

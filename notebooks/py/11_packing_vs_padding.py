@@ -136,11 +136,12 @@ assert speed["packed blocks"]["real_tokens"] > speed["padded rows"]["real_tokens
 # itself (notebook 05, and the third line of the table on the plain branch). On this CPU that costs
 # little or no time: the line above, and the two full trainings of
 # `benchmarks/cross_document_attention.py` (231-256 s across, 231-237 s apart). It gives 4.5% lower
-# held-out perplexity. On an H200 at 7B, packing with torch's variable-length attention was the
-# fastest of every batching mode measured: 60.7 s for the walkthrough's epoch against about 450 s
-# padded (issue 17's table in `benchmarks/RESULTS.md`, 2026-11-28). Either way it is one switch:
-# `profile.replace(packing=False)` (or `CPT_PACKING=0`), which `helpers.data.build_train_dataset` and
-# the trainer both follow.
+# held-out perplexity. On an H200 at 7B, packing with torch's variable-length attention trained the
+# walkthrough's epoch in 61 s against 472 s for its padded rows, at the same tokens per optimizer step
+# (2 packed rows against 16 padded stories) and the same quality on a real model. A speed-up counts
+# only at the same optimization: 16 packed rows a step were as fast, but took 8 times fewer steps and
+# learned far less (notebook 05's table). Either way it is one switch: `profile.replace(packing=False)`
+# (or `CPT_PACKING=0`), which `helpers.data.build_train_dataset` and the trainer both follow.
 
 # %%
 print(f"this profile: packing={profile.packing} "
