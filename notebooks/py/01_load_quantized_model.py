@@ -81,7 +81,7 @@ print(f"compute dtype for {profile.name}: {resolve_dtype(profile)}")
 # exists, nothing of the sort on a CPU. The profile decides which branch runs; later notebooks call
 # `helpers.modeling.load_model_and_tokenizer`, which does the same and adds clear errors for a model
 # that cannot be fetched and the check of a `max_seq_length` beyond the trained context (RoPE, below)
-# (`tests/repo/test_teaching_copies.py` checks that this cell and the helper load the same model).
+# (the project's tests check that this cell and the helper load the same model).
 
 # %%
 from helpers.modeling import ensure_pad_token, resolve_model_source

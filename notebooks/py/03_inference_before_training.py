@@ -185,8 +185,8 @@ except IndexError as err:
 # being received until a space or newline completes it; then either print it on the current line or
 # start a new line first. The model's own newlines reset the column, a word longer than a line is
 # cut, empty chunks and a prompt-bearing first chunk need no special case. That is
-# `helpers.streaming.WrappedPrinter` (unit-tested in `tests/unit/test_streaming.py` for long words,
-# newlines inside chunks, empty chunks, and chunks that land exactly on the width), and
+# `helpers.streaming.WrappedPrinter` (its tests cover long words, newlines inside chunks, empty
+# chunks, and chunks that land exactly on the width), and
 # `helpers.streaming.stream_generate` wraps the thread and the streamer above around it.
 
 # %%

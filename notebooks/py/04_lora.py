@@ -105,7 +105,7 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # unsloth's `get_peft_model` takes that list directly. The plain PEFT twin has to split it
 # (projections get LoRA, embeddings go to `modules_to_save`) and turn on gradient checkpointing
 # through transformers. Later notebooks use `helpers.training.add_lora`, which holds this same code
-# (`tests/repo/test_teaching_copies.py` checks that both build the same model). It adds one argument for
+# (the project's tests check that both build the same model). It adds one argument for
 # multi-GPU runs: unsloth writes the frozen embeddings it offloads to a file and memory-maps it back,
 # and under a launcher every process needs its own file (`temporary_location`, see docs/multi-gpu.md).
 

@@ -57,7 +57,7 @@ print(f"adapter from notebook 05 ({train_result['steps']} steps); before-text an
 # the model to its fast generation path (evaluation mode, KV cache on, left padding, checkpointing
 # off). `for_training` switches back. In plain transformers the equivalent is `model.eval()`.
 # Notebooks 07-09 call `helpers.modeling.load_trained_model`, which holds this cell's code
-# (`tests/repo/test_teaching_copies.py` checks that both give the same model).
+# (the project's tests check that both give the same model).
 
 # %%
 from helpers.modeling import load_model_and_tokenizer
