@@ -51,8 +51,13 @@ profile = start("01_load_quantized_model")
 # the gap between two of the 16 levels, so they would round back to where they were, and the
 # quantized tensor is not even a floating-point parameter PyTorch can update. So the base weights
 # stay **frozen**, and learning happens in small extra matrices kept in higher precision next to them:
-# **LoRA** adapters (notebook 04). This combination is QLoRA. It also explains the one exception in
-# this recipe: the embedding matrices are trained in full, so they are kept un-quantized.
+# **LoRA** adapters (notebook 04). This combination is QLoRA.
+#
+# The embedding matrices are not quantized at all, and not because this recipe trains them: bitsandbytes
+# quantizes only linear layers, never `nn.Embedding`, and transformers leaves the output layer
+# `lm_head` out of 4-bit by default (it is listed among the modules not to convert). That is what makes
+# training them in full possible later (notebook 04); the cell after the loading call shows their
+# storage dtype.
 #
 # 4-bit needs bitsandbytes' CUDA kernels, so the CPU profile loads plain fp32 weights. The recipe
 # around it is unchanged.
@@ -157,8 +162,16 @@ assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
 # every position by a factor, so position 4,000 with factor 2 gets exactly the angles position 2,000
 # had. Newer schemes (NTK-aware, YaRN, Llama-3's) scale low and high frequencies differently. When
 # asked for a `max_seq_length` beyond the trained context, unsloth's loader adds such a scaling to the
-# config and prints a notice. Mistral-7B v0.3 was trained for 32,768 positions, so the walkthrough's
+# config and prints a notice. Mistral-7B v0.3's config says 32,768 positions, so the walkthrough's
 # 2,048 needs none.
+#
+# > **The walkthrough says** that Mistral's context length is 8,192 and that RoPE adds position vectors
+# > to the token embeddings. **In fact** 8,192 was the sliding-window size of the first Mistral-7B
+# > (v0.1); v0.3's config has `max_position_embeddings = 32768` and no sliding window. And RoPE adds
+# > nothing to the embeddings: it rotates the query and key vectors inside every attention layer,
+# > which is why it can be rescaled after training. **Shown by** the config printed below, and by the
+# > rotation angles this cell computes from transformers' own RoPE code (learned position vectors
+# > that *are* added to the embeddings are GPT-2's way, measured at the end of this notebook).
 #
 # The cell below measures the claim with transformers' own RoPE code: the inverse frequencies of the
 # model's configuration, with and without linear scaling by 2, and the rotation angles they give.

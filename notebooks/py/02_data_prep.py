@@ -168,8 +168,9 @@ assert tokenized[0]["input_ids"][-1] == tokenizer.eos_token_id
 # %% [markdown]
 # ### What does `dataset_num_proc` buy?
 #
-# The walkthrough passes `dataset_num_proc = 2` to its trainer, which hands it to `Dataset.map` as
-# `num_proc`: the tokenization is split across that many worker processes. Whether that saves time
+# The walkthrough passes `dataset_num_proc = 8` to its trainer, which hands it to `Dataset.map` as
+# `num_proc`: the tokenization is split across that many worker processes (this machine has two cores,
+# so the cell compares one process with two). Whether that saves time
 # depends on how much text there is, because starting the workers and shipping the rows to them and
 # back costs a fixed amount. The cell times the same tokenization with 1 and 2 processes, on this
 # sample and on the walkthrough's 2,500 stories (the sample repeated to that length), with the

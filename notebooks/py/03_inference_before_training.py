@@ -123,7 +123,7 @@ print(f"\nline lengths: {line_lengths}")
 assert line_lengths[0] == max(line_lengths)  # the prompt makes the first line the longest
 
 # %% [markdown]
-# **3. unsloth's own wrap: count characters.** The walkthrough's final version keeps a running
+# **3. unsloth's original wrap: count characters.** unsloth's own raw-text notebook keeps a running
 # character count. The first chunk (`j == 0`), the one holding the prompt, is wrapped with
 # `textwrap.wrap` and the count starts at the length of its last line; after that, every chunk adds
 # its length, and once the count reaches the width a newline goes out *before* the chunk and the
@@ -134,7 +134,7 @@ assert line_lengths[0] == max(line_lengths)  # the prompt makes the first line t
 import textwrap
 
 
-def walkthrough_wrap(chunks: list[str], max_print_width: int) -> str:
+def unsloth_wrap(chunks: list[str], max_print_width: int) -> str:
     out, length = "", 0
     for j, new_text in enumerate(chunks):
         if j == 0:
@@ -151,7 +151,7 @@ def walkthrough_wrap(chunks: list[str], max_print_width: int) -> str:
 
 
 width = 100
-attempt_3 = walkthrough_wrap(chunks, width)
+attempt_3 = unsloth_wrap(chunks, width)
 print(attempt_3)
 lines_3 = attempt_3.split("\n")
 too_long = [len(line) for line in lines_3 if len(line) > width]
@@ -171,11 +171,17 @@ assert lost > 0 and attempt_3.startswith(textwrap.wrap(chunks[0], width)[0])
 # * the chunks carry their trailing space, so the line before each break ends in a space;
 # * reading the code: the model's own newlines do not reset the count, so after a paragraph break a
 #   line is cut early; and `textwrap.wrap("")` is an empty list, so an empty first chunk (the
-#   streamer emits empty chunks, as counted above) ends the loop with an `IndexError`:
+#   streamer emits empty chunks, as counted above) ends the loop with an `IndexError`.
+#
+# > **The walkthrough** prints with a version of this function that already passes
+# > `drop_whitespace=False` to `textwrap.wrap` and resets the count at the model's newlines: that
+# > removes the lost space and the early cut after a paragraph break. The overrun by one chunk, the
+# > trailing spaces and the empty first chunk's `IndexError` remain in its version too (the cell below
+# > shows the last).
 
 # %%
 try:
-    walkthrough_wrap([""] + chunks[1:], width)
+    unsloth_wrap([""] + chunks[1:], width)
     print("no error")
 except IndexError as err:
     print(f"first chunk empty -> IndexError: {err}")

@@ -102,6 +102,11 @@ print(f"r={profile.lora_r}, alpha={profile.lora_alpha}: rsLoRA scale {scale_rslo
 # `get_input_embeddings()` and `get_output_embeddings()` return. On this model that gives exactly the
 # walkthrough's list; with `CPT_MODEL` it gives your model's own names.
 #
+# > **The walkthrough says** that modules left out of `target_modules` are still trained. **In fact**
+# > `get_peft_model` freezes every weight of the base model first; only the LoRA matrices of the listed
+# > projections and the full copies of the listed embedding modules train. **Shown by** the breakdown
+# > below: nothing else has `requires_grad=True`, and notebook 05 asserts the optimizer's groups.
+#
 # unsloth's `get_peft_model` takes that list directly. The plain PEFT twin has to split it
 # (projections get LoRA, embeddings go to `modules_to_save`) and turn on gradient checkpointing
 # through transformers. Later notebooks use `helpers.training.add_lora`, which holds this same code
@@ -185,6 +190,8 @@ total = sum(p.numel() for p in model.parameters())
 for key, entry in breakdown.items():
     print(f"{key:<28}{entry['parameters'] / 1e6:10.2f} M  {', '.join(entry['dtypes'])}")
 print(f"{'trainable':<28}{trainable / 1e6:10.2f} M of {total / 1e6:.1f} M parameters ({100 * trainable / total:.1f}%)")
+others = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n and "modules_to_save" not in n]
+assert not others, f"trainable outside the LoRA matrices and the embedding copies: {others[:3]}"
 
 # %%
 embedding_names = [n for n, p in model.named_parameters() if p.requires_grad and ("embed_tokens" in n or "lm_head" in n)]

@@ -138,6 +138,53 @@ print(f"stopped at EOS by itself: before {stops['before']} ({before.get('new_tok
       f"after {stops['after']} ({len(after.token_ids)} tokens), limit {story_tokens}")
 
 # %% [markdown]
+# ### Why does it not stop?
+#
+# Every training story ended in `tokenizer.eos_token` (notebook 02), so a model that had learned
+# TinyStories well would end its story and emit EOS. This one usually runs to the limit, for three
+# reasons that add up:
+#
+# * **Too little training to learn the ending.** EOS follows a story's last sentence once per story; the
+#   CPU profile trains 12 steps of 4 blocks (about a quarter of the sample), the GPU profile one epoch.
+#   An EOS is one token in several hundred, and its probability after "The end." has to beat every
+#   other continuation before greedy decoding picks it.
+# * **Greedy decoding.** It always takes the single most likely token. Once a phrase repeats, repeating
+#   it again becomes the most likely continuation, and the loop never reaches a place where EOS wins.
+# * **An instruct model's EOS.** SmolLM2-135M-**Instruct** learned its end token, `<|im_end|>`, as the
+#   end of a chat turn, not of a story; CPT has to teach it a second meaning. Mistral-7B v0.3, a base
+#   model, ends documents with `</s>`, and learns the story ending faster.
+#
+# Sampling is the usual way out of a greedy loop: draw the next token from the distribution
+# (`temperature` below 1 sharpens it), and penalise tokens already generated (`repetition_penalty`).
+# The cell generates once more with sampling, seeded, and counts how often each text repeats itself
+# (the share of 4-word sequences that occurred before in the same text).
+
+# %%
+import torch
+
+from helpers.modeling import input_device
+from helpers.profiles import weights_are_random
+
+
+def repeated_share(text: str, n: int = 4) -> float:
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return sum(g in set(grams[:i]) for i, g in enumerate(grams)) / max(1, len(grams))
+
+
+torch.manual_seed(profile.seed)
+prompt_ids = tokenizer(profile.prompt, return_tensors="pt").to(input_device(model))
+sampled_ids = model.generate(**prompt_ids, max_new_tokens=story_tokens, do_sample=True, temperature=0.8, top_p=0.95,
+                             repetition_penalty=1.2, pad_token_id=tokenizer.pad_token_id)[0, prompt_ids["input_ids"].shape[1]:]
+sampled = tokenizer.decode(sampled_ids, skip_special_tokens=True)
+print(textwrap.fill(profile.prompt + sampled, width=100))
+print(f"\nstopped at EOS: {tokenizer.eos_token_id in sampled_ids.tolist()} ({len(sampled_ids)} tokens)")
+print(f"repeated 4-word sequences: greedy {repeated_share(after.text):.0%}, sampled {repeated_share(sampled):.0%}")
+assert sampled != after.text
+if not weights_are_random(profile):  # random weights (a GPU speed run) say nothing about repetition
+    assert repeated_share(sampled) < repeated_share(after.text), "sampling should repeat less than greedy decoding"
+
+# %% [markdown]
 # What to look for: TinyStories are written for small children, with a small vocabulary, short
 # sentences, named children (Lily, Tom, Ben ...), a little problem and a moral. After continued
 # pre-training the continuation should move towards that register, while the "before" text reflects
