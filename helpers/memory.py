@@ -139,8 +139,12 @@ def snapshot() -> dict:
 
 
 def format_snapshot(snap: dict) -> str:
-    """Return a one-paragraph, human-readable rendering of a :func:`snapshot`."""
+    """Return a short, human-readable rendering of a :func:`snapshot`: the host's RSS, then the GPU's
+    readings (torch's allocator, NVML, nvidia-smi), or one line saying that GPU memory is not measured
+    when none of them is available (the CPU)."""
     lines = [f"process RSS (host): {snap['rss_gib']:.2f} GiB"]
+    if not (snap["torch"] or snap["nvml"] or snap["nvidia_smi"]):
+        return "\n".join(lines + ["GPU memory: not measured (no CUDA device)"])
     if snap["torch"]:
         t = snap["torch"]
         lines.append(

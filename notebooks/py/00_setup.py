@@ -104,20 +104,26 @@ profile = start("00_setup")
 #
 # All settings live in `helpers/profiles.py`. The selection rule is simple: the environment variable
 # `CPT_PROFILE` wins if it is set; otherwise a machine with CUDA gets the walkthrough's GPU profile
-# and a machine without gets the offline CPU default. The table below compares the two, field by
-# field, so you can see exactly what the CPU profile scales down and what it keeps.
+# and a machine without gets the offline CPU default. The table below lists the settings where the
+# two differ, so you can see exactly what the CPU profile scales down; every other setting (LoRA
+# targets, rsLoRA, the schedule, the seed, the prompt ...) is the same.
 
 # %%
 from helpers.profiles import CPU_SMOLLM2, GPU_MISTRAL7B, PROFILES
 
 print(f"available profiles: {', '.join(PROFILES)}\n")
-print(f"{'setting':<28}{GPU_MISTRAL7B.name:<34}{CPU_SMOLLM2.name}")
+print(f"{'setting':<30}{GPU_MISTRAL7B.name:<34}{CPU_SMOLLM2.name}")
 gpu_settings, cpu_settings = GPU_MISTRAL7B.as_dict(), CPU_SMOLLM2.as_dict()
+internal = ("name", "description", "extra", "packed_batch", "padded_batch", "sample_by_design", "own_model")
+same = []
 for key in gpu_settings:
-    if key in ("name", "description", "extra"):
+    if key in internal:
         continue
-    marker = "" if gpu_settings[key] == cpu_settings[key] else "  <- differs"
-    print(f"{key:<28}{str(gpu_settings[key]):<34}{cpu_settings[key]}{marker}")
+    if gpu_settings[key] == cpu_settings[key]:
+        same.append(key)
+        continue
+    print(f"{key:<30}{str(gpu_settings[key]):<34}{cpu_settings[key]}")
+print(f"\nthe same in both: {len(same)} settings, among them {', '.join(same[:6])} ...")
 
 # %% [markdown]
 # What the CPU profile keeps is the *shape* of the recipe, which is what the later notebooks teach:

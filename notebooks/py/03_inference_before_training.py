@@ -99,10 +99,21 @@ assert profile.prompt.startswith(chunks[0]) and chunks[0] != profile.prompt
 #
 # **1. Print each chunk as it comes** (`print(new_text, end="")`). The text is right, but nothing
 # wraps it: a paragraph is one long line.
+#
+# The text is the same in every attempt; only its line breaks differ. So each cell shows its first
+# lines, which is where the differences are, and measures all of them.
 
 # %%
+def first_lines(text: str, lines: int = 3, longest: int = 240) -> str:
+    """The first `lines` lines of `text`, each cut after `longest` characters, and how much is left."""
+    kept = text.split("\n")
+    shown = [line if len(line) <= longest else f"{line[:longest]} ...[{len(line) - longest} more characters]"
+             for line in kept[:lines]]
+    return "\n".join(shown) + (f"\n...[{len(kept) - lines} more lines]" if len(kept) > lines else "")
+
+
 attempt_1 = "".join(chunks)
-print(attempt_1)
+print(first_lines(attempt_1))
 print(f"\nlongest line: {max(len(line) for line in attempt_1.splitlines())} characters")
 
 # %% [markdown]
@@ -117,7 +128,7 @@ for j, new_text in enumerate(chunks):
     attempt_2 += new_text
     if (j + 1) % 20 == 0:
         attempt_2 += "\n"
-print(attempt_2)
+print(first_lines(attempt_2))
 line_lengths = [len(line) for line in attempt_2.split("\n") if line]
 print(f"\nline lengths: {line_lengths}")
 assert line_lengths[0] == max(line_lengths)  # the prompt makes the first line the longest
@@ -152,7 +163,7 @@ def unsloth_wrap(chunks: list[str], max_print_width: int) -> str:
 
 width = 100
 attempt_3 = unsloth_wrap(chunks, width)
-print(attempt_3)
+print(first_lines(attempt_3, lines=6))
 lines_3 = attempt_3.split("\n")
 too_long = [len(line) for line in lines_3 if len(line) > width]
 lost = len(attempt_1) - len(attempt_3.replace("\n", ""))
@@ -204,7 +215,7 @@ for chunk in [""] + chunks:  # an empty first chunk is no problem
     printer.feed(chunk)
 printer.close()
 wrapped = "".join(lines)
-print(wrapped)
+print(first_lines(wrapped, lines=6))
 assert max(len(line) for line in wrapped.splitlines()) <= width
 assert not any(line.startswith(" ") for line in wrapped.splitlines())
 assert wrapped.split() == "".join(chunks).split()  # same words, only the line breaks differ

@@ -122,15 +122,16 @@ after = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=story_t
 print(f"\n[{after.stop_reason()}]")
 
 # %% [markdown]
-# Side by side:
+# Side by side, the beginnings (the whole "after" text streamed above, the whole "before" text is in
+# notebook 03):
 
 # %%
 import textwrap
 
 for label, text in (("BEFORE (notebook 03)", before["text"]), ("AFTER  (this notebook)", after.text)):
-    print(f"=== {label} ===")
-    for paragraph in (profile.prompt + text).split("\n"):
-        print(textwrap.fill(paragraph, width=100))
+    print(f"=== {label}, the first lines ===")
+    lines = textwrap.wrap(profile.prompt + text, width=100)
+    print("\n".join(lines[:5]) + (f"\n...[{len(lines) - 5} more lines]" if len(lines) > 5 else ""))
     print()
 assert after.text != before["text"], "training did not change the model's output"
 stops = {"before": before.get("stopped_at_eos"), "after": after.stopped_at_eos}

@@ -164,9 +164,14 @@ for prompt, answer in FACTS:
 # %% [markdown]
 # ## The answer
 #
-# The cell below states the measured result. Whatever the counts, two things are worth knowing when
-# reading them. First, this is *recall from a rephrased question after a handful of exposures*, the
-# hard case: both arms drive the training loss down (they can reproduce the documents), and what
+# The cell below states the measured result. Read it as a comparison of two *recipes*, not of two
+# methods: the arms differ in learning rate (1e-3 against 5e-5) as much as in what they train, and
+# a learning rate this far apart can decide the outcome by itself. A fair verdict on LoRA against
+# full fine-tuning would give each method its best learning rate from a sweep at the same number of
+# steps (notebook 13 shows how such a sweep goes), which this CPU run does not afford; so the cell
+# asserts only what holds for both arms: training on the facts makes their answers likelier.
+# Two more things are worth knowing. First, this is *recall from a rephrased question after a handful
+# of exposures*, the hard case: both arms drive the training loss down (they can reproduce the documents), and what
 # differs is how far the fact generalises to another wording. Second, the LoRA arm here is the CPT
 # recipe, which trains `embed_tokens` and `lm_head` in full: the made-up names are new token
 # sequences, and those matrices are where a model learns them.

@@ -88,17 +88,18 @@ def test_nvidia_smi_garbage_gives_none(monkeypatch):
     assert memory.nvidia_smi_memory() is None
 
 
-def test_format_snapshot_without_gpu():
+def test_format_snapshot_without_gpu_says_so_once():
     text = format_snapshot(fake_snapshot(rss=1.234))
-    assert "process RSS (host): 1.23 GiB" in text
-    assert "torch CUDA allocator: not available" in text
-    assert "NVML: not available" in text
-    assert "nvidia-smi: not available" in text
-    assert text.count("not available") == 3
+    assert text == "process RSS (host): 1.23 GiB\nGPU memory: not measured (no CUDA device)"
 
 
-def test_format_snapshot_real_cpu_snapshot_mentions_not_available(no_cuda):
-    assert "not available" in format_snapshot(snapshot())
+def test_format_snapshot_real_cpu_snapshot_says_gpu_memory_is_not_measured(no_cuda):
+    assert format_snapshot(snapshot()).endswith("GPU memory: not measured (no CUDA device)")
+
+
+def test_format_snapshot_names_each_missing_gpu_reading():
+    text = format_snapshot(fake_snapshot(torch=TORCH_FIGURES))
+    assert "NVML: not available" in text and "nvidia-smi: not available" in text
 
 
 def test_format_snapshot_with_gpu_figures():
