@@ -18,6 +18,9 @@ the model's ``tokenizer.model`` (:func:`read_sentencepiece_model`, a small proto
 ``sentencepiece`` nor ``protobuf`` is needed). llama.cpp merges by those scores; the BPE merges of the
 Hugging Face tokenizer are written as well, which llama.cpp ignores for this model and transformers'
 GGUF reader uses, so that reading the file back gives the same token ids as the tokenizer in memory.
+(One difference remains on the transformers side: its reader rebuilds a SentencePiece tokenizer in the
+"legacy" form, which adds a ``▁`` after a special token written inside the text, ``"[INST] hi"``;
+plain text gets the same ids.)
 
 Types offered (:data:`EXPORT_TYPES`): ``F32`` (lossless), ``F16`` and ``BF16`` (16-bit floats),
 ``Q8_0`` (8-bit blocks of 32 with one scale) and ``Q4_0`` (4-bit blocks); 1-D tensors (norms) always

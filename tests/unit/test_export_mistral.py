@@ -138,3 +138,25 @@ def test_tiny_mistral_round_trip(tmp_path, v3, tiny_mistral, quantization):
     assert text_back == text
     if quantization == "F32":
         assert relative == 0.0  # the same numbers, computed the same way
+
+
+def test_without_tokenizer_model_scores_follow_the_merges(tmp_path, v3, tiny_mistral):
+    """No tokenizer.model to be found: each piece scores minus the rank of the first merge that makes it
+    (so llama.cpp joins pieces in the Hugging Face tokenizer's order), and the ids still round-trip."""
+    import json
+
+    from gguf import GGUFReader
+
+    _, tokenizer = v3
+    assert find_sentencepiece_model(tokenizer) is None  # built in memory: no file beside it
+    out = export_gguf(tiny_mistral, tokenizer, tmp_path / "m.gguf", "Q8_0")
+    fields = GGUFReader(str(out)).fields
+    scores = fields["tokenizer.ggml.scores"].contents()
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    made = [tokenizer.convert_tokens_to_ids("".join(pair)) for pair in merges[:50]]
+    assert [scores[i] for i in dict.fromkeys(made)] == sorted((scores[i] for i in dict.fromkeys(made)), reverse=True)
+    assert scores[made[0]] == 0.0 and scores[1] == 0.0  # the first merge, and a control token
+    assert fields["tokenizer.ggml.token_type"].contents()[:4] == [SPM_UNKNOWN, SPM_CONTROL, SPM_CONTROL, SPM_CONTROL]
+    _, back_tokenizer = load_gguf(out)
+    assert all(back_tokenizer(t, add_special_tokens=False)["input_ids"] == tokenizer(t, add_special_tokens=False)["input_ids"]
+               for t in STORIES)
