@@ -71,10 +71,11 @@ def tokenizer_family(tokenizer) -> str | None:
     model = backend.get("model", {})
     if model.get("type") != "BPE":
         return None
-    around = json.dumps([backend.get("normalizer"), backend.get("pre_tokenizer"), backend.get("decoder")])
+    around = json.dumps([backend.get("normalizer"), backend.get("pre_tokenizer"), backend.get("decoder")],
+                        ensure_ascii=False)
     if "ByteLevel" in around:
         return "bpe"
-    if model.get("byte_fallback") and ("Metaspace" in around or "\u2581" in around or "▁" in around):
+    if model.get("byte_fallback") and "▁" in around:  # SentencePiece's space, as Metaspace or Replace/Prepend
         return "spm"
     return None
 

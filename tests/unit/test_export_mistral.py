@@ -107,6 +107,20 @@ def test_spm_metadata_is_what_llama_cpp_reads(tmp_path, v3, tiny_mistral):
     assert "Q8_0" in gguf_tensor_types(out)
 
 
+def test_the_legacy_llama_form_is_sentencepiece_too(v3):
+    """Llama 2's tokenizer.json: no pre-tokenizer, a normalizer that prepends and replaces with ▁."""
+    from tokenizers import normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    _, tokenizer = v3
+    backend = tokenizer.backend_tokenizer.__class__.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = None
+    legacy = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert tokenizer_family(legacy) == "spm"
+    assert legacy("Once upon", add_special_tokens=False)["input_ids"] == [6481, 4482]
+
+
 def test_finds_the_sentencepiece_file_beside_the_tokenizer(tmp_path, v3):
     path, tokenizer = v3
     tokenizer.save_pretrained(tmp_path)
