@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.artifacts import MissingArtifactError, require
+from helpers.artifacts import MissingArtifactError, ProvenanceError, require
 from helpers.support import paths
 from helpers.support.paths import ARTIFACTS, artifact_path, cache_dir, outputs_dir, project_root, relative
 
@@ -102,11 +102,16 @@ def test_require_returns_existing_file_and_folder(tmp_path):
     assert require("before") == outputs / "03_before.json"
 
 
-def test_require_passes_an_unchecked_notebooks_artifact_without_manifest(tmp_path, capsys):
-    """Artifacts of notebooks that do not write manifests yet are passed through, with a note."""
-    (tmp_path / "outputs" / "09_merged").mkdir(parents=True)
-    assert require("merged") == tmp_path / "outputs" / "09_merged"
+def test_require_passes_the_shared_memory_log_without_manifest_and_refuses_a_notebook_artifact(tmp_path, capsys):
+    """Every notebook's artifact has a manifest: one without is refused, naming the notebook to re-run.
+    Only the memory log that every notebook appends to is passed through, with a note."""
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "memory_stages.json").write_text("[]", encoding="utf-8")
+    assert require("memory_stages") == tmp_path / "outputs" / "memory_stages.json"
     assert "has no manifest, so where it came from is not checked" in capsys.readouterr().out
+    (tmp_path / "outputs" / "09_merged").mkdir()
+    with pytest.raises(ProvenanceError, match=r"has no manifest .* Re-run notebooks/09_save_and_merge.ipynb"):
+        require("merged")
 
 
 @pytest.mark.parametrize("kind", ["file", "dangling link"])
