@@ -31,6 +31,7 @@ again and :func:`check_param_groups` confirms the groups match, or stops with an
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -38,7 +39,7 @@ import shutil
 from pathlib import Path
 
 from .artifacts import differences, run_identity, save_outputs
-from .errors import check_training_settings, disk_full_explained, out_of_memory_explained
+from .errors import DiskFullError, check_training_settings, disk_full_explained, out_of_memory_explained
 from .profiles import Profile, select_profile
 from .support.files import (
     file_problem,
@@ -257,6 +258,21 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     return None
 
 
+def remove_incomplete_checkpoints(output_dir: Path | str) -> list[str]:
+    """Delete the ``checkpoint-*`` folders of ``output_dir`` that were not written to the end (see
+    :func:`checkpoint_problem`); return their names. Used after a full disk stopped a checkpoint save,
+    where setting the half-written folder aside would keep the disk full."""
+    output_dir = Path(output_dir)
+    removed = []
+    if not output_dir.is_dir():
+        return removed
+    for folder in sorted(output_dir.glob("checkpoint-*")):
+        if folder.is_dir() and re.fullmatch(r"checkpoint-\d+", folder.name) and checkpoint_problem(folder) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
 def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
 
@@ -403,8 +419,14 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
         check_param_groups(_unwrapped(trainer.optimizer), model, checkpoint)
         print(f"Resuming from {relative(checkpoint)} (step {checkpoint_step(checkpoint)}).")
     try:
-        with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint"):
+        with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint", previous_kept=False):
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    except DiskFullError as err:
+        removed = remove_incomplete_checkpoints(output_dir)
+        freed = (f"\nRemoved the half-written {', '.join(removed)} (it would only fill the disk); the earlier "
+                 "complete checkpoints are kept, and the next run resumes from the last of them."
+                 if removed else "")
+        raise DiskFullError(errno.ENOSPC, f"{err.strerror}{freed}") from (err.__cause__ or err)
     except KeyboardInterrupt as err:
         message = interruption_message(trainer)
         print(message)

@@ -453,6 +453,35 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
 # --- the run ------------------------------------------------------------------------------------
 
 
+FINISHED_FILES = ("adapter", "result.json")  # what a finished run leaves in --output-dir
+EARLIER_RUNS = "earlier-runs"
+
+
+def keep_finished_run(output_dir: Path) -> Path | None:
+    """Move a finished run's ``adapter/`` and ``result.json`` out of the way, into
+    ``<output-dir>/earlier-runs/<UTC time it finished>/``, before this run writes its own: a run never
+    destroys another run's adapter or result (issue 31, case 12). Returns that folder, or None when
+    there was nothing to keep."""
+    from helpers.support.paths import relative
+
+    found = [output_dir / name for name in FINISHED_FILES if (output_dir / name).exists()]
+    if not found:
+        return None
+    finished = max(path.stat().st_mtime for path in found)
+    stamp = datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    keep = output_dir / EARLIER_RUNS / stamp
+    n = 1
+    while keep.exists():
+        n += 1
+        keep = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
+    keep.mkdir(parents=True)
+    for path in found:
+        os.replace(path, keep / path.name)
+    print(f"Kept the earlier run's {' and '.join(p.name for p in found)} in {relative(keep)}: this run writes its own "
+          f"into {relative(output_dir)} (delete {relative(output_dir / EARLIER_RUNS)} when you no longer need them).")
+    return keep
+
+
 def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
@@ -462,6 +491,7 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
     from helpers.support.paths import relative
 
     model, tokenizer = trainer.model, trainer.processing_class
+    keep_finished_run(output_dir)
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
     extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
              **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),

@@ -8,6 +8,8 @@ import multiprocessing
 import os
 import traceback
 
+import pytest
+
 from helpers.support.files import save_directory_atomically
 
 FORK = multiprocessing.get_context("fork")
@@ -78,3 +80,58 @@ def test_case13_concurrent_save_outputs_never_fail(tmp_path, monkeypatch):
     assert not list((tmp_path / "outputs").glob(".commit-*"))
 
 
+
+
+def _train_script():
+    """Import scripts/train_cpt.py as a module (it imports only helpers.profiles at the top)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_cpt", Path(__file__).resolve().parents[2] / "scripts" / "train_cpt.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_case12_runs_into_one_output_dir_keep_every_finished_adapter_and_result(tmp_path):
+    """Three train_cpt.py runs into one --output-dir: the first run's adapter and result.json were
+    overwritten. Each run now moves the finished run it finds into earlier-runs/ before writing."""
+    script = _train_script()
+    out = tmp_path / "train_cpt"
+    for run in ("first", "second", "third"):
+        script.keep_finished_run(out)
+        (out / "adapter").mkdir(parents=True)
+        (out / "adapter" / "adapter_model.safetensors").write_text(run)
+        (out / "result.json").write_text(json.dumps({"run": run}))
+    kept = sorted((out / "earlier-runs").iterdir())
+    assert len(kept) == 2
+    assert sorted(json.loads((k / "result.json").read_text())["run"] for k in kept) == ["first", "second"]
+    assert sorted((k / "adapter" / "adapter_model.safetensors").read_text() for k in kept) == ["first", "second"]
+    assert json.loads((out / "result.json").read_text())["run"] == "third"
+    assert script.keep_finished_run(tmp_path / "empty") is None
+
+
+def test_case11_disk_full_while_writing_a_checkpoint_is_a_disk_full_error_and_frees_the_space(tmp_path):
+    """torch.save on a full disk raised a raw 'RuntimeError: [enforce fail at inline_container.cc…]
+    unexpected pos' and left the half-written checkpoint filling the disk."""
+    from types import SimpleNamespace
+
+    from helpers.checkpoints import train_resumable
+    from helpers.errors import DiskFullError
+
+    out = tmp_path / "05_trainer"
+
+    def train(resume_from_checkpoint=None):
+        half = out / "checkpoint-2"
+        half.mkdir(parents=True)
+        (half / "optimizer.pt").write_bytes(b"PK\x03\x04 cut off")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4544 vs 4432")
+
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(out)), train=train)
+    with pytest.raises(DiskFullError) as caught:
+        train_resumable(trainer, None)
+    assert "Disk full while saving a checkpoint" in str(caught.value)
+    assert "Removed the half-written checkpoint-2" in str(caught.value)
+    assert not (out / "checkpoint-2").exists()
