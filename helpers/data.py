@@ -7,14 +7,13 @@ Notebook ``02_data_prep`` walks through each step; later notebooks call these fu
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 from pathlib import Path
 
 from .errors import check_training_settings
 from .profiles import Profile
-from .support.paths import project_root, relative
+from .support.paths import project_root, read_switch, relative
 
 ANY_TEXT_DIR_ENV_VAR = "CPT_ALLOW_ANY_TEXT_DIR"  # 1: read a text folder inside .venv or holding the repo
 BOM = "\ufeff"
@@ -157,7 +156,7 @@ def check_text_folder_location(folder: Path | str, allow_any: bool | None = None
     ``allow_any`` (default: ``$CPT_ALLOW_ANY_TEXT_DIR`` is 1)."""
     folder = Path(folder).expanduser().resolve()
     if allow_any is None:
-        allow_any = os.environ.get(ANY_TEXT_DIR_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+        allow_any = read_switch(ANY_TEXT_DIR_ENV_VAR, False)
     if allow_any:
         return folder
     root = project_root().resolve()

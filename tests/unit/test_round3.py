@@ -135,3 +135,29 @@ def test_case11_disk_full_while_writing_a_checkpoint_is_a_disk_full_error_and_fr
     assert "Disk full while saving a checkpoint" in str(caught.value)
     assert "Removed the half-written checkpoint-2" in str(caught.value)
     assert not (out / "checkpoint-2").exists()
+
+
+@pytest.mark.parametrize("value", ["2", "flase", "disable", "enabled"])
+def test_case08_a_yes_no_switch_with_another_value_is_refused(monkeypatch, tmp_path, value):
+    """CPT_TORCH_VARLEN=2, =flase and =disable all meant "on", with no message; the other yes/no
+    CPT_* switches read the same loose way."""
+    from helpers.data import check_text_folder_location
+    from helpers.profiles import CPU_SMOLLM2, weights_are_random
+    from helpers.support import varlen_attention
+
+    monkeypatch.setenv("CPT_TORCH_VARLEN", value)
+    with pytest.raises(ValueError, match=f"CPT_TORCH_VARLEN='{value}' is not a yes/no value: use 1"):
+        varlen_attention._off()
+    monkeypatch.setenv("CPT_ALLOW_ANY_TEXT_DIR", value)
+    with pytest.raises(ValueError, match="CPT_ALLOW_ANY_TEXT_DIR"):
+        check_text_folder_location(tmp_path)
+    with pytest.raises(ValueError, match="CPT_RANDOM_WEIGHTS"):
+        weights_are_random(CPU_SMOLLM2, {"CPT_RANDOM_WEIGHTS": value})
+
+
+@pytest.mark.parametrize(("value", "off"), [("0", True), ("OFF", True), (" false ", True), ("1", False), ("", False)])
+def test_case08_documented_switch_values_still_work(monkeypatch, value, off):
+    from helpers.support import varlen_attention
+
+    monkeypatch.setenv("CPT_TORCH_VARLEN", value)
+    assert varlen_attention._off() is off
