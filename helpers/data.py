@@ -200,6 +200,34 @@ def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[
     return files, {"hidden": hidden, "not_files": not_files}
 
 
+# control characters a text file may hold: tab, line feed, vertical tab, form feed, carriage return
+_ALLOWED_CONTROLS = {"\t", "\n", "\x0b", "\x0c", "\r"}
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def text_problem(text: str) -> str | None:
+    """Return why decoded ``text`` is not plain text to train on, or None.
+
+    UTF-16 without a byte-order mark decodes as "valid" UTF-8 with a NUL after (or before) every
+    ASCII letter (``H\\x00e\\x00l\\x00…``, issue 31, case 1); NUL and other control bytes (case 6)
+    come from binary files renamed ``.txt`` or broken exports, and some tokenize to the pad token.
+    """
+    nuls = text.count("\x00")
+    if nuls and nuls >= len(text) // 4:
+        even = text[0::2].count("\x00")
+        order = "UTF-16BE" if even > nuls / 2 else "UTF-16LE"
+        return (f"looks like {order} text without a byte-order mark ({nuls} NUL characters in {len(text)}), "
+                f"not UTF-8. Re-encode it: iconv -f {order} -t UTF-8 FILE > FILE.utf8.txt (and remove the original).")
+    found = _CONTROLS.search(text)
+    if found is not None:
+        count = len(_CONTROLS.findall(text))
+        line = text.count("\n", 0, found.start()) + 1
+        return (f"holds {count} control character(s) that are not text (first: {found.group()!r} on line {line}): "
+                "a binary file named .txt, or a broken export. Remove them (e.g. tr -d '\\000-\\010\\016-\\037' "
+                "< FILE > FILE.clean.txt), or take the file out of the folder.")
+    return None
+
+
 def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, allow_any: bool | None = None):
     """Load every ``.txt`` file of a folder as raw-text documents; return a ``datasets.Dataset``.
 
@@ -230,6 +258,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
             raise DataError(f"{name} cannot be read ({err.strerror}); check its permissions.") from None
         if text.startswith(BOM):
             text, boms = text[1:], boms + 1
+        if (problem := text_problem(text)) is not None:
+            raise DataError(f"{name}: {problem}")
         parts = re.split(r"\n\s*\n", text) if split_on_blank_lines else [text]
         for part in parts:
             part = part.strip()

@@ -161,3 +161,40 @@ def test_case08_documented_switch_values_still_work(monkeypatch, value, off):
 
     monkeypatch.setenv("CPT_TORCH_VARLEN", value)
     assert varlen_attention._off() is off
+
+
+def _text_folder(tmp_path, content: bytes):
+    folder = tmp_path / "my_text"
+    folder.mkdir()
+    (folder / "good.txt").write_text("A plain document of my own.\n", encoding="utf-8")
+    (folder / "bad.txt").write_bytes(content)
+    return folder
+
+
+def test_case01_utf16_without_bom_is_refused_with_the_iconv_command(tmp_path):
+    """A UTF-16LE .txt without BOM was accepted and trained as 'H\\x00e\\x00l\\x00...'."""
+    from helpers.data import DataError, load_text_folder
+
+    folder = _text_folder(tmp_path, "Hello, my own text.\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"bad.txt: looks like UTF-16LE .*iconv -f UTF-16LE -t UTF-8"):
+        load_text_folder(folder)
+    (folder / "bad.txt").write_bytes("Hello, my own text.\n".encode("utf-16-be"))
+    with pytest.raises(DataError, match=r"bad.txt: looks like UTF-16BE"):
+        load_text_folder(folder)
+
+
+@pytest.mark.parametrize("content", [b"Some text\x00 with a NUL", b"Text with \x1b[31m escapes\x07", b"\x7fdel"])
+def test_case06_control_bytes_in_a_text_file_are_refused_by_name(tmp_path, content):
+    """NUL and other control bytes in a .txt were trained as they are (some tokenize to the pad token)."""
+    from helpers.data import DataError, load_text_folder
+
+    folder = _text_folder(tmp_path, content)
+    with pytest.raises(DataError, match=r"bad.txt: holds \d+ control character"):
+        load_text_folder(folder)
+
+
+def test_case06_tabs_form_feeds_and_crlf_are_still_text(tmp_path):
+    from helpers.data import load_text_folder
+
+    folder = _text_folder(tmp_path, b"Col1\tCol2\r\nPage\x0cbreak\x0bvt\n")
+    assert load_text_folder(folder).num_rows == 2
