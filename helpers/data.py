@@ -7,6 +7,7 @@ Notebook ``02_data_prep`` walks through each step; later notebooks call these fu
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 from pathlib import Path
@@ -197,7 +198,29 @@ def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[
             not_files.append(f"{rel} (a folder, not a file)")
         else:
             not_files.append(f"{rel} (not a regular file)")
-    return files, {"hidden": hidden, "not_files": not_files}
+    return files, {"hidden": hidden, "not_files": not_files, "folders": skipped_folders(folder)}
+
+
+def skipped_folders(folder: Path | str) -> list[str]:
+    """Return the subfolders of ``folder`` whose files are not read, each with the reason: a linked
+    folder (links are not followed: it could point back up, or outside) and a folder that cannot
+    be listed (no permission). Hidden folders are counted as hidden, not here (issue 31, case 7)."""
+    folder = Path(folder)
+    found = []
+
+    def unreadable(err: OSError) -> None:
+        name = Path(err.filename).relative_to(folder) if err.filename else "?"
+        if not _is_hidden(Path(str(name))):
+            found.append(f"{name}/ (cannot be read: {err.strerror}; check its permissions)")
+
+    for here, dirs, _ in os.walk(folder, onerror=unreadable):
+        for name in sorted(dirs):
+            sub = Path(here) / name
+            rel = sub.relative_to(folder)
+            if sub.is_symlink() and not _is_hidden(rel):
+                found.append(f"{rel}/ (a link to a folder, not followed: copy the files in, or point "
+                             "CPT_TEXT_DIR at the folder itself)")
+    return sorted(found)
 
 
 # control characters a text file may hold: tab, line feed, vertical tab, form feed, carriage return
@@ -247,7 +270,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     files, skipped = text_folder_files(folder)
     if not files:
         hidden = f" ({len(skipped['hidden'])} hidden .txt files skipped)" if skipped["hidden"] else ""
-        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.")
+        folders = f" Folders not read: {', '.join(skipped['folders'])}." if skipped.get("folders") else ""
+        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.{folders}")
     documents, empty, boms = [], 0, 0
     for name, file in files:
         try:
@@ -275,6 +299,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     print(f"Loaded {len(documents)} documents from {len(files)} .txt files ({'; '.join(notes)}).")
     if skipped["not_files"]:
         print(f"Skipped {len(skipped['not_files'])} .txt name(s) that are not files: {', '.join(skipped['not_files'])}.")
+    if skipped.get("folders"):
+        print(f"Skipped {len(skipped['folders'])} folder(s) whose files were not read: {', '.join(skipped['folders'])}.")
     return Dataset.from_dict({"text": documents})
 
 

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import traceback
+from pathlib import Path
 
 import pytest
 
@@ -86,7 +87,6 @@ def _train_script():
     """Import scripts/train_cpt.py as a module (it imports only helpers.profiles at the top)."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("train_cpt", Path(__file__).resolve().parents[2] / "scripts" / "train_cpt.py")
     module = importlib.util.module_from_spec(spec)
@@ -198,3 +198,40 @@ def test_case06_tabs_form_feeds_and_crlf_are_still_text(tmp_path):
 
     folder = _text_folder(tmp_path, b"Col1\tCol2\r\nPage\x0cbreak\x0bvt\n")
     assert load_text_folder(folder).num_rows == 2
+
+
+def test_case07_an_unreadable_subfolder_is_counted_and_named(tmp_path, capsys, monkeypatch):
+    """An unreadable subfolder of CPT_TEXT_DIR was skipped while the summary said nothing was
+    missing (simulated: the tests may run as root, who reads every folder)."""
+    import errno
+
+    from helpers import data
+
+    folder = _text_folder(tmp_path, b"Second document.")
+    (folder / "locked").mkdir()
+    real_walk = os.walk
+
+    def walk(top, onerror=None, **kwargs):
+        for here, dirs, files in real_walk(top, onerror=onerror, **kwargs):
+            if Path(here).name == "locked":
+                onerror(PermissionError(errno.EACCES, "Permission denied", here))
+                dirs[:] = []
+                continue
+            yield here, dirs, files
+
+    monkeypatch.setattr(data.os, "walk", walk)
+    assert data.load_text_folder(folder).num_rows == 2
+    assert "Skipped 1 folder(s) whose files were not read: locked/ (cannot be read: Permission denied" in (
+        capsys.readouterr().out)
+
+
+def test_case07_a_linked_subfolder_is_named_even_when_root_reads_everything(tmp_path, capsys):
+    from helpers.data import load_text_folder
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "linked.txt").write_text("Linked document.", encoding="utf-8")
+    folder = _text_folder(tmp_path, b"Second document.")
+    (folder / "chapters").symlink_to(elsewhere, target_is_directory=True)
+    assert load_text_folder(folder).num_rows == 2
+    assert "Skipped 1 folder(s) whose files were not read: chapters/ (a link to a folder" in capsys.readouterr().out
