@@ -358,9 +358,10 @@ def interruption_message(trainer) -> str:
                 "so running it again starts from step 0.")
     saved = checkpoint_step(checkpoint)
     lost = f"; the {step - saved} step(s) after it are redone" if step > saved else ""
-    return (f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, "
-            "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
-            "(plain transformers: trainer.train(resume_from_checkpoint=True)).")
+    how = getattr(trainer, "cpt_resume_how", None) or (
+        "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
+        "(plain transformers: trainer.train(resume_from_checkpoint=True))")
+    return f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, {how}."
 
 
 def planned_steps(trainer) -> int:
@@ -400,9 +401,10 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
             raise ResumeMismatchError(
                 f"{relative(checkpoint)} belongs to another run than this trainer's, so resuming it would "
                 "silently continue that run:\n  " + "\n  ".join(diff) + "\n"
-                f"To start this run fresh: train_resumable(trainer, resume=False) (the old checkpoints move to "
-                f"{relative(output_dir)}{PREVIOUS_SUFFIX}). To keep both runs: build the trainer with another "
-                f"output_dir. To continue the old run: go back to its settings and data.")
+                f"To start this run fresh: {getattr(trainer, 'cpt_fresh_how', None) or 'train_resumable(trainer, resume=False)'} "
+                f"(the old checkpoints move to {relative(output_dir)}{PREVIOUS_SUFFIX}). To keep both runs: "
+                f"{getattr(trainer, 'cpt_other_dir_how', None) or 'build the trainer with another output_dir'}. "
+                "To continue the old run: go back to its settings and data.")
     if checkpoint is None:
         set_aside_run(output_dir)  # a new run never writes into another run's checkpoints
     if checkpoint is not None:

@@ -527,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
                                                        policy["per_device_batch"] * procs.world)
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
     procs.say(f"attention: {trainer.cpt_attention_route}")
+    # what helpers.checkpoints tells a script user (not a notebook user) to do (issue 31, case 16)
+    trainer.cpt_resume_how = "run the same scripts/train_cpt.py command again: it continues from that checkpoint"
+    trainer.cpt_fresh_how = "run scripts/train_cpt.py again with --fresh"
+    trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace")

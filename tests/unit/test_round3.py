@@ -235,3 +235,34 @@ def test_case07_a_linked_subfolder_is_named_even_when_root_reads_everything(tmp_
     (folder / "chapters").symlink_to(elsewhere, target_is_directory=True)
     assert load_text_folder(folder).num_rows == 2
     assert "Skipped 1 folder(s) whose files were not read: chapters/ (a link to a folder" in capsys.readouterr().out
+
+
+def test_case16_a_script_user_is_told_the_script_way_to_resume_or_start_fresh(tmp_path):
+    """A script user was told to "run the training cell again", and a resume mismatch suggested
+    train_resumable(resume=False) instead of --fresh. train_cpt.py now sets what to say."""
+    from types import SimpleNamespace
+
+    from helpers.checkpoints import ResumeMismatchError, interruption_message, train_resumable
+
+    out = tmp_path / "checkpoints"
+    (out / "checkpoint-2").mkdir(parents=True)
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(output_dir=str(out), save_strategy="steps", save_steps=2, max_steps=6),
+        state=SimpleNamespace(global_step=3, max_steps=6), cpt_run={"model": "this"},
+        cpt_resume_how="run the same scripts/train_cpt.py command again",
+        cpt_fresh_how="run scripts/train_cpt.py again with --fresh", cpt_other_dir_how="give this run another --output-dir")
+    import helpers.checkpoints as checkpoints
+
+    complete = out / "checkpoint-2"
+    original = checkpoints.last_complete_checkpoint
+    checkpoints.last_complete_checkpoint = lambda folder: complete
+    try:
+        message = interruption_message(trainer)
+        assert "run the same scripts/train_cpt.py command again" in message and "cell" not in message
+        (complete / "run.json").write_text(json.dumps({"model": "other"}))
+        with pytest.raises(ResumeMismatchError) as caught:
+            train_resumable(trainer, None)
+    finally:
+        checkpoints.last_complete_checkpoint = original
+    assert "--fresh" in str(caught.value) and "resume=False" not in str(caught.value)
+    assert "another --output-dir" in str(caught.value)
