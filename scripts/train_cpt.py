@@ -108,6 +108,33 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """Return what is wrong with the paths given on the command line, checked before any training:
+    a ``--output-dir`` (or one of its parents) that is a file, a ``--result-json`` that is a folder,
+    a ``--baseline-result`` that is missing or not JSON. Each used to fail only after the whole run
+    was trained, with a raw error, and the run's output was lost."""
+    problems = []
+    for parent in (output_dir, *output_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                problems.append(f"--output-dir {args.output_dir}: {parent} is a file, not a folder; "
+                                "name a folder (it is created if missing)")
+            elif not os.access(parent, os.W_OK | os.X_OK):
+                problems.append(f"--output-dir {args.output_dir}: {parent} is not writable; name a folder you can write to")
+            break
+    if args.result_json is not None and args.result_json.is_dir():
+        problems.append(f"--result-json {args.result_json}: is a folder; name a file, e.g. {args.result_json / 'result.json'}")
+    if args.baseline_result is not None:
+        try:
+            json.loads(args.baseline_result.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"--baseline-result {args.baseline_result}: no such file; give the result.json of an earlier run")
+        except (OSError, ValueError) as err:
+            problems.append(f"--baseline-result {args.baseline_result}: not a readable JSON file ({err}); "
+                            "give the result.json of an earlier run")
+    return problems
+
+
 def choose_profile(args: argparse.Namespace) -> tuple[Profile, str]:
     """Return the profile this run uses, with the command line's replacements applied, and why."""
     if args.tiny:
@@ -514,15 +541,18 @@ def main(argv: list[str] | None = None) -> int:
         check_training_settings(profile)
     except SettingsError as err:
         raise SystemExit(f"train_cpt.py: {err}") from None
+    from helpers.support.paths import project_root
+
+    output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
+    if problems := path_problems(args, output_dir):
+        raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
     from helpers.lab.distributed import batch_policy
-    from helpers.support.paths import project_root
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
-    output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
     model, tokenizer, rows, text = load_model_and_rows(procs, profile, args.repeat_data,
                                                        policy["per_device_batch"] * procs.world)
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)

@@ -266,3 +266,21 @@ def test_case16_a_script_user_is_told_the_script_way_to_resume_or_start_fresh(tm
         checkpoints.last_complete_checkpoint = original
     assert "--fresh" in str(caught.value) and "resume=False" not in str(caught.value)
     assert "another --output-dir" in str(caught.value)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--output-dir", "{tmp}/a_file"], "is a file, not a folder"),
+    (["--output-dir", "{tmp}/a_file/run"], "is a file, not a folder"),
+    (["--baseline-result", "{tmp}/missing.json"], "--baseline-result .*missing.json: no such file"),
+    (["--baseline-result", "{tmp}/a_file"], "not a readable JSON file"),
+    (["--result-json", "{tmp}"], "--result-json .*: is a folder; name a file"),
+])
+def test_extra_mistyped_paths_are_refused_before_training(tmp_path, flags, message):
+    """Own cases (mistyped paths): a --output-dir that is a file, a missing or broken
+    --baseline-result, a --result-json that is a folder all failed only after the whole run had
+    trained, with a raw error, and the run's result was lost."""
+    script = _train_script()
+    (tmp_path / "a_file").write_text("not json {")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    with pytest.raises(SystemExit, match=message):
+        script.main(["--tiny", *flags])
