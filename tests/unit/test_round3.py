@@ -284,3 +284,17 @@ def test_extra_mistyped_paths_are_refused_before_training(tmp_path, flags, messa
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     with pytest.raises(SystemExit, match=message):
         script.main(["--tiny", *flags])
+
+
+def test_case10_an_encoder_or_encoder_decoder_is_refused_before_loading():
+    """A BERT folder loaded as BertLMHeadModel, trained, and only then failed with a misleading
+    'EmbeddingsNotTrained ... no trainable copy found'."""
+    from transformers import BertConfig, LlamaConfig, T5Config
+
+    from helpers.modeling import UnknownArchitectureError, refuse_non_causal
+
+    with pytest.raises(UnknownArchitectureError, match="model_type 'bert', an encoder model"):
+        refuse_non_causal(BertConfig(), "my BERT")
+    with pytest.raises(UnknownArchitectureError, match="an encoder-decoder model"):
+        refuse_non_causal(T5Config(), "my T5")
+    refuse_non_causal(LlamaConfig(), "my Llama")  # a decoder passes
