@@ -44,6 +44,7 @@ from .support.files import (
     describe_files,
     file_problem,
     file_sha256,
+    folder_lock,
     list_files,
     read_json,
     text_sha256,
@@ -420,15 +421,17 @@ def save_outputs(profile: Profile, outputs: Mapping[str, object], data: dict | N
                 }
                 write_json(staging / MANIFEST_DIR / f"{name}.json", manifest)
         ready = folder / f".commit-{notebook}{READY_SUFFIX}"
-        os.replace(staging, ready)  # the commit point: from here on the new set is what counts
+        with folder_lock(folder):  # another process saving into outputs/ waits its turn
+            recover_commits(folder, quiet=True)  # a unit committed meanwhile by another process
+            os.replace(staging, ready)  # the commit point: from here on the new set is what counts
+            _roll_forward(ready, folder)
+            paths = {}
+            for name in outputs:
+                paths[name] = folder / ARTIFACTS[name][0]
+                _seen[(str(folder), name)] = manifest_digest(read_json(manifest_path(name, folder)))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _roll_forward(ready, folder)
-    paths = {}
-    for name in outputs:
-        paths[name] = folder / ARTIFACTS[name][0]
-        _seen[(str(folder), name)] = manifest_digest(read_json(manifest_path(name, folder)))
     return paths
 
 
@@ -452,19 +455,23 @@ def _roll_forward(ready: Path, folder: Path) -> None:
     shutil.rmtree(ready)
 
 
-def recover_commits(folder: Path | None = None) -> list[str]:
+def recover_commits(folder: Path | None = None, quiet: bool = False) -> list[str]:
     """Finish what a killed save left in ``outputs/``: roll forward every committed unit
     (``.commit-NB.ready``) and remove staging folders of processes that are gone. Returns the
-    notebooks whose unit was rolled forward."""
+    notebooks whose unit was rolled forward. Runs under the folder's lock (:func:`helpers.support.files.folder_lock`),
+    so it never rolls forward a unit that another process is moving into place."""
     folder = folder or outputs_dir()
     done = []
-    for ready in sorted(folder.glob(f".commit-*{READY_SUFFIX}")):
-        _roll_forward(ready, folder)
-        notebook = ready.name[len(".commit-"): -len(READY_SUFFIX)]
-        print(f"Finished saving the outputs of {notebook}, which an interrupted run had written completely "
-              "but not yet moved into place.")
-        done.append(notebook)
-    clean_stale_temp(folder)
+    if not folder.is_dir():
+        return done
+    with folder_lock(folder):
+        for ready in sorted(folder.glob(f".commit-*{READY_SUFFIX}")):
+            _roll_forward(ready, folder)
+            notebook = ready.name[len(".commit-"): -len(READY_SUFFIX)]
+            print(f"Finished saving the outputs of {notebook}, which an interrupted run had written completely "
+                  "but not yet moved into place.")
+            done.append(notebook)
+        clean_stale_temp(folder, quiet=quiet)
     return done
 
 

@@ -31,6 +31,7 @@ again and :func:`check_param_groups` confirms the groups match, or stops with an
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -38,7 +39,7 @@ import shutil
 from pathlib import Path
 
 from .artifacts import differences, run_identity, save_outputs
-from .errors import check_training_settings, disk_full_explained, out_of_memory_explained
+from .errors import DiskFullError, check_training_settings, disk_full_explained, out_of_memory_explained
 from .profiles import Profile, select_profile
 from .support.files import (
     file_problem,
@@ -257,6 +258,21 @@ def checkpoint_problem(folder: Path | str) -> str | None:
     return None
 
 
+def remove_incomplete_checkpoints(output_dir: Path | str) -> list[str]:
+    """Delete the ``checkpoint-*`` folders of ``output_dir`` that were not written to the end (see
+    :func:`checkpoint_problem`); return their names. Used after a full disk stopped a checkpoint save,
+    where setting the half-written folder aside would keep the disk full."""
+    output_dir = Path(output_dir)
+    removed = []
+    if not output_dir.is_dir():
+        return removed
+    for folder in sorted(output_dir.glob("checkpoint-*")):
+        if folder.is_dir() and re.fullmatch(r"checkpoint-\d+", folder.name) and checkpoint_problem(folder) is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
 def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir`` (None when there is none).
 
@@ -358,9 +374,10 @@ def interruption_message(trainer) -> str:
                 "so running it again starts from step 0.")
     saved = checkpoint_step(checkpoint)
     lost = f"; the {step - saved} step(s) after it are redone" if step > saved else ""
-    return (f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, "
-            "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
-            "(plain transformers: trainer.train(resume_from_checkpoint=True)).")
+    how = getattr(trainer, "cpt_resume_how", None) or (
+        "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
+        "(plain transformers: trainer.train(resume_from_checkpoint=True))")
+    return f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, {how}."
 
 
 def planned_steps(trainer) -> int:
@@ -400,9 +417,10 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
             raise ResumeMismatchError(
                 f"{relative(checkpoint)} belongs to another run than this trainer's, so resuming it would "
                 "silently continue that run:\n  " + "\n  ".join(diff) + "\n"
-                f"To start this run fresh: train_resumable(trainer, resume=False) (the old checkpoints move to "
-                f"{relative(output_dir)}{PREVIOUS_SUFFIX}). To keep both runs: build the trainer with another "
-                f"output_dir. To continue the old run: go back to its settings and data.")
+                f"To start this run fresh: {getattr(trainer, 'cpt_fresh_how', None) or 'train_resumable(trainer, resume=False)'} "
+                f"(the old checkpoints move to {relative(output_dir)}{PREVIOUS_SUFFIX}). To keep both runs: "
+                f"{getattr(trainer, 'cpt_other_dir_how', None) or 'build the trainer with another output_dir'}. "
+                "To continue the old run: go back to its settings and data.")
     if checkpoint is None:
         set_aside_run(output_dir)  # a new run never writes into another run's checkpoints
     if checkpoint is not None:
@@ -419,8 +437,14 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
         check_param_groups(_unwrapped(trainer.optimizer), model, checkpoint)
         print(f"Resuming from {relative(checkpoint)} (step {checkpoint_step(checkpoint)}).")
     try:
-        with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint"):
+        with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint", previous_kept=False):
             return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    except DiskFullError as err:
+        removed = remove_incomplete_checkpoints(output_dir)
+        freed = (f"\nRemoved the half-written {', '.join(removed)} (it would only fill the disk); the earlier "
+                 "complete checkpoints are kept, and the next run resumes from the last of them."
+                 if removed else "")
+        raise DiskFullError(errno.ENOSPC, f"{err.strerror}{freed}") from (err.__cause__ or err)
     except KeyboardInterrupt as err:
         message = interruption_message(trainer)
         print(message)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import check_training_settings
 from .profiles import Profile
-from .support.paths import project_root, relative
+from .support.paths import project_root, read_switch, relative
 
 ANY_TEXT_DIR_ENV_VAR = "CPT_ALLOW_ANY_TEXT_DIR"  # 1: read a text folder inside .venv or holding the repo
 BOM = "\ufeff"
@@ -157,7 +157,7 @@ def check_text_folder_location(folder: Path | str, allow_any: bool | None = None
     ``allow_any`` (default: ``$CPT_ALLOW_ANY_TEXT_DIR`` is 1)."""
     folder = Path(folder).expanduser().resolve()
     if allow_any is None:
-        allow_any = os.environ.get(ANY_TEXT_DIR_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+        allow_any = read_switch(ANY_TEXT_DIR_ENV_VAR, False)
     if allow_any:
         return folder
     root = project_root().resolve()
@@ -198,7 +198,57 @@ def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[
             not_files.append(f"{rel} (a folder, not a file)")
         else:
             not_files.append(f"{rel} (not a regular file)")
-    return files, {"hidden": hidden, "not_files": not_files}
+    return files, {"hidden": hidden, "not_files": not_files, "folders": skipped_folders(folder)}
+
+
+def skipped_folders(folder: Path | str) -> list[str]:
+    """Return the subfolders of ``folder`` whose files are not read, each with the reason: a linked
+    folder (links are not followed: it could point back up, or outside) and a folder that cannot
+    be listed (no permission). Hidden folders are counted as hidden, not here (issue 31, case 7)."""
+    folder = Path(folder)
+    found = []
+
+    def unreadable(err: OSError) -> None:
+        name = Path(err.filename).relative_to(folder) if err.filename else "?"
+        if not _is_hidden(Path(str(name))):
+            found.append(f"{name}/ (cannot be read: {err.strerror}; check its permissions)")
+
+    for here, dirs, _ in os.walk(folder, onerror=unreadable):
+        for name in sorted(dirs):
+            sub = Path(here) / name
+            rel = sub.relative_to(folder)
+            if sub.is_symlink() and not _is_hidden(rel):
+                found.append(f"{rel}/ (a link to a folder, not followed: copy the files in, or point "
+                             "CPT_TEXT_DIR at the folder itself)")
+    return sorted(found)
+
+
+# control characters a text file may hold: tab, line feed, vertical tab, form feed, carriage return
+_ALLOWED_CONTROLS = {"\t", "\n", "\x0b", "\x0c", "\r"}
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def text_problem(text: str) -> str | None:
+    """Return why decoded ``text`` is not plain text to train on, or None.
+
+    UTF-16 without a byte-order mark decodes as "valid" UTF-8 with a NUL after (or before) every
+    ASCII letter (``H\\x00e\\x00l\\x00…``, issue 31, case 1); NUL and other control bytes (case 6)
+    come from binary files renamed ``.txt`` or broken exports, and some tokenize to the pad token.
+    """
+    nuls = text.count("\x00")
+    if nuls and nuls >= len(text) // 4:
+        even = text[0::2].count("\x00")
+        order = "UTF-16BE" if even > nuls / 2 else "UTF-16LE"
+        return (f"looks like {order} text without a byte-order mark ({nuls} NUL characters in {len(text)}), "
+                f"not UTF-8. Re-encode it: iconv -f {order} -t UTF-8 FILE > FILE.utf8.txt (and remove the original).")
+    found = _CONTROLS.search(text)
+    if found is not None:
+        count = len(_CONTROLS.findall(text))
+        line = text.count("\n", 0, found.start()) + 1
+        return (f"holds {count} control character(s) that are not text (first: {found.group()!r} on line {line}): "
+                "a binary file named .txt, or a broken export. Remove them (e.g. tr -d '\\000-\\010\\016-\\037' "
+                "< FILE > FILE.clean.txt), or take the file out of the folder.")
+    return None
 
 
 def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, allow_any: bool | None = None):
@@ -220,7 +270,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     files, skipped = text_folder_files(folder)
     if not files:
         hidden = f" ({len(skipped['hidden'])} hidden .txt files skipped)" if skipped["hidden"] else ""
-        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.")
+        folders = f" Folders not read: {', '.join(skipped['folders'])}." if skipped.get("folders") else ""
+        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.{folders}")
     documents, empty, boms = [], 0, 0
     for name, file in files:
         try:
@@ -231,6 +282,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
             raise DataError(f"{name} cannot be read ({err.strerror}); check its permissions.") from None
         if text.startswith(BOM):
             text, boms = text[1:], boms + 1
+        if (problem := text_problem(text)) is not None:
+            raise DataError(f"{name}: {problem}")
         parts = re.split(r"\n\s*\n", text) if split_on_blank_lines else [text]
         for part in parts:
             part = part.strip()
@@ -246,6 +299,8 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     print(f"Loaded {len(documents)} documents from {len(files)} .txt files ({'; '.join(notes)}).")
     if skipped["not_files"]:
         print(f"Skipped {len(skipped['not_files'])} .txt name(s) that are not files: {', '.join(skipped['not_files'])}.")
+    if skipped.get("folders"):
+        print(f"Skipped {len(skipped['folders'])} folder(s) whose files were not read: {', '.join(skipped['folders'])}.")
     return Dataset.from_dict({"text": documents})
 
 

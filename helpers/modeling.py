@@ -79,6 +79,29 @@ def architecture_errors_explained(model_label: str) -> Iterator[None]:
         raise
 
 
+# encoders that AutoModelForCausalLM still loads (as e.g. BertLMHeadModel): they train, then fail late
+# with a misleading "no trainable copy found" (issue 31, case 10)
+ENCODER_MODEL_TYPES = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2",
+    "camembert", "mpnet", "ernie", "modernbert", "xlm", "flaubert", "megatron-bert", "rembert", "roformer",
+})
+
+
+def refuse_non_causal(config, model_label: str) -> None:
+    """Raise :class:`UnknownArchitectureError` before any weights load when ``config`` is not a
+    decoder-only model: an encoder (BERT and its kin, unless configured as a decoder) or an
+    encoder-decoder (T5, BART)."""
+    model_type = getattr(config, "model_type", "")
+    encoder = model_type in ENCODER_MODEL_TYPES and not getattr(config, "is_decoder", False)
+    if encoder or getattr(config, "is_encoder_decoder", False):
+        kind = "an encoder" if encoder else "an encoder-decoder"
+        raise UnknownArchitectureError(
+            f"Cannot train {model_label}: its config.json says model_type '{model_type}', {kind} model, "
+            "not as a causal language model (decoder-only) that continued pre-training here needs (Llama, "
+            "Mistral, Qwen2, Gemma, SmolLM, ...): set CPT_MODEL to such a model."
+        )
+
+
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
@@ -144,6 +167,7 @@ def load_model_and_tokenizer(profile: Profile):
         with model_errors_explained(profile.model_name), architecture_errors_explained(profile.model_label):
             tokenizer = AutoTokenizer.from_pretrained(source)
             config = AutoConfig.from_pretrained(source)
+            refuse_non_causal(config, profile.model_label)
             scaled = check_context_length(config, profile.max_seq_length, apply=True)
             model = AutoModelForCausalLM.from_pretrained(
                 source,

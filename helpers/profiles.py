@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .support.paths import project_root, relative
+from .support.paths import project_root, read_switch, relative
 
 PROFILE_ENV_VAR = "CPT_PROFILE"
 TEXT_DIR_ENV_VAR = "CPT_TEXT_DIR"  # a folder of .txt files to train on ("your own text")
@@ -283,7 +283,7 @@ def weights_are_random(profile: Profile, env: dict | None = None) -> bool:
     sets it. Notebooks guard every assert that only a trained model can meet with this function.
     """
     env = os.environ if env is None else env
-    return profile.is_smoke_model or env.get(RANDOM_WEIGHTS_ENV_VAR, "").strip().lower() in _TRUE
+    return profile.is_smoke_model or read_switch(RANDOM_WEIGHTS_ENV_VAR, False, env)
 
 
 def cuda_available() -> bool:

@@ -108,6 +108,33 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """Return what is wrong with the paths given on the command line, checked before any training:
+    a ``--output-dir`` (or one of its parents) that is a file, a ``--result-json`` that is a folder,
+    a ``--baseline-result`` that is missing or not JSON. Each used to fail only after the whole run
+    was trained, with a raw error, and the run's output was lost."""
+    problems = []
+    for parent in (output_dir, *output_dir.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                problems.append(f"--output-dir {args.output_dir}: {parent} is a file, not a folder; "
+                                "name a folder (it is created if missing)")
+            elif not os.access(parent, os.W_OK | os.X_OK):
+                problems.append(f"--output-dir {args.output_dir}: {parent} is not writable; name a folder you can write to")
+            break
+    if args.result_json is not None and args.result_json.is_dir():
+        problems.append(f"--result-json {args.result_json}: is a folder; name a file, e.g. {args.result_json / 'result.json'}")
+    if args.baseline_result is not None:
+        try:
+            json.loads(args.baseline_result.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            problems.append(f"--baseline-result {args.baseline_result}: no such file; give the result.json of an earlier run")
+        except (OSError, ValueError) as err:
+            problems.append(f"--baseline-result {args.baseline_result}: not a readable JSON file ({err}); "
+                            "give the result.json of an earlier run")
+    return problems
+
+
 def choose_profile(args: argparse.Namespace) -> tuple[Profile, str]:
     """Return the profile this run uses, with the command line's replacements applied, and why."""
     if args.tiny:
@@ -453,6 +480,35 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
 # --- the run ------------------------------------------------------------------------------------
 
 
+FINISHED_FILES = ("adapter", "result.json")  # what a finished run leaves in --output-dir
+EARLIER_RUNS = "earlier-runs"
+
+
+def keep_finished_run(output_dir: Path) -> Path | None:
+    """Move a finished run's ``adapter/`` and ``result.json`` out of the way, into
+    ``<output-dir>/earlier-runs/<UTC time it finished>/``, before this run writes its own: a run never
+    destroys another run's adapter or result (issue 31, case 12). Returns that folder, or None when
+    there was nothing to keep."""
+    from helpers.support.paths import relative
+
+    found = [output_dir / name for name in FINISHED_FILES if (output_dir / name).exists()]
+    if not found:
+        return None
+    finished = max(path.stat().st_mtime for path in found)
+    stamp = datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    keep = output_dir / EARLIER_RUNS / stamp
+    n = 1
+    while keep.exists():
+        n += 1
+        keep = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
+    keep.mkdir(parents=True)
+    for path in found:
+        os.replace(path, keep / path.name)
+    print(f"Kept the earlier run's {' and '.join(p.name for p in found)} in {relative(keep)}: this run writes its own "
+          f"into {relative(output_dir)} (delete {relative(output_dir / EARLIER_RUNS)} when you no longer need them).")
+    return keep
+
+
 def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
@@ -462,6 +518,7 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
     from helpers.support.paths import relative
 
     model, tokenizer = trainer.model, trainer.processing_class
+    keep_finished_run(output_dir)
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
     extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
              **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
@@ -484,19 +541,26 @@ def main(argv: list[str] | None = None) -> int:
         check_training_settings(profile)
     except SettingsError as err:
         raise SystemExit(f"train_cpt.py: {err}") from None
+    from helpers.support.paths import project_root
+
+    output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
+    if problems := path_problems(args, output_dir):
+        raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
     from helpers.lab.distributed import batch_policy
-    from helpers.support.paths import project_root
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
-    output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
     model, tokenizer, rows, text = load_model_and_rows(procs, profile, args.repeat_data,
                                                        policy["per_device_batch"] * procs.world)
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
     procs.say(f"attention: {trainer.cpt_attention_route}")
+    # what helpers.checkpoints tells a script user (not a notebook user) to do (issue 31, case 16)
+    trainer.cpt_resume_how = "run the same scripts/train_cpt.py command again: it continues from that checkpoint"
+    trainer.cpt_fresh_how = "run scripts/train_cpt.py again with --fresh"
+    trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace")

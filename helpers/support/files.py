@@ -27,9 +27,11 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # ``.NAME.tmp-PID-random`` (folders of save_directory_atomically), ``.NAME.PID.random`` (files of
@@ -62,30 +64,80 @@ def read_json(path: Path | str):
         return json.load(f)
 
 
+_held: dict[str, list] = {}  # folder -> [fd, depth]: the lock is re-entrant within a process
+_held_guard = threading.RLock()
+
+
+@contextmanager
+def folder_lock(folder: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` itself (``fcntl.flock`` on the directory) for the block.
+
+    Two processes that swap things into one folder take turns instead of renaming each other's
+    temporary folders away (issue 31, cases 2 and 13). No lock file is left behind; the kernel
+    releases the lock when its process dies, so a killed process never leaves it held. Re-entrant
+    within one process (the threads of a process share it). Where ``fcntl`` is missing (Windows)
+    it does nothing.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None:
+            entry[1] += 1
+        else:
+            fd = os.open(key, os.O_RDONLY)
+            try:
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except ImportError:
+                pass
+            _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        with _held_guard:
+            entry = _held[key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[key]
+                os.close(entry[0])  # closing the descriptor releases the flock
+
+
 def save_directory_atomically(target: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` to fill a fresh temporary folder, then swap it in as ``target``.
 
     If ``write`` raises (disk full, Ctrl-C, ...), the temporary folder is removed, the previous
     ``target`` is left untouched, and the error propagates. Returns ``target``.
+
+    Concurrent saves of one target (two processes, or threads) are safe: each writes its own
+    temporary folder, and the swap runs under :func:`folder_lock`, so the last one to finish wins
+    and none fails.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp(target.parent, only=target.name)
+    with folder_lock(target.parent):
+        clean_stale_temp(target.parent, only=target.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     old = target.with_name(f".{target.name}.old")
     try:
         write(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        with folder_lock(target.parent):
+            try:
+                if old.exists():
+                    shutil.rmtree(old)
+                if target.exists():
+                    os.replace(target, old)
+                os.replace(tmp, target)
+            except BaseException:
+                if old.exists() and not target.exists():
+                    os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -107,9 +159,19 @@ def _process_alive(pid: int) -> bool:
 
 
 def _size(path: Path) -> int:
+    """Bytes under ``path``; files that vanish meanwhile (another process's save) count 0."""
+    def one(f: Path) -> int:
+        try:
+            return f.stat().st_size if f.is_file() and not f.is_symlink() else 0
+        except OSError:
+            return 0
+
     if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+        return one(path)
+    try:
+        return sum(one(f) for f in path.rglob("*"))
+    except OSError:
+        return 0
 
 
 def clean_stale_temp(folder: Path | str, only: str | None = None, quiet: bool = False) -> list[str]:
@@ -132,7 +194,6 @@ def clean_stale_temp(folder: Path | str, only: str | None = None, quiet: bool = 
         if not match or (only is not None and match.group("name") != only):
             continue
         name = match.group("name")
-        size_mb = _size(entry) / 1e6
         if entry.name.endswith(".old") and not (match.group("pid") or match.group("fpid")):
             target = folder / name
             if not target.exists():
@@ -144,8 +205,10 @@ def clean_stale_temp(folder: Path | str, only: str | None = None, quiet: bool = 
             if pid is not None and _process_alive(int(pid)):
                 continue
             if pid is None and time.time() - entry.stat().st_mtime < LEGACY_TEMP_AGE_S:
+                size_mb = _size(entry) / 1e6
                 lines.append(f"kept {entry.name} ({size_mb:.0f} MB): recent, maybe a save in progress")
                 continue
+        size_mb = _size(entry) / 1e6
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

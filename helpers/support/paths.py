@@ -100,3 +100,24 @@ def relative(path: Path | str) -> str:
         return str(path.relative_to(project_root()))
     except ValueError:
         return f".../{path.name}"
+
+
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def read_switch(name: str, default: bool, env=None) -> bool:
+    """Return the yes/no ``CPT_*`` switch ``name`` from ``env`` (default: ``os.environ``).
+
+    Unset or blank: ``default``. Accepted (any case): 1/true/yes/on and 0/false/no/off. Anything else
+    (``2``, ``flase``, ``disable``) raises ``ValueError`` naming the switch and the values it takes,
+    instead of silently meaning one or the other (issue 31, case 8)."""
+    env = os.environ if env is None else env
+    value = str(env.get(name, "")).strip().lower()
+    if not value:
+        return default
+    if value in SWITCH_ON:
+        return True
+    if value in SWITCH_OFF:
+        return False
+    raise ValueError(f"{name}={env.get(name)!r} is not a yes/no value: use 1 (or true/yes/on) or 0 (or "
+                     f"false/no/off), or unset it for the default ({'on' if default else 'off'}).")

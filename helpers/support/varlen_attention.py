@@ -133,7 +133,9 @@ MIN_CAPABILITY = (8, 0)  # flash attention: Ampere (A100, A10, L4, RTX 30xx) or 
 
 
 def _off() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() in OFF_VALUES
+    from .paths import read_switch
+
+    return not read_switch(ENV_VAR, True)  # ValueError for a value that is not yes/no
 
 
 def _dispatch_module() -> ModuleType | None:

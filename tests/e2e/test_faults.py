@@ -231,11 +231,13 @@ def test_disk_full_while_checkpointing_is_reported_and_the_run_resumes(word_toke
     monkeypatch.setattr(trainer, "_save_optimizer_and_scheduler", save_until_full)
     with pytest.raises(DiskFullError, match=r"Disk full while saving a checkpoint to outputs/05_trainer \(.* GB free"):
         train_resumable(trainer)
+    # the half-written checkpoint-4 is removed (issue 31, case 11: it would only fill the full disk)
+    assert not (output_dir / "checkpoint-4").exists()
 
     resumed = resumable_trainer(word_tokenizer, output_dir)  # space freed: run the cell again
     train_resumable(resumed)
     assert resumed.state.global_step == PROFILE.max_steps
-    assert (output_dir / "incomplete" / "checkpoint-4").is_dir()  # the half-written one was not used
+    assert not (output_dir / "incomplete" / "checkpoint-4").exists()  # removed at the error, never set aside
 
 
 @pytest.mark.parametrize(
