@@ -102,11 +102,22 @@ def test_require_returns_existing_file_and_folder(tmp_path):
     assert require("before") == outputs / "03_before.json"
 
 
-def test_require_passes_an_unchecked_notebooks_artifact_without_manifest(tmp_path, capsys):
-    """Artifacts of notebooks that do not write manifests yet are passed through, with a note."""
-    (tmp_path / "outputs" / "09_merged").mkdir(parents=True)
-    assert require("merged") == tmp_path / "outputs" / "09_merged"
+def test_require_passes_an_unchecked_artifact_without_manifest(tmp_path, capsys):
+    """An artifact no notebook writes through save_outputs (the memory stages, which any notebook
+    appends to) is passed through, with a note."""
+    (tmp_path / "outputs").mkdir(parents=True)
+    (tmp_path / "outputs" / "memory_stages.json").write_text("[]", encoding="utf-8")
+    assert require("memory_stages") == tmp_path / "outputs" / "memory_stages.json"
     assert "has no manifest, so where it came from is not checked" in capsys.readouterr().out
+
+
+def test_require_refuses_a_notebook_artifact_without_manifest(tmp_path):
+    """Every notebook writes its artifacts with a manifest (issue 26), so one without is refused."""
+    from helpers.artifacts import ProvenanceError
+
+    (tmp_path / "outputs" / "09_merged").mkdir(parents=True)
+    with pytest.raises(ProvenanceError, match=r"09_merged has no manifest .*09_save_and_merge"):
+        require("merged")
 
 
 @pytest.mark.parametrize("kind", ["file", "dangling link"])
