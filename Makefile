@@ -31,7 +31,7 @@ run: setup
 	$(PY) scripts/run_notebooks.py
 
 lint: setup
-	$(PY) -m ruff check helpers tests scripts notebooks
+	$(PY) -m ruff check helpers tests scripts notebooks benchmarks
 
 unit: setup
 	$(PY) -m pytest tests -q --ignore=tests/browser
