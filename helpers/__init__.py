@@ -24,7 +24,8 @@ Importing this package imports no heavy library.
 
 ``helpers.support`` - plumbing the notebooks call but never teach; imports nothing above it:
 
-- :mod:`helpers.support.paths` - ``outputs/``, the cache and the registered artifacts' paths
+- :mod:`helpers.support.paths` - ``outputs/`` (or the folder ``$CPT_OUTPUTS`` names), the cache and the
+  registered artifacts' paths
 - :mod:`helpers.support.files` - atomic writes (JSON, model folders), folder sizes, leftovers of killed
   saves; file hashes, and whether a safetensors / torch.save / JSON file is whole
 - :mod:`helpers.support.gguf` - the offline models: the embedded GGUF, a user's ``.gguf``, the smoke model
