@@ -177,4 +177,21 @@ def test_an_a100_keeps_the_faithful_profile_bf16_and_torchs_varlen_kernel(colab,
     out = capsys.readouterr().out
     assert "CPT_PROFILE" not in env and "profile  : gpu-mistral7b (automatic: CUDA is available" in out
     assert "dtype    : bfloat16 (auto: this GPU computes in bf16)" in out
-    assert "attention: torch's varlen_attn via the GQA wrapper" in out
+    assert "attention: torch's varlen_attn" in out  # through the wrapper on torch 2.11, by unsloth from 2.12
+
+
+@pytest.mark.parametrize("signature, expected", [
+    ("q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)",
+     "torch's varlen_attn via the GQA wrapper"),  # torch 2.11
+    ("q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1), enable_gqa=False",
+     "torch's varlen_attn, which unsloth calls by itself"),  # torch 2.12 and later
+    ("q, k, v, cu_q, cu_k, max_q, max_k", "fallback: unsloth's own route"),  # torch 2.10: no window_size
+])
+def test_the_planned_route_follows_the_torch_on_an_ampere_gpu(signature, expected):
+    from helpers.support.varlen_attention import planned_route
+
+    namespace = {}
+    exec(f"def varlen_attn({signature}): pass", namespace)
+    assert planned_route((8, 0), flash_attn_installed=False, varlen_attn=namespace["varlen_attn"]).startswith(expected)
+    assert planned_route((7, 5), flash_attn_installed=False, varlen_attn=namespace["varlen_attn"]).startswith(
+        "fallback: unsloth's own route")
