@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -26,6 +27,7 @@ pytest.importorskip("ipykernel")
 
 SERIES = ("00_setup", "01_load_quantized_model", "02_data_prep", "03_inference_before_training", "04_lora",
           "05_training", "06_inference_after_training")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIVE = ("05_adapter", "05_train_result.json", "manifests/adapter.json", "manifests/train_result.json")
 
 
@@ -66,10 +68,11 @@ def run_in_own_runtime(runner, notebook: str, workspace, shared, capsys) -> tupl
         env.chdir(copy)
         code = runner.main([str(copy / "notebooks" / f"{notebook}.ipynb"), "--out", str(workspace / "executed"),
                             "--timeout", "1200"])
-    said = capsys.readouterr()
+    captured = capsys.readouterr()
+    said = ANSI.sub("", captured.out + captured.err)  # without the colours of the traceback
     assert not (copy / "outputs").exists(), f"{notebook} wrote into its copy's outputs/, not into CPT_OUTPUTS"
     shutil.rmtree(copy)
-    return code, said.out + said.err, time.perf_counter() - started
+    return code, said, time.perf_counter() - started
 
 
 @pytest.fixture(scope="module")
