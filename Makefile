@@ -3,7 +3,8 @@
 #   make test       lint, unit tests, notebook checks, every notebook under pytest --nbval-lax, then the
 #                   browser test (notebooks 00-02 run in JupyterLab through headless Chromium)
 #   make browser    the browser test alone; installs Chromium with apt-get when run as root
-#   make notebooks  rebuild notebooks/*.ipynb from notebooks/py/*.py and execute them in place (to commit)
+#   make notebooks  rebuild notebooks/*.ipynb from notebooks/py/*.py (and notebooks/walkthrough.ipynb, 00-06 as one
+#                   notebook: scripts/build_walkthrough.py) and execute them in place (to commit)
 #   make test-gpu   the notebooks under nbval on a CUDA machine (CPT_PROFILE picks the CUDA profile)
 PYTHON ?= python3
 VENV ?= .venv
@@ -61,7 +62,8 @@ test: lint unit nbval browser
 notebooks: setup
 	$(PY) scripts/colab_cells.py
 	for f in notebooks/py/*.py; do $(PY) -m jupytext --update --to ipynb -o notebooks/$$(basename $$f .py).ipynb $$f; done
-	$(PY) scripts/run_notebooks.py --inplace
+	$(PY) scripts/build_walkthrough.py
+	$(PY) scripts/run_notebooks.py --inplace notebooks/[0-9][0-9]_*.ipynb notebooks/walkthrough.ipynb
 
 # On a CUDA machine with the GPU extra installed (or the offline bundle of scripts/build_gpu_bundle.sh):
 # every notebook under nbval with unsloth, plus executed copies in outputs/gpu-run/.

@@ -16,13 +16,16 @@ Importing this package imports no heavy library.
 - :mod:`helpers.streaming` - streaming generation printed wrapped
 - :mod:`helpers.memory` - memory probes and the stage recorder
 - :mod:`helpers.artifacts` - manifests: artifacts checked to belong to the current run (``require``), saved as a unit
+- :mod:`helpers.handoff` - inputs from an earlier notebook run in another runtime: cheap ones rebuilt
+  where needed (02's dataset, in 05), expensive ones required (05's adapter)
 - :mod:`helpers.checkpoints` - checkpointed, resumable training; atomic adapter saves
 - :mod:`helpers.errors` - clear errors (model unavailable, out of memory, disk full, a bad adapter) and
   settings that cannot train, refused before anything runs
 
 ``helpers.support`` - plumbing the notebooks call but never teach; imports nothing above it:
 
-- :mod:`helpers.support.paths` - ``outputs/``, the cache and the registered artifacts' paths
+- :mod:`helpers.support.paths` - ``outputs/`` (or the folder ``$CPT_OUTPUTS`` names), the cache and the
+  registered artifacts' paths
 - :mod:`helpers.support.files` - atomic writes (JSON, model folders), folder sizes, leftovers of killed
   saves; file hashes, and whether a safetensors / torch.save / JSON file is whole
 - :mod:`helpers.support.gguf` - the offline models: the embedded GGUF, a user's ``.gguf``, the smoke model

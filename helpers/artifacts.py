@@ -52,7 +52,7 @@ from .support.files import (
     write_json,
 )
 from .support.gguf import EMBEDDED_PACKAGE
-from .support.paths import ARTIFACTS, artifact_path, outputs_dir, relative
+from .support.paths import ARTIFACTS, OUTPUTS_ENV_VAR, artifact_path, outputs_dir, outputs_shown, relative
 
 
 class MissingArtifactError(FileNotFoundError):
@@ -475,6 +475,19 @@ def recover_commits(folder: Path | None = None, quiet: bool = False) -> list[str
     return done
 
 
+def missing_message(name: str, path: Path) -> str:
+    """Return what :func:`require` says when an artifact is missing: the notebook that writes it, the
+    folder it was looked for in, and how notebooks in separate runtimes share that folder."""
+    producer, file = ARTIFACTS[name][1], ARTIFACTS[name][0]
+    if os.environ.get(OUTPUTS_ENV_VAR, "").strip():
+        return (f"{file} is missing from {outputs_shown()}. Run notebooks/{producer}.ipynb first, with the same "
+                f"{OUTPUTS_ENV_VAR}; it writes {file} there.")
+    return (f"{relative(path)} is missing. Run notebooks/{producer}.ipynb first; it writes {file} into outputs/. "
+            f"The notebooks pass results to each other through that folder, so they must share it: run them in "
+            f"one runtime, or set {OUTPUTS_ENV_VAR} to a folder they all reach, such as Google Drive (on Colab "
+            f"the first cell offers it).")
+
+
 def require(name: str, profile=None) -> Path:
     """Return the path of an artifact that must already exist and belong to the current run.
 
@@ -487,10 +500,6 @@ def require(name: str, profile=None) -> Path:
     path = artifact_path(name)
     recover_commits(path.parent)
     if not path.exists():
-        producer = ARTIFACTS[name][1]
-        raise MissingArtifactError(
-            f"{relative(path)} is missing. Run notebooks/{producer}.ipynb first "
-            f"(the notebooks pass state through outputs/ and must run in order)."
-        )
+        raise MissingArtifactError(missing_message(name, path))
     verify(name, path, profile)
     return path

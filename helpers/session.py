@@ -85,6 +85,9 @@ def start(notebook: str) -> Profile:
     own = f", replaces {profile.name}'s model (CPT_MODEL)" if profile.own_model else ""
     print(f"model    : {profile.model_label} (backend: {profile.backend}, 4-bit: {profile.load_in_4bit}{own})")
     print(f"device   : {device_description(profile)}")
+    if profile.device == "cuda":
+        for line in gpu_plan(profile):
+            print(line)
     print("versions : " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if profile.is_smoke_model:
         print("NOTE     : smoke-test profile: the model is randomly initialised, so every generated text "
@@ -94,3 +97,35 @@ def start(notebook: str) -> Profile:
               "weights here, so this run measures speed and memory, not quality (texts, perplexities and "
               "recall below are meaningless, and the asserts that need a trained model are skipped).")
     return profile
+
+
+def gpu_plan(profile: Profile) -> list[str]:
+    """Return the lines that say what this GPU gives the run: its name, compute capability and free
+    memory; the dtype the model computes in (auto: bf16 where the GPU has it, else fp16, as on a T4); and
+    the route of the packed attention (torch's varlen kernel from compute capability 8.0, else the
+    fallback, unsloth's own route: :func:`helpers.support.varlen_attention.planned_route`)."""
+    import torch  # deferred: heavy
+
+    from .modeling import resolve_dtype
+    from .support.varlen_attention import planned_route
+
+    capability = tuple(torch.cuda.get_device_capability(0))
+    try:
+        free, total = torch.cuda.mem_get_info(0)
+        memory = f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+    except Exception as err:  # a driver that cannot tell
+        memory = f"free memory unknown ({type(err).__name__})"
+    lines = [f"gpu      : {torch.cuda.get_device_name(0)}, compute capability {capability[0]}.{capability[1]}, {memory}"]
+    dtype = str(resolve_dtype(profile)).removeprefix("torch.")
+    if profile.dtype:
+        why = "the profile's setting"
+    elif dtype == "bfloat16":
+        why = "auto: this GPU computes in bf16"
+    else:
+        why = "auto: no bf16 on this GPU, which is older than Ampere (e.g. a T4)"
+    lines.append(f"dtype    : {dtype} ({why})")
+    if profile.packing and profile.uses_unsloth:
+        lines.append(f"attention: {planned_route(capability)}")
+    elif profile.uses_unsloth:
+        lines.append("attention: padded rows (CPT_PACKING=0), one story per row: unsloth chooses its kernel")
+    return lines

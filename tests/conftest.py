@@ -41,6 +41,7 @@ def isolated_root(tmp_path, monkeypatch):
     monkeypatch.setenv("CPT_ROOT", str(tmp_path))
     monkeypatch.delenv("CPT_PROFILE", raising=False)
     monkeypatch.delenv("CPT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("CPT_OUTPUTS", raising=False)
     monkeypatch.delenv("CPT_TEXT_DIR", raising=False)
     monkeypatch.delenv("CPT_SPLIT_ON_BLANK_LINES", raising=False)
     monkeypatch.delenv("CPT_MODEL", raising=False)

@@ -1,6 +1,8 @@
 """Where things live: the project root, ``outputs/``, and the artifacts notebooks hand to each other.
 
-Every notebook runs in its own kernel, so state passes through files under ``outputs/``. Each
+Every notebook runs in its own kernel, so state passes through files under ``outputs/``, or under the
+folder ``$CPT_OUTPUTS`` names (:func:`outputs_location`): one that outlives a runtime, such as a Google
+Drive folder on Colab, where every notebook gets a fresh runtime of its own. Each
 artifact is registered in :data:`ARTIFACTS` with the notebook that writes it, so a notebook run out of
 order can say exactly which notebook to run first (:func:`require`). :func:`require` also checks,
 through :mod:`helpers.artifacts`, that the artifact is whole and belongs to the current run.
@@ -14,6 +16,7 @@ from pathlib import Path
 from .files import clean_stale_temp
 
 ROOT_ENV_VAR = "CPT_ROOT"
+OUTPUTS_ENV_VAR = "CPT_OUTPUTS"  # the artifacts' folder, if not <root>/outputs (e.g. on Google Drive)
 
 # artifact name -> (path relative to outputs/, notebook that writes it)
 ARTIFACTS: dict[str, tuple[str, str]] = {
@@ -46,7 +49,10 @@ _cleaned: set[str] = set()  # folders already cleaned of interrupted saves in th
 def _folder(path: Path, what: str) -> Path:
     """Create ``path`` as a folder (explaining a file or a dangling link in the way) and, once per
     process, finish or remove what interrupted saves left in it."""
-    shown = path.name if path.parent == project_root() else f"{relative(path.parent)}/{path.name}"  # not resolved
+    if path == outputs_location() and os.environ.get(OUTPUTS_ENV_VAR, "").strip():
+        shown = f"{path} ({OUTPUTS_ENV_VAR})"
+    else:
+        shown = path.name if path.parent == project_root() else f"{relative(path.parent)}/{path.name}"  # not resolved
     if path.is_symlink() and not path.exists():
         raise OutputsNotAFolderError(
             f"{what} {shown} is a link to a folder that does not exist. Create the folder it points to, "
@@ -75,9 +81,27 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]  # helpers/support/paths.py -> the root
 
 
+def outputs_location() -> Path:
+    """Return the folder the artifacts live in, without creating it: ``$CPT_OUTPUTS`` when set (``~``
+    expanded; a relative path is taken from the project root), else ``<root>/outputs``."""
+    value = os.environ.get(OUTPUTS_ENV_VAR, "").strip()
+    if not value:
+        return project_root() / "outputs"
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def outputs_shown() -> str:
+    """Return how messages name the outputs folder: ``outputs/``, or ``$CPT_OUTPUTS`` with its path."""
+    if os.environ.get(OUTPUTS_ENV_VAR, "").strip():
+        return f"{outputs_location()} (from {OUTPUTS_ENV_VAR})"
+    return "outputs/"
+
+
 def outputs_dir() -> Path:
-    """Return ``<root>/outputs`` (created if missing); every notebook writes its results there."""
-    return _folder(project_root() / "outputs", "The outputs folder")
+    """Return the outputs folder (:func:`outputs_location`, created if missing); every notebook writes
+    its results there."""
+    return _folder(outputs_location(), "The outputs folder")
 
 
 def cache_dir() -> Path:
@@ -94,12 +118,20 @@ def artifact_path(name: str) -> Path:
 
 def relative(path: Path | str) -> str:
     """Return ``path`` relative to the project root when it lies inside it (for printing without
-    absolute local paths), else its name only."""
+    absolute local paths), as ``$CPT_OUTPUTS/...`` when it lies in that folder, else its name only."""
     path = Path(path).resolve()
     try:
         return str(path.relative_to(project_root()))
     except ValueError:
-        return f".../{path.name}"
+        pass
+    if os.environ.get(OUTPUTS_ENV_VAR, "").strip():
+        try:
+            inside = path.relative_to(outputs_location().resolve())
+        except ValueError:
+            pass
+        else:
+            return f"${OUTPUTS_ENV_VAR}" + ("" if str(inside) == "." else f"/{inside}")
+    return f".../{path.name}"
 
 
 SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")

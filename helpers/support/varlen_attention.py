@@ -132,6 +132,46 @@ def probe_native_gqa(base: Callable, device) -> tuple[bool, str]:
 MIN_CAPABILITY = (8, 0)  # flash attention: Ampere (A100, A10, L4, RTX 30xx) or newer
 
 
+def capability_refusal(capability: tuple[int, int]) -> str | None:
+    """Return why torch's varlen kernel cannot serve a GPU of this compute capability (a T4 is 7.5, a
+    V100 7.0), or None when it can (8.0 or newer)."""
+    if tuple(capability) >= MIN_CAPABILITY:
+        return None
+    major, minor = capability
+    return (f"this GPU has compute capability {major}.{minor}, older than Ampere (8.0), and torch's varlen_attn is "
+            "a flash-attention kernel that needs 8.0 or newer")
+
+
+def planned_route(capability: tuple[int, int], flash_attn_installed: bool | None = None,
+                  varlen_attn: Callable | None = None) -> str:
+    """Return, before unsloth is imported, the route its packed attention will take on a GPU of this
+    compute capability with this torch: flash-attn's varlen kernel (when installed), torch's
+    ``varlen_attn`` (through :func:`enable_torch_varlen_for_unsloth` on torch 2.11, by unsloth itself
+    from 2.12), or the fallback, unsloth's own route (before compute capability 8.0, or a torch
+    without ``varlen_attn``). ``flash_attn_installed`` and ``varlen_attn`` replace the look-ups (tests)."""
+    fallback = "fallback: unsloth's own route (xformers when installed, else one SDPA call per story)"
+    if flash_attn_installed is None:
+        flash_attn_installed = importlib.util.find_spec("flash_attn") is not None
+    if flash_attn_installed and tuple(capability) >= MIN_CAPABILITY:
+        return "flash-attn's varlen kernel (flash-attn is installed)"
+    refusal = capability_refusal(capability)
+    if refusal:
+        return f"{fallback}: {refusal}"
+    if varlen_attn is None:
+        try:
+            varlen_attn = _default_varlen_attn()
+        except Exception:
+            varlen_attn = None
+    params = inspect.signature(varlen_attn).parameters if varlen_attn is not None else {}
+    if "window_size" not in params:
+        return f"{fallback}: this torch has no varlen_attn that takes window_size (torch 2.11 or newer has)"
+    if "enable_gqa" in params:
+        return "torch's varlen_attn, which unsloth calls by itself on this torch (2.12 or newer)"
+    if _off():
+        return f"unsloth's own route ({ENV_VAR}={os.environ[ENV_VAR]} turns the varlen swap off)"
+    return "torch's varlen_attn via the GQA wrapper, one call per packed row (helpers.support.varlen_attention)"
+
+
 def _off() -> bool:
     from .paths import read_switch
 
@@ -194,10 +234,9 @@ def enable_torch_varlen_for_unsloth(*, dispatch: ModuleType | None = None, varle
         return "not enabled: no CUDA device (torch's varlen_attn is a CUDA kernel)"
     if capability is None:  # (a CUDA device told present by a test, on a machine without one, counts as able)
         capability = tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else MIN_CAPABILITY
-    if tuple(capability) < MIN_CAPABILITY:
-        major, minor = capability
-        return (f"not enabled: this GPU has compute capability {major}.{minor}, older than Ampere (8.0), and torch's "
-                "varlen_attn is a flash-attention kernel that needs 8.0 or newer; unsloth keeps its own route")
+    refusal = capability_refusal(capability)
+    if refusal:
+        return f"not enabled: {refusal}; unsloth keeps its own route"
     if varlen_attn is None:
         try:
             varlen_attn = _default_varlen_attn()

@@ -38,20 +38,19 @@ profile = start("05_training")
 # %% [markdown]
 # ## Inputs from the earlier notebooks
 #
-# The training rows come from notebook 02 (`outputs/02_dataset`). The model and its adapters are
-# rebuilt here with the helpers that contain notebook 01's and 04's code; with the same seed, the
-# adapters start from the same random values.
+# The training rows come from notebook 02 (`outputs/02_dataset`). In a fresh runtime that does not
+# share 02's outputs folder (a Colab notebook opened on its own, without Google Drive),
+# `helpers.handoff.training_data` rebuilds them here with 02's steps, which take seconds, and says so.
+# The model and its adapters are rebuilt here with the helpers that contain notebook 01's and 04's
+# code; with the same seed, the adapters start from the same random values.
 
 # %%
-from datasets import load_from_disk
-
-from helpers.artifacts import require
+from helpers.handoff import training_data
 from helpers.modeling import load_model_and_tokenizer
 from helpers.training import add_lora
 
-train_dataset = load_from_disk(str(require("dataset")))
-text_dataset = load_from_disk(str(require("text_dataset")))
 model, tokenizer = load_model_and_tokenizer(profile)
+train_dataset, text_dataset = training_data(profile, tokenizer)  # 02's rows, rebuilt here if they are missing
 model = add_lora(model, profile)
 print(f"{len(train_dataset)} training rows of up to {profile.max_seq_length} tokens")
 model.print_trainable_parameters()
