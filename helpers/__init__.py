@@ -35,14 +35,14 @@ Importing this package imports no heavy library.
 ``helpers.lab`` - the notebooks beyond the walkthrough (07-15), the scripts and the benchmarks:
 
 - :mod:`helpers.lab.forgetting` - out-of-domain perplexity (what CPT costs elsewhere; notebook 07)
-- :mod:`helpers.lab.patch_probe` - what importing unsloth replaces in transformers (notebook 08, GPU)
-- :mod:`helpers.lab.lora_memory` - LoRA vs full fine-tuning memory as sequences grow (notebook 08, GPU)
+- :mod:`helpers.lab.patch_probe` - what importing unsloth replaces in transformers (notebook 01, GPU)
+- :mod:`helpers.lab.lora_memory` - LoRA vs full fine-tuning memory as sequences grow (notebook 04, GPU)
 - :mod:`helpers.lab.merging` - merging the adapter into the base weights; what an adapter file holds (09, 10)
-- :mod:`helpers.lab.export` - a merged model as one GGUF file (notebook 10)
-- :mod:`helpers.lab.batching_speed` - training speed of padded rows vs packed blocks (notebook 11)
-- :mod:`helpers.lab.short_runs` - short training runs for the sweeps of notebooks 13, 14 and 15
-- :mod:`helpers.lab.new_knowledge` - fill-in prompts for made-up facts, and their recall (notebook 14)
-- :mod:`helpers.lab.long_context` - perplexity past the trained context, and RoPE surgery (notebook 15)
+- :mod:`helpers.lab.export` - a merged model as one GGUF file (notebook 08)
+- :mod:`helpers.lab.batching_speed` - training speed of padded rows vs packed blocks (notebook 09)
+- :mod:`helpers.lab.short_runs` - short training runs for the sweeps of notebooks 07, 09 and 10
+- :mod:`helpers.lab.new_knowledge` - fill-in prompts for made-up facts, and their recall (notebook 07)
+- :mod:`helpers.lab.long_context` - perplexity past the trained context, and RoPE surgery (notebook 09)
 - :mod:`helpers.lab.throughput` - tokens/s over steady optimizer steps, MFU (scripts, benchmarks)
 - :mod:`helpers.lab.step_trace` - one optimizer step under ``torch.profiler`` (scripts, benchmarks)
 - :mod:`helpers.lab.distributed` - several processes: batch split, rank sync check, run comparison (train_cpt.py)

@@ -67,8 +67,7 @@ READY_SUFFIX = ".ready"
 # are checked when they have a manifest and passed through (with a note) when they have none.
 CHECKED_PRODUCERS = frozenset({
     "01_load_quantized_model", "02_data_prep", "03_inference_before_training", "04_lora", "05_training",
-    "06_inference_after_training", "07_forgetting", "08_open_questions", "09_save_and_merge",
-    "11_packing_vs_padding", "12_your_own_text",
+    "06_inference_after_training", "07_learning_and_forgetting", "08_save_merge_export", "09_your_own_text",
 })
 
 # Which profile fields shape which notebook's results (besides the run's identity and the data).

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Run the whole notebook series on one CUDA GPU in less wall time than scripts/gpu_nbval.sh, with the
 # same checks: notebooks 00-06 in order in one nbval process (each reads what the one before wrote),
-# then 07-15, which read only 00-06's outputs (see the `require(...)` calls), as parallel nbval
+# then 07-10, which read only 00-06's outputs (see the `require(...)` calls), as parallel nbval
 # processes, each in its own copy of the project so that no two share an outputs/ folder.
 #
 #   CPT_PROFILE=gpu-mistral7b scripts/gpu_series.sh OUT_DIR [GROUP ...]
 #
-# GROUP: notebooks of one later process, comma-separated numbers (default: "07,08,09,10" "11,12" "13" "14,15").
+# GROUP: notebooks of one later process, comma-separated numbers (default: "07" "08" "09" "10").
 # Writes OUT_DIR/first/ (00-06) and OUT_DIR/group-<numbers>/ (env.txt, nbval.log, executed/ each, from
 # scripts/gpu_nbval.sh), then OUT_DIR/executed/ with every executed notebook and OUT_DIR/summary.txt
 # with each process's pytest summary line and wall time. Exits non-zero if any process failed.
-# Timing-sensitive cells (11's packing speed-up) share the GPU with the other groups: their numbers
+# Timing-sensitive cells (09's packing speed-up) share the GPU with the other groups: their numbers
 # are a lower bound, the asserts only compare settings measured side by side in one process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=$(mkdir -p "${1:?usage: scripts/gpu_series.sh OUT_DIR [GROUP ...]}" && cd "$1" && pwd)
 shift
 GROUPS_=("$@")
-[ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("07,08,09,10" "11,12" "13" "14,15")
+[ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("07" "08" "09" "10")
 export CPT_COMMIT=${CPT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 notebooks_for() {  # "07,08" -> notebooks/07_*.ipynb notebooks/08_*.ipynb

@@ -1,11 +1,11 @@
 """Run selected code cells of a notebook's jupytext source, in order, in one namespace.
 
-    python scripts/run_notebook_cells.py notebooks/py/08_open_questions.py run_probe quantize_4bit compare_in_fresh_process
+    python scripts/run_notebook_cells.py notebooks/py/01_load_quantized_model.py run_probe quantize_4bit
 
 Runs the notebook's first code cell (the session header: profile, seeds, versions), then every code
 cell whose source contains one of the given strings, after importing torch, importlib, math, os and
 sys and creating an empty ``results`` dict (which skipped cells would otherwise have done). Used to
-measure the GPU-only cells of notebook 08 on a GPU machine without running the notebooks before it;
+measure GPU-only cells (unsloth's patches and NF4 in notebook 01, LoRA memory in notebook 04) on a GPU machine without running the notebooks before it;
 the output is what those cells print in the full series.
 """
 

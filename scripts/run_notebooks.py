@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -91,12 +92,23 @@ def strip_progress(outputs: list) -> tuple[list, int]:
     return kept, touched
 
 
+def cell_seconds(cell) -> float:
+    """Return the seconds a cell took to execute, from nbclient's timing metadata (0.0 if not recorded)."""
+    timing = cell.metadata.get("execution", {})
+    started, ended = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (started and ended):
+        return 0.0
+    parse = lambda stamp: datetime.fromisoformat(stamp.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(ended) - parse(started)).total_seconds()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--inplace", action="store_true", help="overwrite the notebooks with their executed versions")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "executed", help="folder for executed copies")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds allowed per cell")
+    parser.add_argument("--slowest", type=int, default=3, help="print the N slowest cells of each notebook (0: none)")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     notebooks = [p.resolve() for p in args.notebooks] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -114,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         except CellExecutionError as err:
             print(f"FAILED {path.name} after {time.perf_counter() - started:.0f} s\n{err}", file=sys.stderr)
             return 1
+        slowest = sorted(((cell_seconds(cell), index) for index, cell in enumerate(nb.cells)), reverse=True)
         stripped = 0
         for cell in nb.cells:  # volatile, machine-specific metadata stays out of the repo
             cell.metadata.pop("execution", None)
@@ -130,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         nbformat.write(nb, target)
         shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target  # --out may lie outside the repo
         print(f"ok {path.name:<40} {time.perf_counter() - started:6.1f} s -> {shown}", flush=True)
+        if args.slowest:
+            print("   slowest cells: " + ", ".join(f"[{index}] {seconds:.1f} s" for seconds, index in slowest[:args.slowest]
+                                                   if seconds), flush=True)
     print(f"all {len(notebooks)} notebooks ran in {time.perf_counter() - total:.1f} s")
     return 0
 

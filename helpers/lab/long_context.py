@@ -1,5 +1,5 @@
 """Perplexity of long sequences before and past a RoPE model's trained context, and RoPE surgery
-(notebook 15).
+(notebook 09).
 """
 
 from __future__ import annotations

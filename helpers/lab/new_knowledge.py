@@ -1,5 +1,5 @@
 """Fill-in prompts for made-up facts: are they new to the model, and recalled after training
-(notebook 14).
+(notebook 07).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
-"""Short training runs of the recipe the series teaches, for the experiments of notebooks 13, 14 and 15.
+"""Short training runs of the recipe the series teaches, for the experiments of notebooks 07, 09 and 10.
 
 Each question there is answered by a few *short* runs, so the functions here reuse the tested pieces
 (:func:`helpers.modeling.load_model_and_tokenizer`, :func:`helpers.training.add_lora`,
 :func:`helpers.training.build_trainer`, :func:`helpers.evaluation.perplexity`) and add only what the
 questions need: :func:`short_run` loads, trains (LoRA or full fine-tuning) a few steps, scores held-out
 text, and reports loss, perplexity, trainable parameters and memory (learning-rate and rank sweeps,
-notebook 13). The fill-in prompts of notebook 14 are in :mod:`helpers.lab.new_knowledge`, the long
-sequences and RoPE surgery of notebook 15 in :mod:`helpers.lab.long_context`.
+notebook 10). The fill-in prompts of notebook 07 are in :mod:`helpers.lab.new_knowledge`, the long
+sequences and RoPE surgery of notebook 09 in :mod:`helpers.lab.long_context`.
 """
 
 from __future__ import annotations
@@ -163,10 +163,10 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     return result, model, tokenizer
 
 
-# --- notebook 14: made-up facts -----------------------------------------------------------------
+# --- notebook 07: made-up facts -----------------------------------------------------------------
 
 
-# --- notebook 15: long context and RoPE -----------------------------------------------------------
+# --- notebook 09: long context and RoPE -----------------------------------------------------------
 
 
 # --- notebook 05: which embedding rows get a gradient? ---------------------------------------------

@@ -29,12 +29,11 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "adapter": ("05_adapter", "05_training"),
     "train_result": ("05_train_result.json", "05_training"),
     "after": ("06_after.json", "06_inference_after_training"),
-    "forgetting": ("07_forgetting.json", "07_forgetting"),
-    "open_questions": ("08_open_questions.json", "08_open_questions"),
-    "merged": ("09_merged", "09_save_and_merge"),
-    "save_and_merge": ("09_save_and_merge.json", "09_save_and_merge"),
-    "packing_vs_padding": ("11_packing_vs_padding.json", "11_packing_vs_padding"),
-    "own_text": ("12_own_text.json", "12_your_own_text"),
+    "forgetting": ("07_forgetting.json", "07_learning_and_forgetting"),
+    "merged": ("08_merged", "08_save_merge_export"),
+    "save_and_merge": ("08_save_and_merge.json", "08_save_merge_export"),
+    "own_text": ("09_own_text.json", "09_your_own_text"),
+    "packing_vs_padding": ("09_packing_vs_padding.json", "09_your_own_text"),
     "memory_stages": ("memory_stages.json", "any notebook"),
 }
 

@@ -33,15 +33,11 @@
 # | 04 LoRA | adapters, rsLoRA, trainable embeddings | LoRA facts, memory stage |
 # | 05 training | embedding learning rate, 8-bit Adam, cosine schedule, the loss | the adapter, the log history |
 # | 06 inference after training | before/after side by side, perplexity, plots | the "after" text and perplexity |
-# | 07 forgetting | out-of-domain perplexity before and after: what CPT costs elsewhere | the forgetting numbers |
-# | 08 open questions | the walkthrough's open questions, each answered by a measurement | the answers |
-# | 09 save and merge | adapter vs merged model, loaded without PEFT; adapter size | the merged model |
-# | 10 export gguf | export the merged model as GGUF for llama.cpp/Ollama and check the round trip | the GGUF file |
-# | 11 packing vs padding | training speed of padded rows vs packed blocks, measured | the speeds |
-# | 12 your own text | a folder of `.txt` files instead of TinyStories | the counts |
-# | 13 learning rate and rank | LR sweep and r=8/32/128 measured | the sweep |
-# | 14 new knowledge lora vs full | made-up facts: recall after LoRA vs full fine-tuning | the recall |
-# | 15 long context rope | perplexity past the trained context: none / linear scaling / scaling plus a few steps | the perplexities |
+# | *beyond the walkthrough:* | | |
+# | 07 learning and forgetting | what CPT costs outside its domain; can LoRA teach new facts? | the forgetting numbers |
+# | 08 save merge export | adapter vs merged model, loaded without PEFT; export to GGUF with a round-trip check | the merged model, the GGUF files |
+# | 09 your own text | a folder of `.txt` files; padded rows vs packed blocks; past the trained context | the counts and speeds |
+# | 10 learning rate and rank | is 5e-5 small? how to pick the rank | nothing (prints the sweeps) |
 #
 # Each notebook runs in its own kernel and hands its results to the next ones through files in
 # `outputs/`; run 00-06 in order, then any of the later ones (each says which earlier notebooks it

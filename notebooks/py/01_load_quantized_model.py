@@ -146,6 +146,43 @@ print(f"layers {config.num_hidden_layers}, hidden {config.hidden_size}, vocab {c
 assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
 
 # %% [markdown]
+# ### Is 4-bit quantization deterministic?
+#
+# NF4 quantization splits a weight matrix into blocks of 64, stores one scale per block (its largest
+# absolute value) and replaces each weight by the nearest of 16 fixed levels. Nothing in that is
+# random, so quantizing the same weights twice should give identical bytes, and loading the same
+# checkpoint in 4-bit twice the same model. The cell checks it with bitsandbytes' own `quantize_4bit`
+# on a seeded bf16 matrix: the packed codes, the block scales, and the dequantized result.
+# bitsandbytes' 4-bit kernels need CUDA, so on the CPU the cell is skipped. On an H200, 16.8 M bf16
+# weights quantized twice gave identical codes, scales and dequantized weights, with a mean absolute
+# rounding error of 0.073 for weights of standard deviation 1: NF4 quantization is deterministic.
+
+# %%
+import importlib.util
+
+import torch
+
+if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+    import bitsandbytes.functional as bnbf
+
+    generator = torch.Generator(device="cuda").manual_seed(profile.seed)
+    weight = torch.randn(4096, 4096, generator=generator, device="cuda", dtype=torch.bfloat16)
+    codes_1, state_1 = bnbf.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+    codes_2, state_2 = bnbf.quantize_4bit(weight, quant_type="nf4", compress_statistics=True)
+    same_codes = torch.equal(codes_1, codes_2)
+    same_scales = torch.equal(state_1.absmax, state_2.absmax)
+    restored_1, restored_2 = bnbf.dequantize_4bit(codes_1, state_1), bnbf.dequantize_4bit(codes_2, state_2)
+    error = (restored_1.float() - weight.float()).abs().mean().item()
+    print(f"{weight.numel():,} bf16 weights -> {codes_1.numel():,} bytes of packed codes, dtype {codes_1.dtype}")
+    print(f"identical codes: {same_codes}; identical block scales: {same_scales}; "
+          f"identical dequantized weights: {torch.equal(restored_1, restored_2)}")
+    print(f"mean absolute rounding error of NF4 here: {error:.4f} (weights have standard deviation 1)")
+    assert same_codes and same_scales and torch.equal(restored_1, restored_2)
+else:
+    print("skipped: bitsandbytes' 4-bit quantization needs a CUDA GPU (and bitsandbytes installed); "
+          "this machine has neither, so the CPU profile loads fp32 weights instead.")
+
+# %% [markdown]
 # ## `max_seq_length` and RoPE scaling
 #
 # `max_seq_length` is the longest sequence *this run* will feed the model; it sizes buffers and
@@ -273,6 +310,78 @@ if snap["torch"] and (snap["nvml"] or snap["nvidia_smi"]):
 else:
     print("no CUDA device: the GPU memory comparison runs on the GPU profiles only (process RSS "
           f"here: {snap['rss_gib']:.2f} GiB)")
+
+# %% [markdown]
+# ## Aside: does unsloth patch transformers?
+#
+# unsloth's speed comes from replacing parts of other libraries while your program runs: attention
+# and normalisation forwards, the causal-LM forward (to fuse the cross-entropy), TRL's trainer
+# classes, gradient checkpointing. That is why it insists on being imported before transformers.
+# Instead of taking that on trust we can look: `helpers.lab.patch_probe` records what a dotted name such as
+# `transformers.Trainer.train` points at (the object's `id`, `__module__`, `__qualname__` and the file
+# and line that define its code) and compares two records.
+#
+# Import order is the whole point, so the measurement runs in fresh subprocesses (`python -c`), not
+# in this kernel (which on the GPU branch imported unsloth in its first cell): one process imports
+# the plain libraries without unsloth; the other imports unsloth first, records, loads the model with
+# `FastLanguageModel.from_pretrained`, and records again. Object ids mean nothing across processes,
+# so between processes the module, qualname and source location are compared; within the unsloth
+# process the ids are compared too.
+#
+# unsloth cannot even be imported without an NVIDIA GPU, so on the CPU the probe is skipped. What the
+# CPU *can* show is the unpatched baseline the GPU cell compares against (this kernel never imported
+# unsloth), and whether unsloth's source is installed for reading.
+#
+# Measured on an H200 with unsloth 2026.10.9:
+# `import unsloth` alone replaced `trl.SFTTrainer` (by `UnslothSFTTrainer`) and wrapped
+# `transformers.Trainer.train`; `FastLanguageModel.from_pretrained` then replaced
+# `Trainer.training_step`, `LlamaAttention.forward` (by `LlamaAttention_fast_forward`) and
+# `LlamaForCausalLM.forward` (by unsloth's fused causal-LM forward). So yes: unsloth patches
+# transformers and TRL in place, partly at import and partly when a model is loaded.
+
+# %%
+import importlib.metadata
+import importlib.util
+
+from helpers.lab.patch_probe import changes, fingerprint_all
+
+
+def show_changes(title, changed):
+    print(f"{title}: {len(changed)} of the probed names changed")
+    for name, change in changed.items():
+        old, new = change["before"], change["after"]
+        print(f"  {name}\n      {old.get('module')}.{old.get('qualname')} ({old.get('source')})"
+              f"\n   -> {new.get('module')}.{new.get('qualname')} ({new.get('source')})")
+
+
+if profile.uses_unsloth:
+    from helpers.lab.patch_probe import run_probe
+    from helpers.modeling import resolve_model_source
+
+    plain = run_probe("plain")["without unsloth"]
+    probed = run_probe("unsloth", resolve_model_source(profile), str(profile.max_seq_length),
+                       "1" if profile.load_in_4bit else "0")
+    show_changes("import unsloth (vs a process without it)", changes(plain, probed["after import unsloth"]))
+    show_changes("then from_pretrained (same process, ids compared too)",
+                 changes(probed["after import unsloth"], probed["after from_pretrained"],
+                         fields=("id", "module", "qualname", "source")))
+    patched = changes(plain, probed["after from_pretrained"])
+    assert patched, "unsloth replaced none of the probed functions"
+else:
+    print("skipped: unsloth cannot be imported without an NVIDIA GPU, so the before/after probe runs on "
+          "the GPU profiles only.")
+    spec = importlib.util.find_spec("unsloth")  # finds the package without importing it
+    if spec is None:
+        print("unsloth is not installed in this environment (the CPU path never needs it), so its source "
+              "cannot be read here either.")
+    else:
+        print(f"unsloth {importlib.metadata.version('unsloth')} is installed but not imported: its source "
+              "(e.g. unsloth/models/llama.py) can be read here, though not run.")
+    baseline = fingerprint_all()
+    print(f"the unpatched baseline: {len(baseline)} names, none defined by unsloth (this kernel never imported it), e.g.")
+    name = "transformers.Trainer.train"
+    print(f"  {name}: {baseline[name]['module']}.{baseline[name]['qualname']} ({baseline[name]['source']})")
+    assert all("unsloth" not in str(fp.get("module")) for fp in baseline.values())
 
 # %% [markdown]
 # ## Hand-over to the next notebooks

@@ -261,7 +261,7 @@ plt.show()
 # 2,500 stories. Taking 16 packed rows a step instead would be 8 times the tokens per step and 8 times
 # fewer steps (21); at the walkthrough's learning rate the model then learned far less (held-out
 # perplexity 7.24 against 6.40, measured on the real SmolLM2 under the 7B recipe, three seeds; notebook
-# 05 has the table). Notebook 11 measures the speed difference on this machine.
+# 05 has the table). Notebook 09 measures the speed difference on this machine.
 #
 # A coincidence to avoid misreading below: on the CPU the 188 stories pack into about as many
 # 256-token blocks as there are stories. A block is not a story: a long story runs over several

@@ -90,7 +90,22 @@ assert profile.prompt.startswith(chunks[0]) and chunks[0] != profile.prompt
 # final word ("away,") therefore arrives together with the first generated word. Empty chunks
 # appear while a word spread over several tokens is still incomplete. A printer has to cope with
 # partial words, empty chunks, and a first chunk that carries the prompt.
-#
+
+# %% [markdown]
+# What if the prompt is *not* echoed? With `skip_prompt=True`, which `helpers.streaming.stream_generate`
+# uses below, the first chunk is what the first generated token releases: at most the space in front of
+# a word that may not be finished yet, and with tokenizers that do not put the space into the token,
+# nothing at all. A short check through that helper (it prints the eight generated tokens and returns
+# the chunks as the streamer yielded them):
+
+# %%
+from helpers.streaming import stream_generate
+
+first_chunks = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=8, echo_prompt=False).chunks
+print(f"\nskip_prompt=True: first chunks {first_chunks[:4]}")
+assert first_chunks[0].strip() == "", "with skip_prompt=True the first chunk holds no word yet"
+
+# %% [markdown]
 # ## Printing a stream readably: the walkthrough's three attempts
 #
 # The walkthrough tries three ways of printing the stream, and each is worth seeing, because each has

@@ -332,6 +332,51 @@ print("\nembedding LR applies to:", embedding_group["modules"],
       "(lm_head shares embed_tokens' matrix)" if model.get_base_model().config.tie_word_embeddings else "")
 
 # %% [markdown]
+# ### Does the embedding learning rate also apply to `lm_head`?
+#
+# SmolLM2 **ties** its input
+# and output embeddings, so there `lm_head` *is* `embed_tokens`: one matrix, one trainable copy, and
+# the question cannot be told apart from "does it apply to embed_tokens". Mistral-7B does not tie
+# them. To answer for an untied model without downloading one, we build a tiny random Llama with
+# `tie_word_embeddings=False`, add LoRA with the helpers' own configuration (this profile's targets,
+# rank lowered to suit the tiny size), build the trainer with `helpers.training.build_trainer`
+# (`EmbeddingLRTrainer`, the plain twin of `UnslothTrainer`) and print the groups its optimizer really
+# has. The tiny model runs on the CPU on every profile; it only has to have the right *shape*.
+
+# %%
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from helpers.support.paths import outputs_dir
+from helpers.training import EMBEDDING_GROUP, add_lora, build_trainer
+
+tiny_profile = profile.replace(backend="transformers", device="cpu", load_in_4bit=False, dtype="float32",
+                               use_gradient_checkpointing=False, optim="adamw_torch", lora_r=8)
+torch.manual_seed(profile.seed)
+tiny = LlamaForCausalLM(LlamaConfig(
+    vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+tiny = add_lora(tiny, tiny_profile)
+tiny_trainer = build_trainer(tiny_profile, tiny, tokenizer, Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 4}),
+                             output_dir=str(outputs_dir() / "05_tiny_trainer"))
+tiny_trainer.create_optimizer()
+tiny_groups = describe_param_groups(tiny_trainer.optimizer, tiny)
+for group in tiny_groups:
+    print(f"{group['group']:<36} lr={group['lr']:.1e}  tensors={group['tensors']:3d}  modules: "
+          f"{', '.join(group['modules'][:4])}{' ...' if len(group['modules']) > 4 else ''}")
+tiny_embedding_group = next(g for g in tiny_groups if g["group"] == EMBEDDING_GROUP)
+assert {"embed_tokens", "lm_head"} <= set(tiny_embedding_group["modules"])
+assert tiny_embedding_group["lr"] == tiny_profile.embedding_learning_rate
+tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+print(f"\nuntied model: lm_head is in the embedding group at lr={tiny_embedding_group['lr']:.0e}, beside embed_tokens.")
+print(f"this profile's model ties them: lm_head is embed_tokens -> {tied}")
+
+# %% [markdown]
+# So yes: the separate, smaller learning rate applies to both matrices, which is what `UnslothTrainer`
+# does as well (the cell above asserts its groups on the GPU branch).
+
+# %% [markdown]
 # ## Which embedding rows get a gradient?
 #
 # The claim above, measured: one forward and backward pass on the first training row, then a count of the rows with a non-zero gradient in each matrix.

@@ -56,7 +56,7 @@ print(f"adapter from notebook 05 ({train_result['steps']} steps); before-text an
 # For generation unsloth needs one more call: `FastLanguageModel.for_inference(model)` switches
 # the model to its fast generation path (evaluation mode, KV cache on, left padding, checkpointing
 # off). `for_training` switches back. In plain transformers the equivalent is `model.eval()`.
-# Notebooks 07-09 call `helpers.modeling.load_trained_model`, which holds this cell's code
+# Notebooks 07 and 08 call `helpers.modeling.load_trained_model`, which holds this cell's code
 # (the project's tests check that both give the same model).
 
 # %%

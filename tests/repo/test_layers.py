@@ -1,6 +1,6 @@
 """helpers/ in three layers whose imports only point down, and one map of its modules.
 
-Layers, top to bottom: ``helpers.lab`` (notebooks 07-15, scripts, benchmarks), ``helpers`` (what
+Layers, top to bottom: ``helpers.lab`` (notebooks 07-10, scripts, benchmarks), ``helpers`` (what
 notebooks 00-06 teach), ``helpers.support`` (plumbing). Every import between helpers modules is read
 with ``ast``, those inside functions included; the tests fail on an import of a higher layer and on
 any cycle. The package docstring (``helpers/__init__.py``) is the single map of modules, by layer.

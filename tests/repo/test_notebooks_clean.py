@@ -20,9 +20,8 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(root|home|tmp|work|Users|content)/")
 # The whole series, in order. The README's series table and notebook 00's table list every one.
 SERIES = [
     "00_setup", "01_load_quantized_model", "02_data_prep", "03_inference_before_training",
-    "04_lora", "05_training", "06_inference_after_training", "07_forgetting", "08_open_questions",
-    "09_save_and_merge", "10_export_gguf", "11_packing_vs_padding", "12_your_own_text",
-    "13_learning_rate_and_rank", "14_new_knowledge_lora_vs_full", "15_long_context_rope",
+    "04_lora", "05_training", "06_inference_after_training", "07_learning_and_forgetting",
+    "08_save_merge_export", "09_your_own_text", "10_learning_rate_and_rank",
 ]
 PENDING: set[str] = set()  # notebooks of the agreed series not written yet (none now)
 

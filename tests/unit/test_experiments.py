@@ -63,7 +63,7 @@ def test_short_run_lora_and_full_measure_what_they_say(tokenizer, torch_one_thre
 
 
 def test_short_run_hands_the_text_to_the_trainer(tokenizer, torch_one_thread, monkeypatch):
-    """Notebook 13 passes the stories as text so that unsloth packs them itself, each attending only
+    """Notebook 10 passes the stories as text so that unsloth packs them itself, each attending only
     to itself, as notebook 05 does; short_run must hand them to build_trainer."""
     from datasets import Dataset
 

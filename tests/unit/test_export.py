@@ -146,7 +146,7 @@ def test_export_problem_names_what_the_exporter_cannot_write(small_bpe, tiny_lla
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     tokenizer = small_bpe
-    assert export_problem(tiny_llama_factory(len(tokenizer)), tokenizer) is None  # what notebook 10 exports
+    assert export_problem(tiny_llama_factory(len(tokenizer)), tokenizer) is None  # what notebook 08 exports
     gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                                head_dim=16))

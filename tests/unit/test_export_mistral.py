@@ -1,7 +1,7 @@
 """GGUF export of a Llama-style SentencePiece model: a tiny random Mistral with Mistral-7B-v0.3's real
 v3 tokenizer (``tokenizer.model`` as the PyPI package mistral-common ships it; the Makefile unpacks it
 with ``--no-deps --target .venv/mistral-common-src``, off sys.path, and it is never imported). The round trip is
-notebook 10's: same token ids, same greedy text, perplexity within 1e-4 relative, for F32 and F16."""
+notebook 08's: same token ids, same greedy text, perplexity within 1e-4 relative, for F32 and F16."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_finds_the_sentencepiece_file_beside_the_tokenizer(tmp_path, v3):
 
 @pytest.mark.parametrize("quantization", ["F32", "F16"])
 def test_tiny_mistral_round_trip(tmp_path, v3, tiny_mistral, quantization):
-    """Notebook 10's round trip: same token ids, same greedy text, perplexity within 1e-4 relative."""
+    """Notebook 08's round trip: same token ids, same greedy text, perplexity within 1e-4 relative."""
     from helpers.evaluation import perplexity
     from helpers.generation import greedy_text
 

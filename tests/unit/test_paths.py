@@ -109,8 +109,8 @@ def test_require_passes_the_shared_memory_log_without_manifest_and_refuses_a_not
     (tmp_path / "outputs" / "memory_stages.json").write_text("[]", encoding="utf-8")
     assert require("memory_stages") == tmp_path / "outputs" / "memory_stages.json"
     assert "has no manifest, so where it came from is not checked" in capsys.readouterr().out
-    (tmp_path / "outputs" / "09_merged").mkdir()
-    with pytest.raises(ProvenanceError, match=r"has no manifest .* Re-run notebooks/09_save_and_merge.ipynb"):
+    (tmp_path / "outputs" / "08_merged").mkdir()
+    with pytest.raises(ProvenanceError, match=r"has no manifest .* Re-run notebooks/08_save_merge_export.ipynb"):
         require("merged")
 
 

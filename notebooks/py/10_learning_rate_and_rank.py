@@ -14,9 +14,9 @@
 # ---
 
 # %% [markdown]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/13_learning_rate_and_rank.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cpt-tutorial/cpt-raw-text/blob/main/notebooks/10_learning_rate_and_rank.ipynb)
 #
-# # 13 · Learning rate and rank: two of the walkthrough's open questions, measured
+# # 10 · Learning rate and rank: two of the walkthrough's open questions, measured
 #
 # The walkthrough trains with a learning rate of 5e-5 and LoRA rank 128, and leaves two questions
 # open: *is 5e-5 a pretty small learning rate?* and *how do I pick the rank?* This notebook answers
@@ -40,7 +40,7 @@ if "google.colab" in sys.modules:  # Colab only: clone the repository; its scrip
 
 from helpers.session import start
 
-profile = start("13_learning_rate_and_rank")
+profile = start("10_learning_rate_and_rank")
 
 # %% [markdown]
 # ## Data: notebook 02's training rows, and held-out stories
@@ -174,7 +174,7 @@ assert all(abs(r.optimizer_state_gib * 1024**3 / (8 * r.trainable_parameters) - 
 # size does not shrink as r grows, and a short run has not yet asked for more capacity than r = 8
 # holds. Rank is capacity, and it shows when there is more to learn than a few steps teach: a
 # large, new domain over a full epoch (the walkthrough's 2,500 stories at r = 128), or knowledge the
-# model lacks (notebook 14). A practical rule: start at 16 to 64, raise the rank when a longer run's
+# model lacks (notebook 07). A practical rule: start at 16 to 64, raise the rank when a longer run's
 # held-out loss flattens above where a higher rank gets, and keep it where the memory allows.
 
 # %%
