@@ -115,6 +115,7 @@ class Profile:
     # --- generation
     prompt: str = "Once upon a time, in a galaxy, far far away,"
     max_new_tokens: int = 256
+    story_tokens: int = 384  # the "before"/"after" stories of notebooks 03 and 06: room for a story to end
     own_model: str | None = None  # the CPT_MODEL value as given, when it replaced the profile's model
     extra: dict = field(default_factory=dict)
 
@@ -231,7 +232,7 @@ CPU_SMOLLM2 = Profile(
     max_seq_length=256,
     dtype="float32",
     packing=True,
-    eval_stories=48,
+    eval_stories=24,
     eval_max_tokens=256,
     lora_r=16,
     lora_alpha=32,
@@ -243,6 +244,7 @@ CPU_SMOLLM2 = Profile(
     embedding_learning_rate=5e-5,
     optim="adamw_torch",
     max_new_tokens=60,
+    story_tokens=256,  # two cores write about 15 tokens a second
     sample_by_design=True,
 )
 

@@ -405,6 +405,33 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     return path
 
 
+def gguf_tensor_bytes(model, quantization: str) -> int:
+    """Return how many bytes :func:`export_gguf` writes for ``model``'s tensors in ``quantization``
+    (one of :data:`EXPORT_TYPES`), computed from the shapes alone, without writing anything.
+
+    The same rules as the export: 1-D tensors (norms) stay F32; a tied ``lm_head`` is not written;
+    in Q8_0 / Q4_0 a matrix whose rows split into whole blocks of 32 takes 34 / 18 bytes per block
+    (the values plus one fp16 scale), any other stays F16. The file adds its settings, its tokenizer
+    and alignment padding on top (a few MB for a vocabulary of 50,000).
+    """
+    if quantization not in EXPORT_TYPES:
+        raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    per_block = {"Q8_0": 34, "Q4_0": 18}  # bytes per block of 32 weights (GGML_QUANT_SIZES)
+    total = 0
+    for name, tensor in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
+        count = tensor.numel()
+        if tensor.dim() == 1 or quantization == "F32":
+            total += 4 * count
+        elif quantization in ("F16", "BF16") or tensor.shape[-1] % 32:
+            total += 2 * count
+        else:
+            total += count // 32 * per_block[quantization]
+    return total
+
+
 def load_gguf(path: Path | str, dtype=None, device=None):
     """Load a GGUF file back with transformers (``gguf_file=``); return ``(model, tokenizer)`` in eval
     mode. transformers dequantizes every tensor to ``dtype`` (float32 by default); ``device`` moves

@@ -241,14 +241,15 @@ assert wrapped.split() == "".join(chunks).split()  # same words, only the line b
 # Now the real thing: the walkthrough's prompt, greedy decoding (always the most likely next token,
 # so the result is reproducible), wrapped at 100 characters as it streams. A reader wants to see
 # whether the model can *finish* a story, so the limit is generous: generation runs until the model
-# produces its end-of-sequence token or `max_new_tokens` tokens, at least 384 (a TinyStories story is
-# about 200 tokens long, notebook 02). The last line says which of the two ended it. Notebook 06 uses
-# the same limit after training.
+# produces its end-of-sequence token or `profile.story_tokens` tokens: 384 on the walkthrough's 7B
+# profile, 256 on the SmolLM2 profiles (two CPU cores write about 15 tokens a second) (a TinyStories story is about 200
+# tokens long, notebook 02). The last line says which of the two ended it. Notebook 06 uses the same
+# limit after training.
 
 # %%
 from helpers.streaming import stream_generate
 
-story_tokens = max(profile.max_new_tokens, 384)
+story_tokens = profile.story_tokens
 before = stream_generate(model, tokenizer, profile.prompt, max_new_tokens=story_tokens, width=100)
 print(f"\n[{before.stop_reason()}]")
 assert before.text.strip(), "the model generated nothing"

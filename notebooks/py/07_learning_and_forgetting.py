@@ -327,7 +327,7 @@ for row in before["rows"][:3]:
 # %% [markdown]
 # ### Train: LoRA, then full fine-tuning
 #
-# Both arms see the same rows for the same number of steps (40 steps of 4 rows, 10 passes over the
+# Both arms see the same rows for the same number of steps (20 steps of 4 rows, 5 passes over the
 # 16 documents: new facts need repetition). Each gets a learning rate usual for its method: 1e-3
 # for the LoRA adapters (their embeddings at 1e-4, the recipe's ratio) and 5e-5 for full
 # fine-tuning, where every weight moves and larger rates quickly damage the model. Both use the
@@ -336,7 +336,7 @@ for row in before["rows"][:3]:
 # %%
 from helpers.lab.short_runs import short_run, sweep_profile
 
-STEPS = 40
+STEPS = 20
 lora_profile = sweep_profile(small, learning_rate=1e-3, max_steps=STEPS, batch_size=4)
 full_profile = sweep_profile(small, learning_rate=5e-5, max_steps=STEPS, batch_size=4)
 arms = {}

@@ -26,7 +26,7 @@
 # ## Part 1 · A folder of your own text
 #
 # Everything so far used TinyStories. Continued pre-training is for *your* domain: manuals, notes,
-# papers, a codebase's documentation. This notebook shows how the series takes a folder of `.txt`
+# papers, a codebase's documentation. This part shows how the series takes a folder of `.txt`
 # files instead, and what happens to the text on the way to training rows.
 #
 # To run the whole series on your text, point it at the folder:
@@ -213,7 +213,7 @@ print(f"{len(token_lists)} stories -> padded: {len(padded_rows)} rows ({truncate
 # %% [markdown]
 # ### Train each, taking turns
 #
-# Fresh LoRA adapters on the base model, then three timed optimizer steps per setting (after one
+# Fresh LoRA adapters on the base model, then two timed optimizer steps per setting (after one
 # untimed warm-up step each), with the profile's batch size and both learning rates. The table gives
 # the median rate of real tokens per second, the speed-up over padding, the share of padded
 # positions, and the mean training loss of the timed steps.
@@ -235,7 +235,7 @@ if not profile.uses_unsloth:  # the same blocks, each story attending only to it
     collators["packed, stories apart"] = PackedRowsCollator(tokenizer.eos_token_id, isolate_documents=True)
 speed = measure_training_speed(
     train_model, tokenizer, settings, collators=collators,
-    batch_size=profile.per_device_train_batch_size, steps=3, learning_rate=profile.learning_rate,
+    batch_size=profile.per_device_train_batch_size, steps=2, learning_rate=profile.learning_rate,
     embedding_learning_rate=profile.embedding_learning_rate, seed=profile.seed)
 print(format_comparison(speed))
 if "packed, stories apart" in speed:
@@ -244,7 +244,7 @@ if "packed, stories apart" in speed:
     assert speed["packed, stories apart"]["padding_share"] == 0.0
 speedup = speed["packed blocks"]["real_tokens_per_s"] / speed["padded rows"]["real_tokens_per_s"]
 print(f"packing trains {speedup:.2f}x as many real tokens per second as padding "
-      f"(batch {profile.per_device_train_batch_size}, 3 timed steps each)")
+      f"(batch {profile.per_device_train_batch_size}, 2 timed steps each)")
 assert speed["packed blocks"]["padding_share"] == 0.0 < speed["padded rows"]["padding_share"]
 # the same number of rows per step: full blocks carry more real tokens than padded rows (a fact, not a timing)
 assert speed["packed blocks"]["real_tokens"] > speed["padded rows"]["real_tokens"]
@@ -260,7 +260,7 @@ assert speed["packed blocks"]["real_tokens"] > speed["padded rows"]["real_tokens
 #
 # Which is the default? Both profiles pack (`packing=True`). Every packed step trains more real
 # tokens (the table's "real tokens" column), and it keeps the long stories' endings. Whether it is
-# also faster per second on two shared CPU cores varies from run to run: three timed steps are a noisy
+# also faster per second on two shared CPU cores varies from run to run: two timed steps are a noisy
 # measure, so the cell prints the ratio but asserts only the token counts. The speed claims live in
 # `benchmarks/`. The packed blocks measured above are plain causal rows,
 # so a story may attend to the one before it; the training itself keeps each story's attention to
@@ -306,14 +306,14 @@ print(f"saved {relative(artifact_path('packing_vs_padding'))}: packing {speedup:
 # exceed the context the model was trained for; notebook 01 showed the mechanism (linear scaling
 # divides every position by a factor, so the longest sequence is rotated like the last trained
 # position was). Whether the model can *use* such positions without further training stayed prose.
-# This notebook measures it: perplexity on text past the trained context, without scaling, with
+# This part measures it: perplexity on text past the trained context, without scaling, with
 # linear scaling, and with linear scaling after a few training steps at the longer length.
 #
 # ### The honest caveat: a stand-in for a short context
 #
 # SmolLM2-135M was trained on 8,192 positions. Measuring past that means sequences of 10,000 tokens
 # or more, and on two CPU cores one forward pass over such a sequence takes minutes (attention grows
-# with the square of the length), training on them far longer. So this notebook **shrinks the
+# with the square of the length), training on them far longer. So this part **shrinks the
 # trained context instead of lengthening the text**, by a config change: it divides RoPE's base
 # (`rope_theta`, 100,000) by 64. RoPE rotates each pair of channels at its own speed, from very fast
 # (these carry word order) to very slow (these tell near from far over thousands of tokens). In
@@ -471,7 +471,7 @@ for label, base, linear in ((REAL, theta, 1.0),
 # The usual remedy (position interpolation, Chen et al. 2023) is linear scaling *plus* a short
 # training run at the new length, so that the model adapts to positions that are now closer
 # together than it learned. Here: the series' LoRA recipe (`helpers.lab.short_runs.short_run`: adapters
-# plus full embeddings) on the stand-in with linear scaling, for 6 steps of one 1,024-token sequence
+# plus full embeddings) on the stand-in with linear scaling, for 4 steps of one 1,024-token sequence
 # of *training* stories each, then the same held-out sequences. Unlike notebook 05, each sequence is
 # trained as one causal row (`isolate_documents=False`): a story that attended only to itself would
 # never see a position past its own few hundred tokens, and the far positions are what this run is
@@ -487,7 +487,7 @@ train_rows = Dataset.from_dict({"input_ids": long_sequences(training_stories["te
 set_rope(model, theta / SHRINK, factor)
 # one causal sequence per row: the point is positions beyond the old context, so here the stories in a
 # row attend across their EOS (as in long-context pre-training), not each on its own as in notebook 05
-long_profile = sweep_profile(small, learning_rate=5e-4, max_steps=6, batch_size=1).replace(isolate_documents=False)
+long_profile = sweep_profile(small, learning_rate=5e-4, max_steps=4, batch_size=1).replace(isolate_documents=False)
 run, tuned, _ = short_run(long_profile, train_rows, model_and_tokenizer=(model, tokenizer))
 label = f"stand-in, linear x{factor:.2f} + {run.steps} steps"
 results[label] = position_perplexity(tuned, eval_sequences, boundary=context)
@@ -522,7 +522,7 @@ plt.show()
 # sliding-window layers, such as Gemma 3, the middle bars show a cost rather than an explosion: see the
 # caveat at the top.) But beyond remains no
 # easier than inside, so the model uses the extra context poorly; and a larger factor costs more
-# (a first run of this notebook, at 512 tokens with a factor of 4, measured a perplexity of about 39
+# (an earlier run of this part, at 512 tokens with a factor of 4, measured a perplexity of about 39
 # past its boundary with linear scaling, against about 10 without). A few training steps at the longer length with the scaling in
 # place bring back the healthy shape, beyond below inside. (Those steps train on TinyStories, so part
 # of the drop everywhere is the domain, as in notebook 06; the shape within the arm is the signal.)

@@ -46,8 +46,8 @@ profile = start("10_learning_rate_and_rank")
 # ## Data: notebook 02's training rows, and held-out stories
 #
 # Every run trains on the same rows (notebook 02's, in the same order) and is scored on the same
-# validation stories, which no run trains on. The runs are kept small: 6 optimizer steps of 2 rows
-# each, no warm-up (a warm-up over 6 steps would leave hardly any steps at the peak rate), and 16
+# validation stories, which no run trains on. The runs are kept small: 4 optimizer steps of one row
+# each, no warm-up (a warm-up over 4 steps would leave hardly any steps at the peak rate), and 8
 # held-out stories cut to 128 tokens.
 
 # %%
@@ -62,8 +62,8 @@ train_rows = load_from_disk(str(require("dataset")))
 # unsloth packs the stories itself, each attending only to itself, as in notebook 05
 text_rows = load_from_disk(str(require("text_dataset"))) if profile.uses_unsloth else None
 validation, source = load_raw_dataset(profile, split="validation")
-eval_texts = validation["text"][:16]
-EVAL_TOKENS, STEPS = 128, 6
+eval_texts = validation["text"][:8]
+EVAL_TOKENS, STEPS, ROWS = 128, 4, 1
 random_weights = weights_are_random(profile)
 print(f"{len(train_rows)} training rows; {len(eval_texts)} held-out stories from {source}")
 
@@ -86,7 +86,7 @@ print(f"held-out perplexity of the untrained model: {ppl_base:.2f}")
 learning_rates = [5e-5, 2e-4, 5e-4, 2e-3]
 lr_runs = []
 for index, lr in enumerate(learning_rates):
-    run_profile = sweep_profile(profile, learning_rate=lr, max_steps=STEPS)
+    run_profile = sweep_profile(profile, learning_rate=lr, max_steps=STEPS, batch_size=ROWS)
     given = (base_model, tokenizer) if index == 0 else None  # the first run reuses the model loaded above
     result, _, _ = short_run(run_profile, train_rows, eval_texts, eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=given,
                              text_dataset=text_rows)
@@ -127,7 +127,7 @@ if not random_weights:
 # close to the untrained one, while larger rates lower it quickly, up to a point where the updates
 # overshoot and the loss turns noisy or climbs. So yes, for LoRA 5e-5 *is* small: LoRA learning rates
 # are typically 1e-4 to 2e-4 for fine-tuning, and unsloth's own recipes use 2e-4. The walkthrough's
-# choice makes sense for its setting, though: 156 steps instead of six, and `embed_tokens` and
+# choice makes sense for its setting, though: 156 steps instead of four, and `embed_tokens` and
 # `lm_head` trained in full, where large steps do damage (its embedding rate is 5e-6). A low rate
 # over a full epoch is the safe choice for CPT; a few-step sweep like this one is how to find out how
 # much faster you may go on your own data, and the run to trust is a full one at the chosen rate.
@@ -153,7 +153,7 @@ if not random_weights:
 # %%
 rank_runs = []
 for rank in (8, 32, 128):
-    result, _, _ = short_run(sweep_profile(profile, lora_r=rank, max_steps=STEPS), train_rows, eval_texts,
+    result, _, _ = short_run(sweep_profile(profile, lora_r=rank, max_steps=STEPS, batch_size=ROWS), train_rows, eval_texts,
                              eval_max_tokens=EVAL_TOKENS, text_dataset=text_rows)
     rank_runs.append(result)
     gpu = (f", peak reserved {result.peak_reserved_gib:.2f} GiB, for training {result.training_gib:.2f} GiB"

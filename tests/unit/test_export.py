@@ -10,6 +10,7 @@ from helpers.lab.export import (
     ExportError,
     export_gguf,
     export_problem,
+    gguf_tensor_bytes,
     gguf_tensor_types,
     interleave_rotary_halves,
     load_gguf,
@@ -82,6 +83,12 @@ def test_quantized_types_are_close_and_smaller(tmp_path, small_bpe, tiny_llama_f
     assert errors["F32"] == 0.0
     assert 0 < errors["F16"] < errors["Q8_0"] < errors["Q4_0"] < 0.5
     assert sizes["F32"] > sizes["F16"] > sizes["Q8_0"] > sizes["Q4_0"]
+    # the computed tensor bytes explain every difference between the files (the rest is the same header)
+    headers = {qtype: sizes[qtype] - gguf_tensor_bytes(model, qtype) for qtype in EXPORT_TYPES}
+    assert max(headers.values()) - min(headers.values()) <= 32 * len(model.state_dict())  # alignment padding
+    assert all(header > 0 for header in headers.values())
+    with pytest.raises(ExportError, match="choose one of"):
+        gguf_tensor_bytes(model, "Q5_K")
 
 
 def test_qwen2_with_biases_round_trips(tmp_path, small_bpe):
