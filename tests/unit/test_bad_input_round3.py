@@ -1,0 +1,161 @@
+"""Issue 31, "No silently wrong result, round 3", the cases left by the first round and more of the
+same classes: each test reproduces one case that used to end in a raw error, a silently wrong
+result or a lost output (the case number, or ``own`` for cases found while fixing, is in its name)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers.profiles import CPU_SMOLLM2
+
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a whole safetensors file holding no tensors
+
+
+def _own(value):
+    from helpers.profiles import with_own_model
+
+    return with_own_model(CPU_SMOLLM2, "test", {"CPT_MODEL": str(value)})[0]
+
+
+def _model_folder(tmp_path, tiny_llama_factory, tokenizer, name="mine"):
+    folder = tmp_path / name
+    tiny_llama_factory(len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _write_gguf(path):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.ones((64, 32), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((64, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# --- case 9: own model, broken files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "empty"])
+def test_case09_a_damaged_model_safetensors_is_named_before_loading(tmp_path, tiny_llama_factory, tokenizer, damage):
+    """A CPT_MODEL folder with a truncated or garbage model.safetensors ended in a raw SafetensorError."""
+    from helpers.modeling import load_model_and_tokenizer
+    from helpers.profiles import OwnModelError
+
+    folder = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"cut": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    with pytest.raises(OwnModelError, match=r"CPT_MODEL='.*mine': its weights file model.safetensors is damaged .*"
+                                            r"Copy or download the weights again"):
+        _own(folder)
+    profile = _own(_model_folder(tmp_path, tiny_llama_factory, tokenizer, "other"))
+    (Path(profile.model_name) / "model.safetensors").write_bytes(data[:100])  # damaged after it was chosen
+    with pytest.raises(OwnModelError, match="model.safetensors is damaged"):
+        load_model_and_tokenizer(profile)
+
+
+def test_case09_a_shard_named_by_the_index_but_missing_is_named(tmp_path):
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(EMPTY_SAFETENSORS)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    from helpers.profiles import OwnModelError
+
+    with pytest.raises(OwnModelError, match="names 1 weight file.* missing: model-00002-of-00002.safetensors"):
+        _own(folder)
+
+
+@pytest.mark.parametrize("damage", ["cut", "half", "garbage", "empty"])
+def test_case09_a_cut_off_or_garbage_gguf_is_named_before_converting(tmp_path, torch_one_thread, damage):
+    """A truncated .gguf ended in 'ValueError: cannot reshape array…' or an IndexError from the gguf reader."""
+    from helpers.modeling import load_model_and_tokenizer
+    from helpers.support.gguf import UnreadableGGUFError
+
+    path = _write_gguf(tmp_path / "mine.gguf")
+    data = path.read_bytes()
+    path.write_bytes({"cut": data[:-100], "half": data[: len(data) // 2], "garbage": b"garbage" * 100,
+                      "empty": b""}[damage])
+    with pytest.raises(UnreadableGGUFError, match=r"CPT_MODEL: .*mine.gguf cannot be used: it (is|holds).*"
+                                                  r"Download or copy the file again"):
+        load_model_and_tokenizer(_own(path))
+    assert not list((tmp_path / "outputs" / "cache").glob("gguf-*"))
+
+
+# --- the class: a model named by CPT_MODEL is identified by its weights, not only its path -------
+
+
+def test_class_own_model_identity_covers_its_weights(tmp_path, tiny_llama_factory, tokenizer):
+    """A CPT_MODEL folder whose weights were replaced kept the same identity (its path), so artifacts
+    and checkpoints made from the old weights were used with the new ones."""
+    from helpers.artifacts import model_identity
+
+    folder = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
+    before = model_identity(_own(folder))
+    assert before["revision"].startswith("weights sha256 ")
+    assert model_identity(_own(folder)) == before  # stable
+    tiny_llama_factory(len(tokenizer), seed=1).save_pretrained(folder)  # same path, other weights
+    assert model_identity(_own(folder))["revision"] != before["revision"]
+    gguf = _write_gguf(tmp_path / "m.gguf")
+    first = model_identity(_own(gguf))["revision"]
+    data = bytearray(gguf.read_bytes())
+    data[-4:] = b"\x00\x00\x00\x40"  # same size, one weight changed (1.0 -> 2.0)
+    stat = gguf.stat()
+    gguf.write_bytes(bytes(data))
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a later write (coarse clocks: same tick)
+    assert model_identity(_own(gguf))["revision"] != first
+
+
+# --- case 16: an adapter folder named as the model -----------------------------------------------
+
+
+def test_case16_an_adapter_folder_as_cpt_model_is_told_it_needs_its_base_model(tmp_path):
+    """CPT_MODEL=outputs/05_adapter was told to save a model there with save_pretrained."""
+    from helpers.profiles import OwnModelError
+
+    adapter = tmp_path / "outputs" / "05_adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M"}))
+    (adapter / "adapter_model.safetensors").write_bytes(EMPTY_SAFETENSORS)
+    with pytest.raises(OwnModelError) as caught:
+        _own("outputs/05_adapter")
+    message = str(caught.value)
+    assert "is a LoRA adapter folder" in message and "'HuggingFaceTB/SmolLM2-135M'" in message
+    assert "load_trained_model(profile, adapter_folder)" in message and "save_pretrained" not in message
+
+
+# --- own case: a cached converted model damaged after it was written -----------------------------
+
+
+def test_own_a_damaged_cached_model_is_built_again(tmp_path, monkeypatch, capsys):
+    """The converted model in outputs/cache, cut off after it was written (a full disk, a partial
+    copy of outputs/), was loaded and failed with a raw SafetensorError at every start."""
+    from helpers.support import gguf
+
+    conversions = []
+
+    def convert(gguf_path, out_dir, **options):
+        conversions.append(out_dir)
+        (out_dir / "config.json").write_text("{}")
+        (out_dir / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
+        (out_dir / "SOURCE.json").write_text("{}")
+
+    monkeypatch.setattr(gguf, "find_embedded_gguf", lambda: tmp_path / "x.gguf")
+    monkeypatch.setattr(gguf, "convert_gguf_to_hf", convert)
+    folder = gguf.embedded_model_dir()
+    assert gguf.embedded_model_dir() == folder and len(conversions) == 1  # whole: used as it is
+    (folder / "model.safetensors").write_bytes(EMPTY_SAFETENSORS[:6])
+    assert gguf.embedded_model_dir() == folder and len(conversions) == 2
+    assert "is damaged (model.safetensors: 6 bytes" in capsys.readouterr().out
+    assert (folder / "model.safetensors").read_bytes() == EMPTY_SAFETENSORS
