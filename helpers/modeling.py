@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import adapter_errors_explained, model_errors_explained
+from .errors import adapter_errors_explained, check_adapter_unchanged, model_errors_explained
 from .profiles import Profile, check_model_folder
 from .support.gguf import embedded_model_dir, gguf_model_dir, smoke_model_dir
 
@@ -192,6 +192,7 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     no weights file or belongs to another model or rank raises :class:`helpers.errors.AdapterError`
     (see :func:`helpers.errors.adapter_errors_explained`).
     """
+    check_adapter_unchanged(adapter_dir)  # as saved (files.sha256.json), before any loading
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # deferred: needs a GPU
 

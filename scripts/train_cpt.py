@@ -323,11 +323,25 @@ def settle_checkpoints(procs: Processes, checkpoints: Path) -> None:
         last_complete_checkpoint(checkpoints)
 
 
+def unsaved_after(output_dir: Path) -> bool:
+    """True when the last complete checkpoint in ``<output-dir>/checkpoints`` was written after this
+    folder's ``result.json`` (or there is none): the run that wrote it was stopped before its adapter
+    and result were saved, so a checkpoint that ends the run is loaded and saved, not trained again
+    (issue 31, case 14). False when the result is newer: that run finished, and a new one starts."""
+    from helpers.checkpoints import RUN_FILE, last_complete_checkpoint
+
+    last = last_complete_checkpoint(output_dir / "checkpoints")
+    if last is None:
+        return False
+    result = output_dir / "result.json"
+    return not result.is_file() or result.stat().st_mtime < (last / RUN_FILE).stat().st_mtime
+
+
 # --- training, measured -------------------------------------------------------------------------
 
 
 def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool, resume: bool,
-                   trace_step: int = 0, trace_dir: Path | None = None) -> dict:
+                   trace_step: int = 0, trace_dir: Path | None = None, load_finished: bool = False) -> dict:
     """Train with ``helpers.checkpoints.train_resumable`` (resuming when ``resume``), timing every
     optimizer step and counting real tokens; check that the embeddings trained (and, with
     ``check_sync``, that the ranks agree after the first two steps and at the end). With
@@ -374,7 +388,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     if cuda:
         torch.cuda.reset_peak_memory_stats(procs.local_rank)
     with plain_cpu_map_location(procs.distributed and profile.device == "cpu"):  # a transformers 5.17 bug
-        output = train_resumable(trainer, profile, resume=resume)
+        output = train_resumable(trainer, profile, resume=resume, load_finished=load_finished)
     counts.stop()
     training_memory = training_memory_end(memory_start) if cuda else None  # peak - start, as the walkthrough
     note_memory("after training", procs.local_rank)
@@ -400,7 +414,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
             "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
             "training_memory": training_memory, "mfu": round(utilisation, 4) if utilisation else None,
-            "embeddings_check": embeddings_check,
+            "embeddings_check": embeddings_check, "loaded_from": output.metrics.get("loaded_from"),
             "gradient_checkpointing": repr(getattr(model, "_unsloth_gradient_checkpointing",
                                                    profile.use_gradient_checkpointing))}
 
@@ -447,6 +461,8 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
         "strategy": str(trainer.accelerator.distributed_type).split(".")[-1],
         "steps": trainer.state.global_step,
         "resumed_from": f"checkpoint-{measured['start_step']}" if measured["start_step"] else None,
+        # set when the run's steps were all done before (killed while saving): loaded, not trained again
+        "loaded_from": measured.get("loaded_from"),
         "tokens_per_s": round(measured["tokens_steady"] / steady["seconds"], 1) if steady["seconds"] > 0 else None,
         "steady_state": window, "steady_tokens": int(measured["tokens_steady"]), "steady_s": round(steady["seconds"], 4),
         "tokens_trained": int(measured["tokens_trained"]),
@@ -529,6 +545,8 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
     for path in [output_dir / "result.json"] + ([args.result_json] if args.result_json else []):
         write_json(path, result)
     resumed = f" resumed from {result['resumed_from']}" if result["resumed_from"] else ""
+    if result["loaded_from"]:
+        resumed = f" (all trained before: loaded from {result['loaded_from']}, no step run now)"
     print(f"{result['steps']} steps on {procs.world} process(es){resumed}; {result['tokens_per_s']} tokens/s over "
           f"{result['steady_state']}; final loss {result['final_loss']}; sync check: {result['sync_check']}")
     print("RESULT " + json.dumps(result), flush=True)
@@ -563,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
-                              trace_step=args.trace_step, trace_dir=output_dir / "step-trace")
+                              trace_step=args.trace_step, trace_dir=output_dir / "step-trace",
+                              load_finished=not args.fresh and unsaved_after(output_dir))
     if procs.main:
         report(args, procs, profile, policy, trainer, measured, rows, output_dir)
     procs.state.wait_for_everyone()

@@ -208,3 +208,18 @@ def test_four_gloo_processes_stay_in_sync(run_env):
     assert result["sync_check"] == "passed" and [s["ranks"] for s in result["sync"]] == [4, 4, 4]
     assert result["sync"][1]["sha256"] != result["sync"][0]["sha256"]  # step 2 moved the weights, alike everywhere
     assert result["tokens_trained"] == 3 * 4 * 64  # the tokens of all four ranks
+
+
+def test_killed_while_saving_the_adapter_saves_from_the_finished_checkpoint(uninterrupted, run_env):
+    """Issue 31 case 14: killed during the final adapter save (so no adapter/ and no result.json, the
+    save being atomic), the relaunch trained all steps again instead of saving from the last checkpoint."""
+    import shutil
+
+    reference, _ = uninterrupted
+    root, env = run_env
+    shutil.copytree(root / "uninterrupted" / "checkpoints", root / "killed_saving" / "checkpoints")
+    result, log = run_script([sys.executable], root, env, "killed_saving")
+    assert f"checkpoint-{STEPS} ends this run (step {STEPS} of {STEPS})" in log
+    assert result["loaded_from"].endswith(f"checkpoint-{STEPS}") and result["steps"] == STEPS
+    assert result["losses"] == reference["losses"] and result["embeddings_check"] == "passed"
+    assert (root / "killed_saving" / "adapter" / "adapter_config.json").is_file()

@@ -159,3 +159,101 @@ def test_own_a_damaged_cached_model_is_built_again(tmp_path, monkeypatch, capsys
     assert gguf.embedded_model_dir() == folder and len(conversions) == 2
     assert "is damaged (model.safetensors: 6 bytes" in capsys.readouterr().out
     assert (folder / "model.safetensors").read_bytes() == EMPTY_SAFETENSORS
+
+
+# --- the class: every checkpoint is checked by its content before a resume ------------------------
+
+
+def _tiny_trainer(tokenizer, output_dir, *callbacks):
+    from tiny_runs import PROFILE, tiny_dataset, tiny_peft_model
+
+    from helpers.checkpoints import build_resumable_trainer
+
+    trainer = build_resumable_trainer(PROFILE, tiny_peft_model(tokenizer), tokenizer, tiny_dataset(tokenizer),
+                                      output_dir=output_dir, save_steps=2, disable_tqdm=True)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer
+
+
+def test_class_a_checkpoint_damaged_after_it_was_written_is_skipped_for_the_one_before(
+        word_tokenizer, tmp_path, capsys):
+    """A checkpoint whose optimizer.pt was changed in place (same size, still a valid archive: a bad
+    copy, a disk error) was resumed from as if whole."""
+    from tiny_runs import interrupt_at, step_recorder
+
+    from helpers.checkpoints import TrainingInterrupted, train_resumable
+    from helpers.support.files import FOLDER_MANIFEST
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train_resumable(_tiny_trainer(word_tokenizer, out, interrupt_at(5)))
+    assert (out / "checkpoint-4" / FOLDER_MANIFEST).is_file()
+    optimizer = out / "checkpoint-4" / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    start = data.index(b"data/0") + 100  # inside the first stored tensor: the zip directory stays whole
+    data[start:start + 16] = bytes(16)
+    stat = optimizer.stat()
+    optimizer.write_bytes(bytes(data))
+    os.utime(optimizer, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    recorder = step_recorder()
+    train_resumable(_tiny_trainer(word_tokenizer, out, recorder))
+    shown = capsys.readouterr().out
+    assert "checkpoint-4 is damaged after it was written: optimizer.pt has changed since it was written" in shown
+    assert "Resuming from " in shown and "checkpoint-2" in shown
+    assert recorder.steps == [3, 4, 5, 6]
+    assert (out / "incomplete" / "checkpoint-4").is_dir()
+
+
+# --- case 14: killed while saving the final adapter -------------------------------------------------
+
+
+def test_case14_a_finished_checkpoint_is_loaded_not_trained_again(word_tokenizer, tmp_path, capsys):
+    """Killed during the final adapter save, the relaunch trained all steps again instead of saving
+    from the finished last checkpoint."""
+    import torch
+    from tiny_runs import step_recorder, trainable_state
+
+    from helpers.checkpoints import train_resumable
+
+    out = tmp_path / "run"
+    first = _tiny_trainer(word_tokenizer, out)
+    train_resumable(first)
+    finished = trainable_state(first.model)
+    recorder = step_recorder()
+    again = _tiny_trainer(word_tokenizer, out, recorder)
+    train_resumable(again, load_finished=True)
+    assert recorder.steps == []
+    assert "ends this run (step 6 of 6)" in capsys.readouterr().out
+    assert again.state.global_step == 6
+    for name, tensor in trainable_state(again.model).items():
+        assert torch.equal(tensor, finished[name]), name
+
+
+# --- the class: train_cpt.py's adapter is checked by its content before it is loaded ---------------
+
+
+def test_class_a_saved_adapter_changed_after_saving_is_refused_by_name(word_tokenizer, tmp_path):
+    """An adapter saved by scripts/train_cpt.py (save_adapter to a folder of its own, no notebook
+    manifest) whose weights were changed in place loaded silently, giving another model."""
+    from conftest import build_tiny_llama
+    from tiny_runs import tiny_peft_model
+
+    from helpers.checkpoints import save_adapter
+    from helpers.errors import AdapterError
+    from helpers.modeling import load_trained_model
+    from helpers.support.files import FOLDER_MANIFEST
+
+    folder = save_adapter(tiny_peft_model(word_tokenizer), word_tokenizer, tmp_path / "train_cpt" / "adapter")
+    assert (folder / FOLDER_MANIFEST).is_file()
+    base = build_tiny_llama(len(word_tokenizer))
+    load_trained_model(CPU_SMOLLM2, folder, base_model=base, tokenizer=word_tokenizer)  # as saved: loads
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\x01" * 8  # the last tensor's last values, same size (lora_B starts at 0)
+    stat = weights.stat()
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(AdapterError, match=r"adapter is not as it was saved: adapter_model.safetensors has changed"):
+        load_trained_model(CPU_SMOLLM2, folder, base_model=build_tiny_llama(len(word_tokenizer)),
+                           tokenizer=word_tokenizer)
