@@ -422,6 +422,20 @@ def embedding_lr_trainer_class():
     return EmbeddingLRTrainer
 
 
+def warmup_steps(profile: Profile) -> float | int:
+    """Return the ``warmup_steps`` argument: the profile's ``warmup_ratio`` (a float below 1, which
+    transformers rounds up to whole steps), except where the warm-up would take every step: a linear
+    warm-up's first step has learning rate 0, so a 1-step run (``max_steps=1``) warming up for its one
+    step trained nothing and then failed "unchanged after training". There the warm-up is cut to
+    ``max_steps - 1`` steps (0 for one step: it runs at the full learning rate)."""
+    import math
+
+    steps = profile.max_steps
+    if profile.warmup_ratio and steps and steps > 0 and math.ceil(profile.warmup_ratio * steps) >= steps:
+        return steps - 1
+    return profile.warmup_ratio
+
+
 def training_arguments(profile: Profile, output_dir: str, **overrides):
     """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
     branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
@@ -437,7 +451,7 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
         max_steps=profile.max_steps,
         learning_rate=profile.learning_rate,
         # transformers 5 dropped `warmup_ratio`: a float below 1 in `warmup_steps` is now the ratio.
-        warmup_steps=profile.warmup_ratio,
+        warmup_steps=warmup_steps(profile),
         lr_scheduler_type=profile.lr_scheduler_type,
         optim=profile.optim,
         weight_decay=profile.weight_decay,

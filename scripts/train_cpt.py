@@ -135,10 +135,26 @@ def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
     return problems
 
 
+def tiny_profile(env: dict | None = None) -> tuple[Profile, str]:
+    """Return the ``--tiny`` profile and why, with the environment's data, model and batching
+    switches applied as the notebooks apply them (``CPT_TEXT_DIR``, ``CPT_MODEL``, ``CPT_PACKING``,
+    ``CPT_EMBEDDING_DTYPE``; an invalid value stops here): ``--tiny`` used to ignore them and train the
+    shipped sample on the random Llama while the user believed their own text or model was tested.
+    ``CPT_PROFILE`` alone is replaced (``--tiny`` is a profile of its own), and the reason says so."""
+    from helpers.profiles import with_embedding_dtype, with_own_model, with_own_text, with_packing
+
+    env = os.environ if env is None else env
+    reason = "--tiny (self-test)"
+    if env.get(PROFILE_ENV_VAR, "").strip():
+        reason += f"; {PROFILE_ENV_VAR}={env[PROFILE_ENV_VAR].strip()} is not used (--tiny is a profile of its own)"
+    profile, reason = with_embedding_dtype(*with_packing(TINY_PROFILE, reason, env), env)
+    return with_own_model(*with_own_text(profile, reason, env), env)
+
+
 def choose_profile(args: argparse.Namespace) -> tuple[Profile, str]:
     """Return the profile this run uses, with the command line's replacements applied, and why."""
     if args.tiny:
-        profile, reason = TINY_PROFILE, "--tiny (self-test)"
+        profile, reason = tiny_profile()
     elif args.profile:
         profile, _ = select_profile(env={**os.environ, PROFILE_ENV_VAR: args.profile})
         reason = f"--profile {args.profile}"
@@ -554,7 +570,10 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile, reason = choose_profile(args)
+    try:  # a CPT_* switch or path that cannot work (CPT_PACKING=2, CPT_MODEL=missing/, CPT_PROFILE=typo)
+        profile, reason = choose_profile(args)
+    except (KeyError, ValueError, OSError) as err:
+        raise SystemExit(f"train_cpt.py: {err.args[0] if isinstance(err, KeyError) else err}") from None
     try:  # the notebooks' rule for settings that cannot train, before any process or model starts
         check_training_settings(profile)
     except SettingsError as err:

@@ -257,3 +257,54 @@ def test_class_a_saved_adapter_changed_after_saving_is_refused_by_name(word_toke
     with pytest.raises(AdapterError, match=r"adapter is not as it was saved: adapter_model.safetensors has changed"):
         load_trained_model(CPU_SMOLLM2, folder, base_model=build_tiny_llama(len(word_tokenizer)),
                            tokenizer=word_tokenizer)
+
+
+# --- case 15: --tiny and the environment; a 1-step run --------------------------------------------
+
+
+def _train_script():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("train_cpt", Path(__file__).resolve().parents[2] / "scripts" / "train_cpt.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_case15_tiny_honours_the_text_folder_model_and_packing_switches(tmp_path, monkeypatch):
+    """--tiny ignored CPT_TEXT_DIR, CPT_MODEL and an invalid CPT_PACKING and trained the shipped sample
+    on the random Llama, printing the sample as its data."""
+    script = _train_script()
+    texts = tmp_path / "my_texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("My own text.\n")
+    monkeypatch.setenv("CPT_TEXT_DIR", str(texts))
+    monkeypatch.setenv("CPT_PROFILE", "gpu-mistral7b")
+    profile, reason = script.choose_profile(script.parse_args(["--tiny"]))
+    assert profile.name == "tiny-cpu" and profile.text_dir and Path(profile.text_dir).name == "my_texts"
+    assert "CPT_PROFILE=gpu-mistral7b is not used" in reason and "CPT_TEXT_DIR" in reason
+    monkeypatch.setenv("CPT_MODEL", str(tmp_path / "no_such_model"))
+    with pytest.raises(SystemExit, match="train_cpt.py: CPT_MODEL=.*no such file or folder"):
+        script.main(["--tiny"])
+    monkeypatch.delenv("CPT_MODEL")
+    monkeypatch.setenv("CPT_PACKING", "maybe")
+    with pytest.raises(SystemExit, match=r"train_cpt.py: CPT_PACKING='maybe': use 1 \(packed blocks\) or 0"):
+        script.main(["--tiny"])
+
+
+def test_case15_a_one_step_run_trains_at_the_full_learning_rate(word_tokenizer, tmp_path):
+    """--max-steps 1 with a warm-up ratio: the only step ran at learning rate 0 (all of it warm-up),
+    and the run then failed 'unchanged after training'."""
+    from tiny_runs import PROFILE, tiny_dataset, tiny_peft_model
+
+    from helpers.training import build_trainer, warmup_steps
+
+    one = PROFILE.replace(max_steps=1)
+    assert warmup_steps(one) == 0 and warmup_steps(PROFILE) == PROFILE.warmup_ratio
+    trainer = build_trainer(one, tiny_peft_model(word_tokenizer, one), word_tokenizer, tiny_dataset(word_tokenizer),
+                            output_dir=str(tmp_path / "run"), disable_tqdm=True)
+    trainer.train()
+    lrs = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert lrs and lrs[0] > 0
