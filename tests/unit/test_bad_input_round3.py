@@ -308,3 +308,75 @@ def test_case15_a_one_step_run_trains_at_the_full_learning_rate(word_tokenizer, 
     trainer.train()
     lrs = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
     assert lrs and lrs[0] > 0
+
+
+# --- cases 3, 4, 5: streaming ------------------------------------------------------------------------
+
+
+def test_case04_a_character_cut_by_max_new_tokens_is_never_streamed_as_u_fffd(tokenizer, tiny_llama_factory, capsys):
+    """An emoji prompt streamed text ending in U+FFFD: max_new_tokens ended generation between the
+    byte tokens of one emoji, and the streamer's final flush printed the half character."""
+    import torch
+
+    from helpers.streaming import stream_generate
+
+    continuation = tokenizer("Hi 😀🎉")["input_ids"][:-1]  # the last token of 🎉 never comes
+    assert "\ufffd" in tokenizer.decode(continuation)
+    model = tiny_llama_factory(len(tokenizer))
+
+    def generate(**kwargs):
+        streamer = kwargs["streamer"]
+        streamer.put(kwargs["input_ids"])  # the prompt, skipped
+        for token in continuation:
+            streamer.put(torch.tensor([token]))
+        streamer.end()
+        return torch.cat([kwargs["input_ids"], torch.tensor([continuation])], dim=1)
+
+    model.generate = generate
+    result = stream_generate(model, tokenizer, "Tell me 🎉:", max_new_tokens=len(continuation))
+    assert result.text == "Hi 😀" and result.cut_characters == 1
+    assert "\ufffd" not in capsys.readouterr().out
+
+
+def test_case05_a_prompt_longer_than_the_context_is_refused_before_generating(word_tokenizer, tiny_llama_factory):
+    """A prompt of 8,401 tokens for SmolLM2's 8,192 got no word from the project, only transformers'
+    log lines, then 71 s of generation."""
+    from helpers.streaming import PromptLengthWarning, PromptTooLongError, stream_generate
+
+    model = tiny_llama_factory(len(word_tokenizer))  # max_position_embeddings=256
+
+    def generate(**kwargs):
+        raise AssertionError("generated although the prompt does not fit")
+
+    model.generate = generate
+    with pytest.raises(PromptTooLongError, match=r"The prompt is 300 tokens, longer than this model's context of "
+                                                 r"256 tokens .* at most 246 tokens"):
+        stream_generate(model, word_tokenizer, " ".join(["cat"] * 300), max_new_tokens=10)
+    with pytest.warns(PromptLengthWarning, match=r"250 tokens and max_new_tokens=10: together 260, past .* 256"):
+        with pytest.raises(AssertionError, match="generated although"):
+            stream_generate(model, word_tokenizer, " ".join(["cat"] * 250), max_new_tokens=10)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # 20,000 new tokens run past the tiny model's context
+def test_case03_ctrl_c_while_streaming_stops_the_generate_thread(word_tokenizer, tiny_llama_factory):
+    """Stop pressed while streaming: the generate thread kept running, and the process then ended with
+    "terminate called without an active exception" (exit 134)."""
+    import signal
+    import threading
+    import time
+
+    from helpers.streaming import stream_generate
+
+    model = tiny_llama_factory(len(word_tokenizer))
+    before = set(threading.enumerate())
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C half a second in
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stream_generate(model, word_tokenizer, "once upon a time", max_new_tokens=20000, min_new_tokens=20000)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 15
+    timer.join()
+    assert [t.name for t in threading.enumerate() if t not in before and t.is_alive()] == []
