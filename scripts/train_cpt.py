@@ -124,15 +124,56 @@ def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
             break
     if args.result_json is not None and args.result_json.is_dir():
         problems.append(f"--result-json {args.result_json}: is a folder; name a file, e.g. {args.result_json / 'result.json'}")
+    elif args.result_json is not None:
+        for parent in args.result_json.parents:  # a parent that is a file fails only when the result is written
+            if parent.exists():
+                if not parent.is_dir():
+                    problems.append(f"--result-json {args.result_json}: {parent} is a file, not a folder; "
+                                    "name a file in a folder")
+                break
     if args.baseline_result is not None:
         try:
-            json.loads(args.baseline_result.read_text(encoding="utf-8"))
+            baseline = json.loads(args.baseline_result.read_text(encoding="utf-8"))
         except FileNotFoundError:
             problems.append(f"--baseline-result {args.baseline_result}: no such file; give the result.json of an earlier run")
         except (OSError, ValueError) as err:
             problems.append(f"--baseline-result {args.baseline_result}: not a readable JSON file ({err}); "
                             "give the result.json of an earlier run")
+        else:  # another JSON file (adapter_config.json, a notebook's output) failed after the run, in compare_runs
+            missing = [k for k in BASELINE_KEYS if not isinstance(baseline, dict) or k not in baseline]
+            if missing:
+                problems.append(f"--baseline-result {args.baseline_result}: not the result.json of a train_cpt.py run "
+                                f"(it has no {', '.join(missing)}); give the result.json of an earlier run")
     return problems
+
+
+BASELINE_KEYS = ("workload", "gpus", "tokens_per_s", "global_batch", "losses", "final_loss")
+
+
+def lock_output_dir(output_dir: Path):
+    """Take ``<output-dir>/.train_cpt.lock`` for this run (rank 0 of a launch), or stop saying which
+    process holds it: two runs writing checkpoints, an adapter and a result into one folder at once
+    would mix them. Returns the open lock file (held until the process ends)."""
+    import fcntl
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(output_dir / ".train_cpt.lock", "a+")  # noqa: SIM115  (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise SystemExit(f"train_cpt.py: --output-dir {output_dir} is in use by another train_cpt.py run ({holder}); "
+                         "two runs in one folder would mix their checkpoints. Wait for it to end, or give this run "
+                         "another --output-dir.") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}, started {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n")
+    lock.flush()
+    return lock
 
 
 def tiny_profile(env: dict | None = None) -> tuple[Profile, str]:
@@ -541,12 +582,29 @@ def keep_finished_run(output_dir: Path) -> Path | None:
     return keep
 
 
+def write_results(paths: list[Path], result: dict) -> str | None:
+    """Write ``result`` to each of ``paths``; return None, or what went wrong (a full disk, a folder
+    that cannot be written) and that the RESULT line holds the whole result: the caller prints that
+    line anyway and exits 1, instead of ending in a raw OSError after the adapter was saved."""
+    from helpers.errors import explain_disk_full, is_disk_full
+    from helpers.support.files import write_json
+    from helpers.support.paths import relative
+
+    for path in paths:
+        try:
+            write_json(path, result)
+        except OSError as err:
+            reason = explain_disk_full(path.parent, relative(path)).strerror if is_disk_full(err) else str(err)
+            return (f"{relative(path)} could not be written: {reason}\nThe whole result is the RESULT line below; "
+                    "the adapter is saved. Save that line, free space, and keep it as the run's result.json.")
+    return None
+
+
 def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
     from helpers.checkpoints import save_adapter
     from helpers.lab.distributed import compare_runs
-    from helpers.support.files import write_json
     from helpers.support.paths import relative
 
     model, tokenizer = trainer.model, trainer.processing_class
@@ -556,16 +614,21 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
              **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
              **({} if args.no_save else {"adapter": relative(save_adapter(model, tokenizer, output_dir / "adapter"))})}
     result = result_record(procs, profile, policy, trainer, measured, extra)
-    if args.baseline_result:
+    if args.baseline_result and result["tokens_per_s"]:
         result.update(compare_runs(json.loads(args.baseline_result.read_text()), result))
-    for path in [output_dir / "result.json"] + ([args.result_json] if args.result_json else []):
-        write_json(path, result)
+    elif args.baseline_result:  # a run loaded from its finished checkpoint timed no step: nothing to compare
+        result["baseline_comparison"] = "not made: no optimizer step was timed in this process"
+    unwritten = write_results([output_dir / "result.json"] + ([args.result_json] if args.result_json else []), result)
     resumed = f" resumed from {result['resumed_from']}" if result["resumed_from"] else ""
     if result["loaded_from"]:
         resumed = f" (all trained before: loaded from {result['loaded_from']}, no step run now)"
     print(f"{result['steps']} steps on {procs.world} process(es){resumed}; {result['tokens_per_s']} tokens/s over "
           f"{result['steady_state']}; final loss {result['final_loss']}; sync check: {result['sync_check']}")
+    if unwritten is not None:
+        print(f"ERROR    : {unwritten}", file=sys.stderr, flush=True)
     print("RESULT " + json.dumps(result), flush=True)
+    if unwritten is not None:
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
     if problems := path_problems(args, output_dir):
         raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
+    lock = lock_output_dir(output_dir)  # noqa: F841  (held until the process ends)
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
