@@ -333,25 +333,27 @@ def append_eos(dataset, eos_token: str):
 PIECE_CHARS = 100_000  # a longer document is tokenized in pieces of about this many characters
 PIECES_AT_ONCE = 8  # pieces handed to the tokenizer in one call (bounds its working memory)
 _PROBES = ("Once upon a time.\nThe end", "a b\n\"Hi,\" she said", "x\n1. One", "tail \nHead", "end\n\u4e2d\u6587 text",
-           "end.\n\nThe", "end.\n \n\t\nThe", "end.\r\nThe", "end.  \n\n\nThe", "1\n2")
+           "end.\n\nThe", "end.\n \n\t\nThe", "end.\r\nThe", "end.  \n\n\nThe", "1\n2",
+           "one two", "end.  The", "x\t y", "a, \"b\"", "it's 42 ok", "\u4e2d\u6587 \u4e2d")
 _splits_cleanly: dict[int, bool] = {}
-_CUT_POINT = re.compile(r"\n(?=\S)")  # the newline that ends a run of whitespace before a word
+_CUT_POINT = re.compile(r"[\n ](?=\S)")  # a newline or space that ends a run of whitespace before a word
 
 
 def text_pieces(text: str, size: int | None = None) -> list[str]:
     """Cut ``text`` into pieces of at most about ``size`` characters, each cut just before a newline
-    that a non-space character follows (the next piece starts ``"\\nThe"``): byte-level pre-tokenizers
-    (GPT-2's rule) split there anyway, the whitespace before it going to the piece before, so
-    tokenizing the pieces one by one gives the same tokens as the whole text (:func:`splits_cleanly`
-    checks a tokenizer). A stretch longer than ``size`` without such a newline stays whole."""
+    that a non-space character follows (the next piece starts ``"\\nThe"``), or, in a stretch without
+    one (a text on one line), just before a space that a non-space character follows (``" word"``):
+    byte-level pre-tokenizers (GPT-2's rule) split there anyway, the whitespace before it going to the
+    piece before, so tokenizing the pieces one by one gives the same tokens as the whole text
+    (:func:`splits_cleanly` checks a tokenizer). A stretch longer than ``size`` with neither stays whole."""
     size = PIECE_CHARS if size is None else size
     if len(text) <= size:
         return [text]
     pieces, start = [], 0
     while len(text) - start > size:
-        cut = text.rfind("\n", start, start + size)
-        while cut > start and text[cut + 1].isspace():
-            cut = text.rfind("\n", start, cut)
+        cut = _last_cut(text, start, start + size, "\n")
+        if cut <= start:
+            cut = _last_cut(text, start, start + size, " ")
         if cut <= start:  # no cut point within size: take the next one after it
             found = _CUT_POINT.search(text, start + size)
             if found is None:
@@ -361,6 +363,15 @@ def text_pieces(text: str, size: int | None = None) -> list[str]:
         start = cut
     pieces.append(text[start:])
     return pieces
+
+
+def _last_cut(text: str, start: int, end: int, char: str) -> int:
+    """Return the last index in ``text[start:end]`` holding ``char`` with a non-space character after
+    it (-1 when there is none)."""
+    cut = text.rfind(char, start, end)
+    while cut > start and text[cut + 1].isspace():
+        cut = text.rfind(char, start, cut)
+    return cut
 
 
 def splits_cleanly(tokenizer) -> bool:
@@ -375,8 +386,8 @@ def splits_cleanly(tokenizer) -> bool:
 
         clean = True
         for probe in _PROBES:
-            pieces = text_pieces(probe, size=probe.rindex("\n"))
-            clean = clean and len(pieces) == 2 and ids(pieces[0]) + ids(pieces[1]) == ids(probe)
+            pieces = text_pieces(probe, size=max(probe.rfind("\n"), probe.rfind(" ")))
+            clean = clean and len(pieces) >= 2 and [i for piece in pieces for i in ids(piece)] == ids(probe)
         _splits_cleanly[key] = clean
     return _splits_cleanly[key]
 

@@ -571,10 +571,12 @@ def keep_finished_run(output_dir: Path) -> Path | None:
     stamp = datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     keep = output_dir / EARLIER_RUNS / stamp
     n = 1
-    while keep.exists():
+    # a folder of this time that lacks these files is this run's, begun by a process killed between
+    # the two moves: finish it there, so adapter and result.json stay together
+    while keep.exists() and any((keep / path.name).exists() for path in found):
         n += 1
         keep = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
-    keep.mkdir(parents=True)
+    keep.mkdir(parents=True, exist_ok=True)
     for path in found:
         os.replace(path, keep / path.name)
     print(f"Kept the earlier run's {' and '.join(p.name for p in found)} in {relative(keep)}: this run writes its own "

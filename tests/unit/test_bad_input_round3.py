@@ -492,3 +492,109 @@ def test_own_a_full_disk_at_the_result_keeps_the_result_in_the_log(tmp_path, mon
     assert "The whole result is the RESULT line below; the adapter is saved" in message
     monkeypatch.undo()
     assert script.write_results([tmp_path / "result.json"], {"losses": [1.0]}) is None
+
+
+def test_own_a_big_text_on_one_line_is_tokenized_in_pieces_too(tokenizer, monkeypatch):
+    """A text without newlines (an export on one line, minified text) had no cut point, so it was
+    tokenized whole again, with the memory of case 17. It is now cut before a space."""
+    from datasets import Dataset
+
+    from helpers import data
+
+    stories = [json.loads(line)["text"] for line in
+               (Path(__file__).resolve().parents[2] / "data" / "tinystories-sample" / "train.jsonl").read_text().splitlines()]
+    one_line = "  ".join(s.replace("\n", " ") for s in stories[:40]) + " \"quoted\", it's 42 ok 中文 中"
+    monkeypatch.setattr(data, "PIECE_CHARS", 500)
+    assert len(data.text_pieces(one_line)) > 20 and "".join(data.text_pieces(one_line)) == one_line
+    assert data.tokenize(Dataset.from_dict({"text": [one_line]}), tokenizer)["input_ids"][0] == tokenizer(
+        one_line, add_special_tokens=False)["input_ids"]
+
+
+def test_own_killed_while_keeping_an_earlier_run_keeps_its_adapter_and_result_together(tmp_path, monkeypatch):
+    """Killed between moving the earlier run's adapter and its result.json into earlier-runs/, the next
+    run kept the result.json in a second folder, apart from its adapter."""
+    script = _train_script()
+    out = tmp_path / "train_cpt"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_model.safetensors").write_text("first")
+    (out / "result.json").write_text(json.dumps({"run": "first"}))
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed after the adapter moved
+        real_replace(src, dst)
+
+    monkeypatch.setattr(script.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        script.keep_finished_run(out)
+    monkeypatch.setattr(script.os, "replace", real_replace)
+    kept = script.keep_finished_run(out)  # the next run
+    assert [p.name for p in (out / "earlier-runs").iterdir()] == [kept.name]
+    assert sorted(p.name for p in kept.iterdir()) == ["adapter", "result.json"]
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("CPT_PROFILE", "gpu-mistral", r"train_cpt.py: CPT_PROFILE='gpu-mistral' is not a known profile. Choose one of"),
+    ("CPT_EMBEDDING_DTYPE", "fp32", r"train_cpt.py: CPT_EMBEDDING_DTYPE='fp32': use float32"),
+    ("CPT_SPLIT_ON_BLANK_LINES", "yes please", r"train_cpt.py: CPT_SPLIT_ON_BLANK_LINES="),
+])
+def test_own_a_mistyped_cpt_switch_stops_train_cpt_with_one_line(monkeypatch, tmp_path, variable, value, message):
+    """A mistyped CPT_PROFILE / CPT_EMBEDDING_DTYPE ended train_cpt.py in a raw KeyError / ValueError
+    traceback."""
+    script = _train_script()
+    if variable == "CPT_SPLIT_ON_BLANK_LINES":
+        (tmp_path / "texts").mkdir()
+        monkeypatch.setenv("CPT_TEXT_DIR", str(tmp_path / "texts"))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit, match=message):
+        script.main([])
+
+
+def test_own_damaged_records_of_files_are_refused_not_trusted(tmp_path, tiny_llama_factory, tokenizer):
+    """The new records themselves damaged after they were written: a cut-off files.sha256.json makes
+    its folder refused (never read as 'nothing to check'), and a garbage weight-hash cache is rebuilt."""
+    from helpers.artifacts import model_identity
+    from helpers.support.files import FOLDER_MANIFEST, folder_manifest_problem, write_folder_manifest
+    from helpers.support.gguf import HASHES_FILE
+    from helpers.support.paths import cache_dir
+
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    (folder / "optimizer.pt").write_bytes(b"state")
+    write_folder_manifest(folder)
+    assert folder_manifest_problem(folder) is None
+    (folder / FOLDER_MANIFEST).write_text('{"files": {"optimizer.pt": {"byt')
+    assert "files.sha256.json is unreadable" in folder_manifest_problem(folder)
+    write_folder_manifest(folder)
+    (folder / "optimizer.pt").unlink()
+    assert folder_manifest_problem(folder) == "optimizer.pt is missing"
+    model = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
+    first = model_identity(_own(model))
+    (cache_dir() / HASHES_FILE).write_text("garbage{")
+    assert model_identity(_own(model)) == first
+    assert json.loads((cache_dir() / HASHES_FILE).read_text())  # rewritten whole
+
+
+def test_own_a_full_disk_while_recording_a_checkpoint_removes_it_and_keeps_the_one_before(
+        word_tokenizer, tmp_path, monkeypatch):
+    """A full disk while the checkpoint's file record was written (after transformers' own files)."""
+    import errno
+
+    from helpers import checkpoints
+    from helpers.errors import DiskFullError
+
+    real = checkpoints.write_folder_manifest
+
+    def record(folder):
+        if folder.name == "checkpoint-4":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder)
+
+    monkeypatch.setattr(checkpoints, "write_folder_manifest", record)
+    out = tmp_path / "run"
+    with pytest.raises(DiskFullError, match="Removed the half-written checkpoint-4"):
+        checkpoints.train_resumable(_tiny_trainer(word_tokenizer, out))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert checkpoints.last_complete_checkpoint(out).name == "checkpoint-2"
