@@ -108,17 +108,17 @@ def kill_after_first_checkpoint(launcher: list[str], root: Path, env: dict, name
     """Start a run, SIGKILL all its processes as soon as checkpoint-2 is seen complete, and return
     the last complete checkpoint left behind (what a relaunch must resume from; on a loaded machine the
     run may have reached checkpoint-4 by the time the kill lands)."""
-    from helpers.checkpoints import last_complete_checkpoint
+    from helpers.checkpoints import checkpoint_problem, last_complete_checkpoint
 
     out = root / name
-    state = out / "checkpoints" / f"checkpoint-{SAVE_EVERY}" / "trainer_state.json"
+    first = out / "checkpoints" / f"checkpoint-{SAVE_EVERY}"
     proc = subprocess.Popen(command(launcher, out), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(state.read_text()).get("global_step") == SAVE_EVERY:
+            try:  # complete: transformers' files, then the trainable set, file record and run.json
+                if first.is_dir() and checkpoint_problem(first) is None:
                     break
             except (OSError, ValueError):
                 pass
