@@ -422,18 +422,20 @@ def embedding_lr_trainer_class():
     return EmbeddingLRTrainer
 
 
-def warmup_steps(profile: Profile) -> float | int:
-    """Return the ``warmup_steps`` argument: the profile's ``warmup_ratio`` (a float below 1, which
-    transformers rounds up to whole steps), except where the warm-up would take every step: a linear
-    warm-up's first step has learning rate 0, so a 1-step run (``max_steps=1``) warming up for its one
-    step trained nothing and then failed "unchanged after training". There the warm-up is cut to
-    ``max_steps - 1`` steps (0 for one step: it runs at the full learning rate)."""
+def fit_warmup(profile: Profile) -> Profile:
+    """Return ``profile``, or a copy whose ``warmup_ratio`` leaves at least one step after the warm-up.
+
+    transformers rounds ``warmup_ratio * max_steps`` up to whole steps, and a linear warm-up's first
+    step has learning rate 0: a 1-step run (``max_steps=1``, ``train_cpt.py --max-steps 1``) warmed
+    up for its one step, trained nothing and then failed "unchanged after training". There the ratio
+    becomes ``(max_steps - 1) / max_steps`` (0 for one step: it runs at the full learning rate).
+    :func:`build_trainer` applies it; runs of more steps are unchanged."""
     import math
 
     steps = profile.max_steps
     if profile.warmup_ratio and steps and steps > 0 and math.ceil(profile.warmup_ratio * steps) >= steps:
-        return steps - 1
-    return profile.warmup_ratio
+        return profile.replace(warmup_ratio=(steps - 1) / steps)
+    return profile
 
 
 def training_arguments(profile: Profile, output_dir: str, **overrides):
@@ -451,7 +453,7 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
         max_steps=profile.max_steps,
         learning_rate=profile.learning_rate,
         # transformers 5 dropped `warmup_ratio`: a float below 1 in `warmup_steps` is now the ratio.
-        warmup_steps=warmup_steps(profile),
+        warmup_steps=profile.warmup_ratio,
         lr_scheduler_type=profile.lr_scheduler_type,
         optim=profile.optim,
         weight_decay=profile.weight_decay,
@@ -490,7 +492,9 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
     ``run_clm`` example does continued pre-training: packed rows (``profile.packing``) go through
     :class:`helpers.data.PackedRowsCollator`, which keeps each document's attention to itself unless
     ``profile.isolate_documents`` is False; padded rows through transformers' causal-LM collator.
+    A warm-up that would take every step is shortened (:func:`fit_warmup`).
     """
+    profile = fit_warmup(profile)
     if profile.uses_unsloth:
         from unsloth import UnslothTrainer  # deferred: needs a GPU
 

@@ -299,10 +299,10 @@ def test_case15_a_one_step_run_trains_at_the_full_learning_rate(word_tokenizer, 
     and the run then failed 'unchanged after training'."""
     from tiny_runs import PROFILE, tiny_dataset, tiny_peft_model
 
-    from helpers.training import build_trainer, warmup_steps
+    from helpers.training import build_trainer, fit_warmup
 
     one = PROFILE.replace(max_steps=1)
-    assert warmup_steps(one) == 0 and warmup_steps(PROFILE) == PROFILE.warmup_ratio
+    assert fit_warmup(one).warmup_ratio == 0 and fit_warmup(PROFILE) is PROFILE
     trainer = build_trainer(one, tiny_peft_model(word_tokenizer, one), word_tokenizer, tiny_dataset(word_tokenizer),
                             output_dir=str(tmp_path / "run"), disable_tqdm=True)
     trainer.train()
