@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
                                              "scaling_efficiency and the per-step loss comparison")
     args = parser.parse_args(argv)
+    for name in ("output_dir", "result_json", "baseline_result"):  # "--output-dir=~/runs": no shell expands it
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).expanduser())
     for problem in refused_settings(args):
         parser.error(problem)
     return args

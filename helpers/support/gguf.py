@@ -324,7 +324,10 @@ def _persistent_sha256(path: Path) -> str:
     if key not in known:
         known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")}
         known[key] = file_sha256(path)
-        write_json(store, known)
+        try:
+            write_json(store, known)
+        except OSError:  # a full disk or a read-only cache: the hash is still right, only not remembered
+            pass
     return known[key]
 
 

@@ -598,3 +598,27 @@ def test_own_a_full_disk_while_recording_a_checkpoint_removes_it_and_keeps_the_o
         checkpoints.train_resumable(_tiny_trainer(word_tokenizer, out))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     assert checkpoints.last_complete_checkpoint(out).name == "checkpoint-2"
+
+
+def test_own_a_tilde_in_a_path_switch_means_the_home_folder():
+    """`--output-dir=~/runs/a` (no shell expands a ~ after "=") created a folder named "~" in the project."""
+    script = _train_script()
+    args = script.parse_args(["--tiny", "--output-dir=~/runs/a", "--result-json=~/r.json"])
+    assert args.output_dir == Path.home() / "runs" / "a" and args.result_json == Path.home() / "r.json"
+
+
+def test_own_a_full_disk_while_remembering_a_weights_hash_is_not_an_error(tmp_path, tiny_llama_factory, tokenizer,
+                                                                          monkeypatch):
+    """The weight-hash cache could not be written (a full disk, a read-only cache folder): choosing the
+    model failed with a raw OSError, though the cache only saves time."""
+    import errno
+
+    from helpers.artifacts import model_identity
+    from helpers.support import gguf
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    folder = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
+    monkeypatch.setattr(gguf, "write_json", full)
+    assert model_identity(_own(folder))["revision"].startswith("weights sha256 ")
