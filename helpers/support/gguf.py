@@ -323,6 +323,9 @@ def _persistent_sha256(path: Path) -> str:
         known = {}
     if key not in known:
         known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")}
+        if stat.st_size > 1_000_000_000:
+            print(f"Hashing {path.name} ({stat.st_size / 1e9:.1f} GB) once, to tell these weights from any others "
+                  f"under the same path (remembered in {relative(store)}) ...", flush=True)
         known[key] = file_sha256(path)
         try:
             write_json(store, known)
