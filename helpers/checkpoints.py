@@ -43,6 +43,8 @@ from .errors import DiskFullError, check_training_settings, disk_full_explained,
 from .profiles import Profile, select_profile
 from .support.files import (
     FOLDER_MANIFEST,
+    FolderInUseError,
+    exclusive_use,
     file_problem,
     folder_manifest_problem,
     read_json,
@@ -411,7 +413,31 @@ def planned_steps(trainer) -> int:
     return per_epoch * math.ceil(trainer.args.num_train_epochs)
 
 
+class TrainingFolderInUse(RuntimeError):
+    """Another live process is training into the same checkpoint folder; the message names it."""
+
+
 def train_resumable(trainer, profile: Profile | None = None, resume: bool = True, load_finished: bool = False):
+    """Train, continuing from the last complete checkpoint; see :func:`_train_resumable`. The
+    checkpoint folder is held for this process while it trains (a lock on the folder): a second process
+    training into it at the same time (a second kernel running notebook 05) stops at once with
+    :class:`TrainingFolderInUse` instead of mixing its checkpoints with the first one's."""
+    output_dir = Path(trainer.args.output_dir)
+    if not getattr(trainer, "is_world_process_zero", lambda: True)():  # rank 0 holds it for the launch
+        return _train_resumable(trainer, profile, resume, load_finished)
+    try:
+        with exclusive_use(output_dir):
+            return _train_resumable(trainer, profile, resume, load_finished)
+    except FolderInUseError:
+        raise TrainingFolderInUse(
+            f"{relative(output_dir)} is being trained into by another process (a second kernel running the same "
+            "notebook, or a script): two trainings in one folder "
+            "would mix their checkpoints. Wait for it to end (or stop that kernel / process), or give this run "
+            f"another folder: {getattr(trainer, 'cpt_other_dir_how', None) or 'build the trainer with another output_dir'}."
+        ) from None
+
+
+def _train_resumable(trainer, profile: Profile | None = None, resume: bool = True, load_finished: bool = False):
     """Train, continuing from the last complete checkpoint in ``trainer.args.output_dir`` if any.
 
     Before resuming, the checkpoint's run record must match the trainer's (same data, model and

@@ -105,6 +105,34 @@ def folder_lock(folder: Path | str) -> Iterator[None]:
                 os.close(entry[0])  # closing the descriptor releases the flock
 
 
+class FolderInUseError(RuntimeError):
+    """Another live process holds a folder for exclusive use; the message names it."""
+
+
+@contextmanager
+def exclusive_use(folder: Path | str) -> Iterator[None]:
+    """Hold ``folder`` for exclusive use for the block (``fcntl.flock`` on the directory itself, not
+    waiting); raise :class:`FolderInUseError` when another process holds it. Nothing is written into
+    the folder, and the kernel releases the lock when its process dies, so a killed process never
+    leaves it held. Not re-entrant; where ``fcntl`` is missing (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUseError(f"{folder} is held by another process") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def save_directory_atomically(target: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` to fill a fresh temporary folder, then swap it in as ``target``.
 

@@ -622,3 +622,24 @@ def test_own_a_full_disk_while_remembering_a_weights_hash_is_not_an_error(tmp_pa
     folder = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
     monkeypatch.setattr(gguf, "write_json", full)
     assert model_identity(_own(folder))["revision"].startswith("weights sha256 ")
+
+
+def test_own_two_processes_training_into_one_checkpoint_folder_are_refused(tmp_path):
+    """Two kernels running notebook 05 at once (or a notebook and a script into one folder) wrote their
+    checkpoints into one outputs/05_trainer, each resuming from or rotating away the other's."""
+    from types import SimpleNamespace
+
+    from helpers.checkpoints import TrainingFolderInUse, train_resumable
+    from helpers.support.files import exclusive_use
+
+    out = tmp_path / "05_trainer"
+    trained = []
+    trainer = SimpleNamespace(args=SimpleNamespace(output_dir=str(out), max_steps=2),
+                              train=lambda resume_from_checkpoint=None: trained.append(1))
+    with exclusive_use(out):  # the other process, training (a second open of the folder conflicts like one)
+        with pytest.raises(TrainingFolderInUse, match=r"05_trainer is being trained into by another process "
+                                                      r"\(a second kernel .*Wait for it to end"):
+            train_resumable(trainer)
+    assert trained == []
+    train_resumable(trainer)  # once it has ended
+    assert trained == [1]
