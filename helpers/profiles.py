@@ -473,6 +473,8 @@ def model_weights_problem(folder: Path) -> str | None:
     ``pytorch_model.bin``; None when they look whole."""
     from .support.files import json_problem, safetensors_problem
 
+    if (folder / "config.json").is_file() and (problem := json_problem(folder / "config.json")) is not None:
+        return f"its config.json is {problem}: cut off or damaged"
     for file in sorted(folder.glob("*.safetensors")):
         if (problem := safetensors_problem(file)) is not None:
             return f"its weights file {file.name} is damaged ({problem})"

@@ -64,6 +64,16 @@ def test_case09_a_damaged_model_safetensors_is_named_before_loading(tmp_path, ti
         load_model_and_tokenizer(profile)
 
 
+def test_own_a_cut_off_config_json_of_an_own_model_is_named(tmp_path, tiny_llama_factory, tokenizer):
+    """A CPT_MODEL folder whose config.json was cut off (a partial copy) failed inside transformers."""
+    from helpers.profiles import OwnModelError
+
+    folder = _model_folder(tmp_path, tiny_llama_factory, tokenizer)
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "hidden_si')
+    with pytest.raises(OwnModelError, match=r"CPT_MODEL='.*mine': its config.json is not valid JSON .*cut off"):
+        _own(folder)
+
+
 def test_case09_a_shard_named_by_the_index_but_missing_is_named(tmp_path):
     folder = tmp_path / "sharded"
     folder.mkdir()
