@@ -653,3 +653,24 @@ def test_own_two_processes_training_into_one_checkpoint_folder_are_refused(tmp_p
     assert trained == []
     train_resumable(trainer)  # once it has ended
     assert trained == [1]
+
+
+def test_own_a_full_disk_while_converting_the_model_is_a_disk_full_error(tmp_path, monkeypatch):
+    """Converting the embedded GGUF (or a CPT_MODEL .gguf) into the cache on a full disk ended in a raw
+    'OSError: [Errno 28] No space left on device' from inside safetensors."""
+    import errno
+
+    from helpers.errors import DiskFullError
+    from helpers.modeling import load_model_and_tokenizer
+    from helpers.support import gguf
+
+    def convert(gguf_path, out_dir, **options):
+        (out_dir / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf, "find_embedded_gguf", lambda: tmp_path / "x.gguf")
+    monkeypatch.setattr(gguf, "convert_gguf_to_hf", convert)
+    with pytest.raises(DiskFullError, match=r"(?s)Disk full while saving the converted model \(once, into the cache\) "
+                                            r"to outputs/cache .*free some space"):
+        load_model_and_tokenizer(CPU_SMOLLM2)
+    assert not [p.name for p in (tmp_path / "outputs" / "cache").iterdir() if p.name.startswith(".")]  # no half folder
