@@ -135,10 +135,13 @@ def load_model_and_tokenizer(profile: Profile):
     context gives a :class:`ContextLengthWarning` (see :func:`check_context_length`); on the
     transformers branch the linear RoPE scaling unsloth would apply is applied to the config.
     """
-    from .support.paths import cache_dir
+    if profile.is_embedded_model or profile.is_smoke_model or profile.is_gguf_model:
+        from .support.paths import cache_dir
 
-    # converting a GGUF or building the smoke model writes GBs into the cache: a full disk is explained
-    with disk_full_explained(cache_dir(), "the converted model (once, into the cache)"):
+        # converting a GGUF or building the smoke model writes into the cache: a full disk is explained
+        with disk_full_explained(cache_dir(), "the converted model (once, into the cache)"):
+            source = resolve_model_source(profile)
+    else:
         source = resolve_model_source(profile)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # noqa: I001  (unsloth before transformers, to patch it)
