@@ -407,7 +407,10 @@ def _encode(texts: list[str], tokenizer) -> dict:
         for first in range(0, len(pieces), PIECES_AT_ONCE):
             encoded = tokenizer(pieces[first : first + PIECES_AT_ONCE], add_special_tokens=False)
             for key, rows in encoded.items():
-                parts.setdefault(key, []).extend(np.asarray(row, dtype=np.int32) for row in rows)
+                # the types Dataset.map stores Python ints in: int32 ids, int8 masks (the same features
+                # whether or not a batch held a long document)
+                dtype = np.int32 if key == "input_ids" else np.int8
+                parts.setdefault(key, []).extend(np.asarray(row, dtype=dtype) for row in rows)
         for key, rows in parts.items():
             out.setdefault(key, []).append(np.concatenate(rows))
     return out

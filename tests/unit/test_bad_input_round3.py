@@ -425,7 +425,9 @@ def test_case17_a_long_document_is_tokenized_in_pieces_to_the_same_rows(tokenize
     assert len(data.text_pieces(long_text, 700)) > 20 and "".join(data.text_pieces(long_text, 700)) == long_text
     assert data.splits_cleanly(tokenizer)
     whole = tokenizer(long_text, add_special_tokens=False)["input_ids"]
-    assert data.tokenize(Dataset.from_dict({"text": [long_text]}), tokenizer)["input_ids"][0] == whole
+    pieces = data.tokenize(Dataset.from_dict({"text": [long_text]}), tokenizer)
+    assert pieces["input_ids"][0] == whole and pieces["attention_mask"][0] == [1] * len(whole)
+    assert pieces.features == data.tokenize(Dataset.from_dict({"text": ["short"]}), tokenizer).features
     profile = CPU_SMOLLM2.replace(max_seq_length=64, packing=packing)
     rows, stats = data.build_train_dataset(documents, tokenizer, profile)
     old = _old_rows(documents, tokenizer, profile)
