@@ -605,25 +605,43 @@ def write_results(paths: list[Path], result: dict) -> str | None:
     return None
 
 
+def save_final_adapter(model, tokenizer, output_dir: Path, extra: dict) -> str | None:
+    """Keep the finished run found in ``output_dir`` (:func:`keep_finished_run`), then save this run's
+    adapter, recording its folder in ``extra["adapter"]``. Returns None, or, when either fails (a full
+    disk, a folder that cannot be written), what happened and how to save it without training again:
+    the RESULT is then still printed (it used to end in a raw error, the measurements lost)."""
+    from helpers.checkpoints import save_adapter
+    from helpers.support.paths import relative
+
+    try:
+        keep_finished_run(output_dir)
+        extra["adapter"] = relative(save_adapter(model, tokenizer, output_dir / "adapter"))
+    except OSError as err:
+        extra["adapter"] = None
+        extra["adapter_error"] = str(err)[:500]
+        return (f"the adapter was not saved: {err}\nThe weights are in the run's last checkpoint: free space (or fix "
+                "the folder), then run the same command again, and it saves them without training again. The "
+                "measurements are in the RESULT line below; no result.json was written.")
+    return None
+
+
 def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
-    from helpers.checkpoints import save_adapter
     from helpers.lab.distributed import compare_runs
-    from helpers.support.paths import relative
 
     model, tokenizer = trainer.model, trainer.processing_class
-    keep_finished_run(output_dir)
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
     extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
-             **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
-             **({} if args.no_save else {"adapter": relative(save_adapter(model, tokenizer, output_dir / "adapter"))})}
+             **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {})}
+    unsaved = None if args.no_save else save_final_adapter(model, tokenizer, output_dir, extra)
     result = result_record(procs, profile, policy, trainer, measured, extra)
     if args.baseline_result and result["tokens_per_s"]:
         result.update(compare_runs(json.loads(args.baseline_result.read_text()), result))
     elif args.baseline_result:  # a run loaded from its finished checkpoint timed no step: nothing to compare
         result["baseline_comparison"] = "not made: no optimizer step was timed in this process"
-    unwritten = write_results([output_dir / "result.json"] + ([args.result_json] if args.result_json else []), result)
+    unwritten = unsaved or write_results(
+        [output_dir / "result.json"] + ([args.result_json] if args.result_json else []), result)
     resumed = f" resumed from {result['resumed_from']}" if result["resumed_from"] else ""
     if result["loaded_from"]:
         resumed = f" (all trained before: loaded from {result['loaded_from']}, no step run now)"

@@ -676,3 +676,27 @@ def test_own_a_full_disk_while_converting_the_model_is_a_disk_full_error(tmp_pat
                                             r"to outputs/cache .*free some space"):
         load_model_and_tokenizer(CPU_SMOLLM2)
     assert not [p.name for p in (tmp_path / "outputs" / "cache").iterdir() if p.name.startswith(".")]  # no half folder
+
+
+def test_own_a_full_disk_at_the_final_adapter_save_keeps_the_measurements_and_says_how_to_save(tmp_path, monkeypatch):
+    """A full disk while train_cpt.py saved the final adapter ended in a raw error: the RESULT and its
+    measurements were lost. Now the RESULT is still printed, no result.json is written (so the same
+    command then saves from the last checkpoint, case 14) and the message says so."""
+    from helpers import checkpoints
+    from helpers.errors import explain_disk_full
+
+    script = _train_script()
+    out = tmp_path / "train_cpt"
+    (out / "adapter").mkdir(parents=True)
+    (out / "result.json").write_text(json.dumps({"run": "earlier"}))
+
+    def full(model, tokenizer, target):
+        raise explain_disk_full(target, "the adapter")
+
+    monkeypatch.setattr(checkpoints, "save_adapter", full)
+    extra = {}
+    message = script.save_final_adapter(object(), None, out, extra)
+    assert extra["adapter"] is None and "Disk full while saving the adapter" in extra["adapter_error"]
+    assert "run the same command again, and it saves them without training again" in message
+    assert not (out / "result.json").exists()
+    assert [json.loads(p.read_text())["run"] for p in (out / "earlier-runs").glob("*/result.json")] == ["earlier"]
