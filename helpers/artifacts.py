@@ -51,7 +51,7 @@ from .support.files import (
     token_sha256,
     write_json,
 )
-from .support.gguf import EMBEDDED_PACKAGE
+from .support.gguf import EMBEDDED_PACKAGE, model_weights_fingerprint
 from .support.paths import ARTIFACTS, OUTPUTS_ENV_VAR, artifact_path, outputs_dir, outputs_shown, relative
 
 
@@ -119,6 +119,10 @@ def model_identity(profile: Profile) -> dict:
             identity["revision"] = f"{EMBEDDED_PACKAGE} (not installed)"
     elif profile.is_smoke_model:
         identity["revision"] = f"random init, seed {profile.seed}"
+    elif profile.is_local_path_model and Path(profile.model_name).exists():
+        # a folder or .gguf file of the user's (CPT_MODEL): its path says nothing about its weights,
+        # so they are identified by their content (hashed once per size and modification time)
+        identity["revision"] = model_weights_fingerprint(profile.model_name)
     else:
         try:
             from huggingface_hub import try_to_load_from_cache  # deferred: heavy

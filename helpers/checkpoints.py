@@ -42,9 +42,14 @@ from .artifacts import differences, run_identity, save_outputs
 from .errors import DiskFullError, check_training_settings, disk_full_explained, out_of_memory_explained
 from .profiles import Profile, select_profile
 from .support.files import (
+    FOLDER_MANIFEST,
+    FolderInUseError,
+    exclusive_use,
     file_problem,
+    folder_manifest_problem,
     read_json,
     save_directory_atomically,
+    write_folder_manifest,
     write_json,
 )
 from .support.paths import artifact_path, outputs_dir, relative
@@ -121,6 +126,8 @@ def _recorder_callback(run: dict | None = None):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if model is not None and folder.is_dir():
                 record_trainable_set(folder, model, optimizer)
+                if state.is_world_process_zero:  # the size and hash of every file, checked before a resume
+                    write_folder_manifest(folder)
                 if run is not None:
                     write_json(folder / RUN_FILE, run)
 
@@ -255,7 +262,18 @@ def checkpoint_problem(folder: Path | str) -> str | None:
         return f"{weights[0].name} {problem}"
     if (problem := file_problem(folder / RUN_FILE)) is not None:
         return f"{RUN_FILE} {problem} (no record of which run it belongs to)"
-    return None
+    return damage_problem(folder)
+
+
+DAMAGED = "damaged after it was written: "
+
+
+def damage_problem(folder: Path | str) -> str | None:
+    """Return how a checkpoint's files differ from the sizes and SHA-256 hashes recorded when it was
+    saved (``files.sha256.json``, see :func:`helpers.support.files.write_folder_manifest`), or None.
+    A checkpoint saved before the record existed passes."""
+    problem = folder_manifest_problem(folder)
+    return None if problem is None else DAMAGED + problem
 
 
 def remove_incomplete_checkpoints(output_dir: Path | str) -> list[str]:
@@ -297,8 +315,13 @@ def last_complete_checkpoint(output_dir: Path | str) -> Path | None:
             shutil.rmtree(aside)
         aside.parent.mkdir(exist_ok=True)
         folder.rename(aside)
-        print(f"{relative(folder)} was not written to the end ({problem}); "
-              f"set aside as {INCOMPLETE_DIR}/{aside.name} and not used.")
+        if problem.startswith(DAMAGED):
+            print(f"{relative(folder)} is {problem} ({FOLDER_MANIFEST} records each file's size and hash); "
+                  f"set aside as {INCOMPLETE_DIR}/{aside.name} and not used: the run resumes from the checkpoint "
+                  "before it, if any.")
+        else:
+            print(f"{relative(folder)} was not written to the end ({problem}); "
+                  f"set aside as {INCOMPLETE_DIR}/{aside.name} and not used.")
     return None
 
 
@@ -390,7 +413,31 @@ def planned_steps(trainer) -> int:
     return per_epoch * math.ceil(trainer.args.num_train_epochs)
 
 
-def train_resumable(trainer, profile: Profile | None = None, resume: bool = True):
+class TrainingFolderInUse(RuntimeError):
+    """Another live process is training into the same checkpoint folder; the message names it."""
+
+
+def train_resumable(trainer, profile: Profile | None = None, resume: bool = True, load_finished: bool = False):
+    """Train, continuing from the last complete checkpoint; see :func:`_train_resumable`. The
+    checkpoint folder is held for this process while it trains (a lock on the folder): a second process
+    training into it at the same time (a second kernel running notebook 05) stops at once with
+    :class:`TrainingFolderInUse` instead of mixing its checkpoints with the first one's."""
+    output_dir = Path(trainer.args.output_dir)
+    if not getattr(trainer, "is_world_process_zero", lambda: True)():  # rank 0 holds it for the launch
+        return _train_resumable(trainer, profile, resume, load_finished)
+    try:
+        with exclusive_use(output_dir):
+            return _train_resumable(trainer, profile, resume, load_finished)
+    except FolderInUseError:
+        raise TrainingFolderInUse(
+            f"{relative(output_dir)} is being trained into by another process (a second kernel running the same "
+            "notebook, or a script): two trainings in one folder "
+            "would mix their checkpoints. Wait for it to end (or stop that kernel / process), or give this run "
+            f"another folder: {getattr(trainer, 'cpt_other_dir_how', None) or 'build the trainer with another output_dir'}."
+        ) from None
+
+
+def _train_resumable(trainer, profile: Profile | None = None, resume: bool = True, load_finished: bool = False):
     """Train, continuing from the last complete checkpoint in ``trainer.args.output_dir`` if any.
 
     Before resuming, the checkpoint's run record must match the trainer's (same data, model and
@@ -399,7 +446,10 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
     (unsloth #3108, see the module docstring), so the saved optimizer state loads into the right
     tensors. With ``resume=False``, or when the last checkpoint ends a finished run, the old
     checkpoints are moved to ``<output_dir>.previous`` and training starts from step 0.
-    Returns ``trainer.train()``'s output.
+    With ``load_finished``, a last checkpoint that ends this very run (its run record matches) is
+    loaded instead, training no step: a process killed after the last checkpoint, while it saved the
+    adapter, then only saves it (``scripts/train_cpt.py`` passes it when no result was written after
+    that checkpoint). Returns ``trainer.train()``'s output.
 
     Raises :class:`TrainingInterrupted` on Ctrl-C (saying where the last checkpoint is),
     :class:`helpers.errors.TrainingOutOfMemory` on CUDA out-of-memory (listing the knobs, with
@@ -408,9 +458,18 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
     """
     output_dir = Path(trainer.args.output_dir)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
+    finished = False
     if checkpoint is not None and checkpoint_step(checkpoint) >= planned_steps(trainer):
-        print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over.")
-        checkpoint = None
+        same_run = getattr(trainer, "cpt_run", None) is not None and not differences(
+            read_json(checkpoint / RUN_FILE), trainer.cpt_run, then="checkpoint")
+        finished = load_finished and same_run
+        if finished:
+            print(f"{relative(checkpoint)} ends this run (step {checkpoint_step(checkpoint)} of "
+                  f"{planned_steps(trainer)}), and what was to be saved after it is missing: loading its weights "
+                  "instead of training all steps again.")
+        else:
+            print(f"{relative(checkpoint)} ends a finished run: nothing to resume, so training starts over.")
+            checkpoint = None
     if checkpoint is not None and getattr(trainer, "cpt_run", None) is not None:
         diff = differences(read_json(checkpoint / RUN_FILE), trainer.cpt_run, then="checkpoint")
         if diff:
@@ -435,6 +494,8 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
                 trainer.optimizer, trainer.lr_scheduler = None, None  # rebuilt for the repaired set
         trainer.create_optimizer()
         check_param_groups(_unwrapped(trainer.optimizer), model, checkpoint)
+        if finished:  # trainer.train() would run one more step past the end; load the checkpoint instead
+            return _load_finished_checkpoint(trainer, checkpoint)
         print(f"Resuming from {relative(checkpoint)} (step {checkpoint_step(checkpoint)}).")
     try:
         with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint", previous_kept=False):
@@ -449,6 +510,19 @@ def train_resumable(trainer, profile: Profile | None = None, resume: bool = True
         message = interruption_message(trainer)
         print(message)
         raise TrainingInterrupted(message) from err
+
+
+def _load_finished_checkpoint(trainer, checkpoint: Path):
+    """Load the weights and the trainer state of a checkpoint that ends the run into ``trainer``;
+    return a ``TrainOutput`` of the steps it recorded (no step is run; ``train_runtime`` is 0)."""
+    from transformers.trainer_callback import TrainerState  # deferred: heavy
+    from transformers.trainer_utils import TrainOutput  # deferred: heavy
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_FILE))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return TrainOutput(trainer.state.global_step, losses[-1] if losses else 0.0,
+                       {"train_runtime": 0.0, "loaded_from": relative(checkpoint)})
 
 
 # --- saving the adapter -------------------------------------------------------------------------
@@ -466,7 +540,9 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
     Written into a temporary folder and swapped in only when complete
     (:func:`helpers.support.files.save_directory_atomically`): an interrupted save leaves the previous
     adapter, or no folder, never a half-written one. A full disk raises
-    :class:`helpers.errors.DiskFullError` naming the folder and the free space.
+    :class:`helpers.errors.DiskFullError` naming the folder and the free space. Saved to another
+    ``target`` (``scripts/train_cpt.py``'s ``adapter/``), the folder gets ``files.sha256.json``, the size
+    and hash of each file, which :func:`helpers.errors.check_adapter_folder` checks before a load.
     """
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -479,5 +555,10 @@ def save_adapter(model, tokenizer=None, target: Path | str | None = None, profil
     if also:
         raise ValueError("save_adapter(also=...) commits artifacts with the adapter artifact; give no target")
     target = Path(target)
+
+    def write_with_manifest(folder: Path) -> None:  # no artifact manifest here: the folder carries its own
+        write(folder)
+        write_folder_manifest(folder)
+
     with disk_full_explained(target, "the adapter"):
-        return save_directory_atomically(target, write)
+        return save_directory_atomically(target, write_with_manifest)

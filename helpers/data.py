@@ -261,7 +261,6 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     names the ``.txt`` names that are not files. Refuses a folder inside a virtual environment or
     holding the project (see :func:`check_text_folder_location`, ``allow_any``).
     """
-    from datasets import Dataset  # deferred: heavy
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -301,7 +300,20 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
         print(f"Skipped {len(skipped['not_files'])} .txt name(s) that are not files: {', '.join(skipped['not_files'])}.")
     if skipped.get("folders"):
         print(f"Skipped {len(skipped['folders'])} folder(s) whose files were not read: {', '.join(skipped['folders'])}.")
-    return Dataset.from_dict({"text": documents})
+    return _text_dataset(documents)
+
+
+def _text_dataset(documents: list[str]):
+    """Return ``Dataset.from_dict({"text": documents})``, built in Arrow directly, its fingerprint a
+    hash of the text: from_dict, and a Dataset left to fingerprint its own table, took about 8 bytes
+    of memory per character of text on their way (issue 31, case 17)."""
+    import pyarrow as pa  # deferred: heavy
+    from datasets import Dataset  # deferred: heavy
+
+    from .support.files import text_sha256
+
+    column = pa.array(documents, type=pa.string())  # a ChunkedArray past 2 GB of text
+    return Dataset(pa.table({"text": column}), fingerprint=text_sha256(documents)[:16])
 
 
 def append_eos(dataset, eos_token: str):
@@ -318,14 +330,142 @@ def append_eos(dataset, eos_token: str):
     return dataset.map(lambda batch: {"text": [t + eos_token for t in batch["text"]]}, batched=True)
 
 
+PIECE_CHARS = 100_000  # a longer document is tokenized in pieces of about this many characters
+PIECES_AT_ONCE = 8  # pieces handed to the tokenizer in one call (bounds its working memory)
+_PROBES = ("Once upon a time.\nThe end", "a b\n\"Hi,\" she said", "x\n1. One", "tail \nHead", "end\n\u4e2d\u6587 text",
+           "end.\n\nThe", "end.\n \n\t\nThe", "end.\r\nThe", "end.  \n\n\nThe", "1\n2",
+           "one two", "end.  The", "x\t y", "a, \"b\"", "it's 42 ok", "\u4e2d\u6587 \u4e2d")
+_splits_cleanly: dict[int, bool] = {}
+_CUT_POINT = re.compile(r"[\n ](?=\S)")  # a newline or space that ends a run of whitespace before a word
+
+
+def text_pieces(text: str, size: int | None = None) -> list[str]:
+    """Cut ``text`` into pieces of at most about ``size`` characters, each cut just before a newline
+    that a non-space character follows (the next piece starts ``"\\nThe"``), or, in a stretch without
+    one (a text on one line), just before a space that a non-space character follows (``" word"``):
+    byte-level pre-tokenizers (GPT-2's rule) split there anyway, the whitespace before it going to the
+    piece before, so tokenizing the pieces one by one gives the same tokens as the whole text
+    (:func:`splits_cleanly` checks a tokenizer). A stretch longer than ``size`` with neither stays whole."""
+    size = PIECE_CHARS if size is None else size
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = _last_cut(text, start, start + size, "\n")
+        if cut <= start:
+            cut = _last_cut(text, start, start + size, " ")
+        if cut <= start:  # no cut point within size: take the next one after it
+            found = _CUT_POINT.search(text, start + size)
+            if found is None:
+                break
+            cut = found.start()
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _last_cut(text: str, start: int, end: int, char: str) -> int:
+    """Return the last index in ``text[start:end]`` holding ``char`` with a non-space character after
+    it (-1 when there is none)."""
+    cut = text.rfind(char, start, end)
+    while cut > start and text[cut + 1].isspace():
+        cut = text.rfind(char, start, cut)
+    return cut
+
+
+def splits_cleanly(tokenizer) -> bool:
+    """True when tokenizing text in :func:`text_pieces` gives the same tokens as the whole text, for
+    this tokenizer (checked once on a few probes). Byte-level BPE tokenizers (SmolLM2, Qwen, GPT-2)
+    do; SentencePiece tokenizers that mark the start of a text (Llama 2, Mistral) do not, and get
+    whole documents."""
+    key = id(tokenizer)
+    if key not in _splits_cleanly:
+        def ids(text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        clean = True
+        for probe in _PROBES:
+            pieces = text_pieces(probe, size=max(probe.rfind("\n"), probe.rfind(" ")))
+            clean = clean and len(pieces) >= 2 and [i for piece in pieces for i in ids(piece)] == ids(probe)
+        _splits_cleanly[key] = clean
+    return _splits_cleanly[key]
+
+
+def _encode(texts: list[str], tokenizer) -> dict:
+    """Tokenize ``texts`` (no special tokens); a long text in pieces (:func:`text_pieces`), a few at
+    a time, joined into one numpy row, so that the memory used grows with the text, not with the
+    tokenizer's bookkeeping of one huge string (a 50 MB file took 7.6 GB)."""
+    import numpy as np  # deferred: heavy
+
+    if all(len(t) <= PIECE_CHARS for t in texts) or not splits_cleanly(tokenizer):
+        return tokenizer(texts, add_special_tokens=False)
+    out: dict[str, list] = {}
+    for text in texts:
+        pieces = text_pieces(text)
+        parts: dict[str, list] = {}
+        for first in range(0, len(pieces), PIECES_AT_ONCE):
+            encoded = tokenizer(pieces[first : first + PIECES_AT_ONCE], add_special_tokens=False)
+            for key, rows in encoded.items():
+                # the types Dataset.map stores Python ints in: int32 ids, int8 masks (the same features
+                # whether or not a batch held a long document)
+                dtype = np.int32 if key == "input_ids" else np.int8
+                parts.setdefault(key, []).extend(np.asarray(row, dtype=dtype) for row in rows)
+        for key, rows in parts.items():
+            out.setdefault(key, []).append(np.concatenate(rows))
+    return out
+
+
 def tokenize(dataset, tokenizer):
-    """Return the dataset tokenized (``input_ids``, ``attention_mask``), without truncation."""
+    """Return the dataset tokenized (``input_ids``, ``attention_mask``), without truncation.
+
+    A document longer than :data:`PIECE_CHARS` characters is tokenized in pieces cut at newlines (the
+    same tokens, see :func:`text_pieces`; issue 31, case 17)."""
     return dataset.map(
-        lambda batch: tokenizer(batch["text"], add_special_tokens=False),
+        lambda batch: _encode(batch["text"], tokenizer),
         batched=True,
+        batch_size=64,
         remove_columns=dataset.column_names,
         desc="Tokenizing",
     )
+
+
+def _token_column(dataset, column: str = "input_ids"):
+    """Return ``(values, offsets)`` of a list-of-ints column as numpy arrays (all tokens in one
+    array, row ``i`` is ``values[offsets[i]:offsets[i + 1]]``) without making Python lists."""
+    import numpy as np  # deferred: heavy
+    import pyarrow as pa  # deferred: heavy
+
+    chunks = dataset.data.column(column).chunks
+    values, lengths = [], []
+    for chunk in chunks:
+        if isinstance(chunk, pa.ChunkedArray):
+            chunk = pa.concat_arrays(chunk.chunks)
+        values.append(chunk.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
+        lengths.append(chunk.value_lengths().fill_null(0).to_numpy(zero_copy_only=False))
+    if not values:
+        return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    lengths = np.concatenate(lengths).astype(np.int64)
+    return np.concatenate(values), np.concatenate([[0], np.cumsum(lengths)])
+
+
+def _rows_dataset(values, offsets):
+    """Return a ``datasets.Dataset`` whose ``input_ids`` rows are ``values`` cut at ``offsets``, built
+    in Arrow (the same column ``Dataset.from_dict({"input_ids": rows})`` gives, without Python lists)."""
+    import hashlib
+
+    import numpy as np  # deferred: heavy
+    import pyarrow as pa  # deferred: heavy
+    from datasets import Dataset, Features, Sequence, Value  # deferred: heavy
+
+    # int32 ids, as Dataset.from_dict stores Python ints in an "input_ids" column
+    values = np.ascontiguousarray(values, dtype=np.int32)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int32)
+    digest = hashlib.sha256(memoryview(values).cast("B"))
+    digest.update(memoryview(offsets).cast("B"))
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return Dataset(pa.table({"input_ids": column}), fingerprint=digest.hexdigest()[:16]).cast(
+        Features({"input_ids": Sequence(Value("int32"))}))
 
 
 def pack_blocks(token_lists: list[list[int]], block_size: int) -> tuple[list[list[int]], int]:
@@ -363,47 +503,58 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
     printed. Documents with no tokens at all (empty text) are left out, and a note counts them.
     """
-    from datasets import Dataset  # deferred: heavy
+    import numpy as np  # deferred: heavy
 
     check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:
         raise DataError("No training text: the dataset has no rows (empty rows were dropped, and none was left).")
     tokenized = tokenize(dataset_with_eos, tokenizer)
-    token_lists = [tokens for tokens in tokenized["input_ids"] if tokens]
-    if not token_lists:
+    # all tokens in one numpy array, rows by offsets: Python lists of a 50 MB text's 12 M token ids
+    # took gigabytes (issue 31, case 17); the rows below are the same as pack_blocks / truncate_rows give
+    values, offsets = _token_column(tokenized)
+    all_lengths = np.diff(offsets)
+    kept = all_lengths > 0
+    if not kept.any():
         raise DataError(f"No training text: none of the {tokenized.num_rows} documents has any text in it.")
-    if len(token_lists) < tokenized.num_rows:
-        print(f"Left out {tokenized.num_rows - len(token_lists)} empty document(s) (no tokens).")
-    lengths = [len(t) for t in token_lists]
+    if not kept.all():
+        print(f"Left out {int((~kept).sum())} empty document(s) (no tokens).")
+    lengths = all_lengths[kept]
+    size = profile.max_seq_length
     stats = {
-        "documents": len(token_lists),
-        "tokens": sum(lengths),
-        "longer_than_max_seq_length": sum(n > profile.max_seq_length for n in lengths),
+        "documents": int(len(lengths)),
+        "tokens": int(lengths.sum()),
+        "longer_than_max_seq_length": int((lengths > size).sum()),
         "packing": profile.packing,
         "max_seq_length": profile.max_seq_length,
     }
     long = stats["longer_than_max_seq_length"]
     if profile.packing:
-        rows, dropped = pack_blocks(token_lists, profile.max_seq_length)
+        full = len(values) // size * size
+        dropped = len(values) - full
+        rows = _rows_dataset(values[:full], np.arange(0, full + 1, size)) if full else None
         if not rows:
             raise DataError(
                 f"The text is too short to train on: {stats['tokens']} tokens in {stats['documents']} document(s), "
                 f"fewer than one packed row of max_seq_length={profile.max_seq_length} tokens. Add at least "
                 f"{profile.max_seq_length - stats['tokens']} more tokens of text, or lower max_seq_length to at most "
                 f"{stats['tokens']} (and at least 8). Nothing was saved; the previous training set is kept.")
-        stats.update(rows=len(rows), tail_tokens_dropped=dropped)
+        stats.update(rows=len(rows), tail_tokens_dropped=int(dropped))
         if long:
             print(f"{long} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length} tokens; "
                   "packing continues each into the next block, so none is cut or dropped.")
     else:
-        rows, truncated = truncate_rows(token_lists, profile.max_seq_length)
-        lost = sum(max(0, n - profile.max_seq_length) for n in lengths)
+        starts, clipped = offsets[:-1][kept], np.minimum(lengths, size)
+        row_offsets = np.concatenate([[0], np.cumsum(clipped)])
+        # the first `clipped` tokens of each kept document, gathered without a Python loop
+        take = np.repeat(starts - row_offsets[:-1], clipped) + np.arange(row_offsets[-1])
+        rows = _rows_dataset(values[take], row_offsets)
+        truncated, lost = int((lengths > size).sum()), int((lengths - clipped).sum())
         stats.update(rows=len(rows), rows_truncated=truncated, tokens_truncated=lost)
         if truncated:
             print(f"{truncated} of {len(lengths)} stories are longer than max_seq_length={profile.max_seq_length} "
                   f"tokens and were truncated ({lost} tokens cut from their ends; none dropped). Raise "
                   "max_seq_length or turn on packing to keep them whole.")
-    return Dataset.from_dict({"input_ids": rows}), stats
+    return rows, stats
 
 
 def length_summary(lengths: list[int]) -> dict:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
-from .support.files import file_problem
+from .support.files import FOLDER_MANIFEST, file_problem, folder_manifest_problem
 from .support.paths import relative
 
 OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
@@ -358,6 +358,7 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
                            f"the save never finished). {redo}")
     if (problem := file_problem(weights[0])) is not None:
         raise AdapterError(f"{relative(weights[0])} is damaged: {problem}. {redo}")
+    check_adapter_unchanged(folder)
     if profile is None:
         return
     try:
@@ -367,6 +368,16 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
     if config.get("r") is not None and config["r"] != profile.lora_r:
         raise AdapterError(f"{relative(folder)} was trained with LoRA rank r={config['r']}, but profile "
                            f"{profile.name!r} uses r={profile.lora_r}: it belongs to another run. {redo}")
+
+
+def check_adapter_unchanged(folder: Path | str) -> None:
+    """Raise :class:`AdapterError` when an adapter folder saved with its own file list
+    (``files.sha256.json``: ``scripts/train_cpt.py``'s ``adapter/``) is no longer as it was saved: a
+    file missing, cut off or changed. A folder without that list passes."""
+    if (problem := folder_manifest_problem(folder)) is not None:
+        raise AdapterError(f"The adapter in {relative(folder)} is not as it was saved: {problem} (its "
+                           f"{FOLDER_MANIFEST} records each file's size and hash). Copy it again from where it was "
+                           "saved, or train and save it again (scripts/train_cpt.py, or notebook 05).")
 
 
 @contextmanager

@@ -12,7 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import adapter_errors_explained, model_errors_explained
+from .errors import (
+    adapter_errors_explained,
+    check_adapter_unchanged,
+    disk_full_explained,
+    model_errors_explained,
+)
 from .profiles import Profile, check_model_folder
 from .support.gguf import embedded_model_dir, gguf_model_dir, smoke_model_dir
 
@@ -130,7 +135,14 @@ def load_model_and_tokenizer(profile: Profile):
     context gives a :class:`ContextLengthWarning` (see :func:`check_context_length`); on the
     transformers branch the linear RoPE scaling unsloth would apply is applied to the config.
     """
-    source = resolve_model_source(profile)
+    if profile.is_embedded_model or profile.is_smoke_model or profile.is_gguf_model:
+        from .support.paths import cache_dir
+
+        # converting a GGUF or building the smoke model writes into the cache: a full disk is explained
+        with disk_full_explained(cache_dir(), "the converted model (once, into the cache)"):
+            source = resolve_model_source(profile)
+    else:
+        source = resolve_model_source(profile)
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # noqa: I001  (unsloth before transformers, to patch it)
         from transformers import AutoConfig  # deferred: heavy
@@ -192,6 +204,7 @@ def load_trained_model(profile: Profile, adapter_dir, base_model=None, tokenizer
     no weights file or belongs to another model or rank raises :class:`helpers.errors.AdapterError`
     (see :func:`helpers.errors.adapter_errors_explained`).
     """
+    check_adapter_unchanged(adapter_dir)  # as saved (files.sha256.json), before any loading
     if profile.uses_unsloth:
         from unsloth import FastLanguageModel  # deferred: needs a GPU
 

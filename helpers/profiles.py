@@ -447,6 +447,8 @@ def check_model_folder(folder: Path, value: str | None = None) -> None:
     a ``config.json`` and weights (``model.safetensors``, shards with an index, or ``pytorch_model.bin``).
     A folder holding only ``.gguf`` files is told to point at the file instead."""
     shown = value or folder.name
+    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        raise OwnModelError(adapter_folder_message(folder, shown))
     if not (folder / "config.json").is_file():
         ggufs = sorted(p.name for p in folder.glob("*.gguf"))
         hint = (f" It holds {', '.join(ggufs)}: point {MODEL_ENV_VAR} at that file instead." if ggufs else
@@ -459,3 +461,54 @@ def check_model_folder(folder: Path, value: str | None = None) -> None:
             "no sharded model-0000x-of-0000y.safetensors with its index, no pytorch_model.bin). Copy the weight "
             "files next to config.json (with git-lfs, `git lfs pull` fetches them), or save the model with "
             "model.save_pretrained(folder).")
+    if (problem := model_weights_problem(folder)) is not None:
+        raise OwnModelError(
+            f"{MODEL_ENV_VAR}={shown!r}: {problem}. Copy or download the weights again (with git-lfs: `git lfs pull`; "
+            "from the hub: `hf download owner/name --local-dir <folder>`; compare the sizes with the source's), or "
+            "save the model there again with model.save_pretrained(folder).")
+
+
+def model_weights_problem(folder: Path) -> str | None:
+    """Return what is wrong with the weight files of a Hugging Face model folder, judged by their
+    content (headers only, so cheap for big files): a ``*.safetensors`` file cut off or not
+    safetensors, a shard named by ``model.safetensors.index.json`` missing, an empty
+    ``pytorch_model.bin``; None when they look whole."""
+    from .support.files import json_problem, safetensors_problem
+
+    if (folder / "config.json").is_file() and (problem := json_problem(folder / "config.json")) is not None:
+        return f"its config.json is {problem}: cut off or damaged"
+    for file in sorted(folder.glob("*.safetensors")):
+        if (problem := safetensors_problem(file)) is not None:
+            return f"its weights file {file.name} is damaged ({problem})"
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        if (problem := json_problem(index)) is not None:
+            return f"{index.name} is {problem}"
+        import json
+
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            return f"{index.name} names {len(missing)} weight file(s) that are missing: {', '.join(missing[:3])}"
+    for name in ("pytorch_model.bin",):
+        if (folder / name).is_file() and (folder / name).stat().st_size == 0:
+            return f"its weights file {name} is empty (0 bytes)"
+    return None
+
+
+def adapter_folder_message(folder: Path, shown: str) -> str:
+    """Return what to tell a user whose ``CPT_MODEL`` names a LoRA adapter folder (notebook 05's
+    ``outputs/05_adapter``, ``train_cpt.py``'s ``adapter/``) instead of a model."""
+    import json
+
+    try:
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    base_text = f" (its adapter_config.json names {base!r})" if base else ""
+    return (f"{MODEL_ENV_VAR}={shown!r} is a LoRA adapter folder (adapter_config.json, no config.json), not a model: "
+            "an adapter holds only the trained changes and needs the base model it was trained on. Set "
+            f"{MODEL_ENV_VAR} to that base model{base_text}, or unset it for the profile's model, and load the "
+            "adapter on top of it with helpers.modeling.load_trained_model(profile, adapter_folder) (notebook 06). "
+            "For one standalone model, merge the adapter into the base model (notebook 09) and point "
+            f"{MODEL_ENV_VAR} at the merged folder.")

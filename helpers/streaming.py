@@ -86,6 +86,7 @@ class StreamResult:
     token_ids: list[int] = field(default_factory=list)  # the generated tokens, special tokens included
     eos_token_ids: tuple[int, ...] = ()  # the ids that end generation (the model's generation config)
     max_new_tokens: int | None = None
+    cut_characters: int = 0  # characters left out at the end: their bytes were cut off by max_new_tokens
 
     @property
     def full_text(self) -> str:
@@ -106,6 +107,85 @@ class StreamResult:
                 f"({len(self.token_ids)} tokens, {words} words)")
 
 
+STREAM_THREAD_NAME = "cpt-stream-generate"
+STOP_WAIT_S = 30  # how long a stopped stream waits for generate to notice (one token's time, normally)
+REPLACEMENT = "\ufffd"  # what decoding gives for the bytes of a character whose other bytes are still to come
+
+
+def _whole_characters_streamer(tokenizer, **kwargs):
+    """Return a ``TextIteratorStreamer`` that never yields a cut character.
+
+    Byte-level tokenizers split a multi-byte character (an emoji, many CJK characters) over several
+    tokens; decoded before its last byte, it reads as U+FFFD. transformers' streamer waits for a space
+    or a newline before yielding, so a cut character shows up only in the final flush, when
+    ``max_new_tokens`` ends generation in the middle of one. That tail is held back here (counted in
+    ``cut_characters``) instead of being printed as U+FFFD."""
+    from transformers import TextIteratorStreamer  # deferred: heavy
+
+    class WholeCharactersStreamer(TextIteratorStreamer):
+        cut_characters = 0
+
+        def on_finalized_text(self, text: str, stream_end: bool = False):
+            if stream_end:
+                whole = text.rstrip(REPLACEMENT)
+                self.cut_characters += len(text) - len(whole)
+                text = whole
+            super().on_finalized_text(text, stream_end)
+
+    return WholeCharactersStreamer(tokenizer, **kwargs)
+
+
+def _stop_flag():
+    """Return ``(event, criteria)``: a ``StoppingCriteria`` that ends ``generate`` at its next token
+    once ``event`` is set (from another thread)."""
+    import threading
+
+    import torch  # deferred: heavy
+    from transformers import StoppingCriteria  # deferred: heavy
+
+    event = threading.Event()
+
+    class StopWhenAsked(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return event, StopWhenAsked()
+
+
+class PromptTooLongError(ValueError):
+    """The prompt has more tokens than the model's context; the message gives both numbers."""
+
+
+class PromptLengthWarning(UserWarning):
+    """Prompt plus ``max_new_tokens`` run past the model's context; the message gives the numbers."""
+
+
+def check_prompt_length(model, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise :class:`PromptTooLongError` when a prompt of ``prompt_tokens`` tokens does not fit the
+    model's context (``config.max_position_embeddings``), and warn (:class:`PromptLengthWarning`)
+    when it fits but ``max_new_tokens`` more would not. Before any generating: past its context a
+    model has never seen such positions (RoPE) or has none (learned positions), and the time spent
+    generating is wasted."""
+    import warnings
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return
+    keep = max(1, limit - max_new_tokens)
+    if prompt_tokens > limit:
+        raise PromptTooLongError(
+            f"The prompt is {prompt_tokens:,} tokens, longer than this model's context of {limit:,} tokens "
+            f"(config.max_position_embeddings). Shorten it to at most {keep:,} tokens (the context less "
+            f"max_new_tokens={max_new_tokens}), e.g. keep its end: "
+            f"tokenizer.decode(tokenizer(prompt)['input_ids'][-{keep}:]).")
+    if prompt_tokens + max_new_tokens > limit:
+        warnings.warn(
+            f"The prompt is {prompt_tokens:,} tokens and max_new_tokens={max_new_tokens}: together "
+            f"{prompt_tokens + max_new_tokens:,}, past this model's context of {limit:,} tokens; the tokens after "
+            f"position {limit:,} come from positions the model never saw. Lower max_new_tokens to at most "
+            f"{limit - prompt_tokens:,} or shorten the prompt.", PromptLengthWarning, stacklevel=3)
+
+
 def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, width: int = 100,
                     echo_prompt: bool = True, printer: WrappedPrinter | None = None, **generate_kwargs) -> StreamResult:
     """Generate from ``prompt`` in a background thread and print the text wrapped as it streams.
@@ -113,16 +193,26 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     ``model.generate`` blocks until it is done, so it runs in a thread while this thread reads
     decoded text from a ``TextIteratorStreamer``. Greedy decoding unless ``generate_kwargs`` say
     otherwise. Returns a :class:`StreamResult`.
+
+    A multi-byte character is printed only once all its tokens are there (never as U+FFFD). A prompt
+    longer than the model's context raises :class:`PromptTooLongError` before generating (one that
+    leaves no room for ``max_new_tokens`` warns). Stopped (Ctrl-C, the notebook's stop button, an
+    error while printing), the generating thread is told to stop and is waited for before the
+    interruption goes on, so no generation keeps running behind it (a process ending while it ran
+    aborted with "terminate called without an active exception").
     """
     import torch  # deferred: heavy
-    from transformers import TextIteratorStreamer  # deferred: heavy
+    from transformers import StoppingCriteriaList  # deferred: heavy
 
     check_prompt(prompt)  # an empty prompt fails inside generate with "cannot reshape tensor of 0 elements"
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    check_prompt_length(model, inputs["input_ids"].shape[1], generate_kwargs.get("max_new_tokens", max_new_tokens))
+    streamer = _whole_characters_streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop, stop_criteria = _stop_flag()
     kwargs = dict(inputs, streamer=streamer, max_new_tokens=max_new_tokens, do_sample=False,
                   pad_token_id=tokenizer.pad_token_id)
     kwargs.update(generate_kwargs)
+    kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), stop_criteria])
     printer = printer or WrappedPrinter(width)
     if echo_prompt:
         printer.feed(prompt)
@@ -137,12 +227,17 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
             errors.append(err)
             streamer.end()
 
-    thread = Thread(target=run, daemon=True)
+    thread = Thread(target=run, daemon=True, name=STREAM_THREAD_NAME)
     thread.start()
     chunks = []
-    for chunk in streamer:
-        chunks.append(chunk)
-        printer.feed(chunk)
+    try:
+        for chunk in streamer:
+            chunks.append(chunk)
+            printer.feed(chunk)
+    except BaseException:  # Ctrl-C, or the printer failed: stop generating, then let it go on
+        stop.set()
+        thread.join(timeout=STOP_WAIT_S)
+        raise
     thread.join()
     printer.close()
     if errors:
@@ -152,4 +247,5 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     eos = tokenizer.eos_token_id if eos is None else eos
     eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
     return StreamResult(prompt=prompt, text="".join(chunks), chunks=chunks, token_ids=token_ids,
-                        eos_token_ids=eos_ids, max_new_tokens=kwargs["max_new_tokens"])
+                        eos_token_ids=eos_ids, max_new_tokens=kwargs["max_new_tokens"],
+                        cut_characters=streamer.cut_characters)

@@ -422,6 +422,22 @@ def embedding_lr_trainer_class():
     return EmbeddingLRTrainer
 
 
+def fit_warmup(profile: Profile) -> Profile:
+    """Return ``profile``, or a copy whose ``warmup_ratio`` leaves at least one step after the warm-up.
+
+    transformers rounds ``warmup_ratio * max_steps`` up to whole steps, and a linear warm-up's first
+    step has learning rate 0: a 1-step run (``max_steps=1``, ``train_cpt.py --max-steps 1``) warmed
+    up for its one step, trained nothing and then failed "unchanged after training". There the ratio
+    becomes ``(max_steps - 1) / max_steps`` (0 for one step: it runs at the full learning rate).
+    :func:`build_trainer` applies it; runs of more steps are unchanged."""
+    import math
+
+    steps = profile.max_steps
+    if profile.warmup_ratio and steps and steps > 0 and math.ceil(profile.warmup_ratio * steps) >= steps:
+        return profile.replace(warmup_ratio=(steps - 1) / steps)
+    return profile
+
+
 def training_arguments(profile: Profile, output_dir: str, **overrides):
     """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
     branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
@@ -476,7 +492,9 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
     ``run_clm`` example does continued pre-training: packed rows (``profile.packing``) go through
     :class:`helpers.data.PackedRowsCollator`, which keeps each document's attention to itself unless
     ``profile.isolate_documents`` is False; padded rows through transformers' causal-LM collator.
+    A warm-up that would take every step is shortened (:func:`fit_warmup`).
     """
+    profile = fit_warmup(profile)
     if profile.uses_unsloth:
         from unsloth import UnslothTrainer  # deferred: needs a GPU
 

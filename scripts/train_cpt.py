@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
                                              "scaling_efficiency and the per-step loss comparison")
     args = parser.parse_args(argv)
+    for name in ("output_dir", "result_json", "baseline_result"):  # "--output-dir=~/runs": no shell expands it
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).expanduser())
     for problem in refused_settings(args):
         parser.error(problem)
     return args
@@ -124,21 +127,78 @@ def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
             break
     if args.result_json is not None and args.result_json.is_dir():
         problems.append(f"--result-json {args.result_json}: is a folder; name a file, e.g. {args.result_json / 'result.json'}")
+    elif args.result_json is not None:
+        for parent in args.result_json.parents:  # a parent that is a file fails only when the result is written
+            if parent.exists():
+                if not parent.is_dir():
+                    problems.append(f"--result-json {args.result_json}: {parent} is a file, not a folder; "
+                                    "name a file in a folder")
+                break
     if args.baseline_result is not None:
         try:
-            json.loads(args.baseline_result.read_text(encoding="utf-8"))
+            baseline = json.loads(args.baseline_result.read_text(encoding="utf-8"))
         except FileNotFoundError:
             problems.append(f"--baseline-result {args.baseline_result}: no such file; give the result.json of an earlier run")
         except (OSError, ValueError) as err:
             problems.append(f"--baseline-result {args.baseline_result}: not a readable JSON file ({err}); "
                             "give the result.json of an earlier run")
+        else:  # another JSON file (adapter_config.json, a notebook's output) failed after the run, in compare_runs
+            missing = [k for k in BASELINE_KEYS if not isinstance(baseline, dict) or k not in baseline]
+            if missing:
+                problems.append(f"--baseline-result {args.baseline_result}: not the result.json of a train_cpt.py run "
+                                f"(it has no {', '.join(missing)}); give the result.json of an earlier run")
     return problems
+
+
+BASELINE_KEYS = ("workload", "gpus", "tokens_per_s", "global_batch", "losses", "final_loss")
+
+
+def lock_output_dir(output_dir: Path):
+    """Take ``<output-dir>/.train_cpt.lock`` for this run (rank 0 of a launch), or stop saying which
+    process holds it: two runs writing checkpoints, an adapter and a result into one folder at once
+    would mix them. Returns the open lock file (held until the process ends)."""
+    import fcntl
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(output_dir / ".train_cpt.lock", "a+")  # noqa: SIM115  (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise SystemExit(f"train_cpt.py: --output-dir {output_dir} is in use by another train_cpt.py run ({holder}); "
+                         "two runs in one folder would mix their checkpoints. Wait for it to end, or give this run "
+                         "another --output-dir.") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}, started {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}\n")
+    lock.flush()
+    return lock
+
+
+def tiny_profile(env: dict | None = None) -> tuple[Profile, str]:
+    """Return the ``--tiny`` profile and why, with the environment's data, model and batching
+    switches applied as the notebooks apply them (``CPT_TEXT_DIR``, ``CPT_MODEL``, ``CPT_PACKING``,
+    ``CPT_EMBEDDING_DTYPE``; an invalid value stops here): ``--tiny`` used to ignore them and train the
+    shipped sample on the random Llama while the user believed their own text or model was tested.
+    ``CPT_PROFILE`` alone is replaced (``--tiny`` is a profile of its own), and the reason says so."""
+    from helpers.profiles import with_embedding_dtype, with_own_model, with_own_text, with_packing
+
+    env = os.environ if env is None else env
+    reason = "--tiny (self-test)"
+    if env.get(PROFILE_ENV_VAR, "").strip():
+        reason += f"; {PROFILE_ENV_VAR}={env[PROFILE_ENV_VAR].strip()} is not used (--tiny is a profile of its own)"
+    profile, reason = with_embedding_dtype(*with_packing(TINY_PROFILE, reason, env), env)
+    return with_own_model(*with_own_text(profile, reason, env), env)
 
 
 def choose_profile(args: argparse.Namespace) -> tuple[Profile, str]:
     """Return the profile this run uses, with the command line's replacements applied, and why."""
     if args.tiny:
-        profile, reason = TINY_PROFILE, "--tiny (self-test)"
+        profile, reason = tiny_profile()
     elif args.profile:
         profile, _ = select_profile(env={**os.environ, PROFILE_ENV_VAR: args.profile})
         reason = f"--profile {args.profile}"
@@ -323,11 +383,25 @@ def settle_checkpoints(procs: Processes, checkpoints: Path) -> None:
         last_complete_checkpoint(checkpoints)
 
 
+def unsaved_after(output_dir: Path) -> bool:
+    """True when the last complete checkpoint in ``<output-dir>/checkpoints`` was written after this
+    folder's ``result.json`` (or there is none): the run that wrote it was stopped before its adapter
+    and result were saved, so a checkpoint that ends the run is loaded and saved, not trained again
+    (issue 31, case 14). False when the result is newer: that run finished, and a new one starts."""
+    from helpers.checkpoints import RUN_FILE, last_complete_checkpoint
+
+    last = last_complete_checkpoint(output_dir / "checkpoints")
+    if last is None:
+        return False
+    result = output_dir / "result.json"
+    return not result.is_file() or result.stat().st_mtime < (last / RUN_FILE).stat().st_mtime
+
+
 # --- training, measured -------------------------------------------------------------------------
 
 
 def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool, resume: bool,
-                   trace_step: int = 0, trace_dir: Path | None = None) -> dict:
+                   trace_step: int = 0, trace_dir: Path | None = None, load_finished: bool = False) -> dict:
     """Train with ``helpers.checkpoints.train_resumable`` (resuming when ``resume``), timing every
     optimizer step and counting real tokens; check that the embeddings trained (and, with
     ``check_sync``, that the ranks agree after the first two steps and at the end). With
@@ -374,7 +448,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
     if cuda:
         torch.cuda.reset_peak_memory_stats(procs.local_rank)
     with plain_cpu_map_location(procs.distributed and profile.device == "cpu"):  # a transformers 5.17 bug
-        output = train_resumable(trainer, profile, resume=resume)
+        output = train_resumable(trainer, profile, resume=resume, load_finished=load_finished)
     counts.stop()
     training_memory = training_memory_end(memory_start) if cuda else None  # peak - start, as the walkthrough
     note_memory("after training", procs.local_rank)
@@ -400,7 +474,7 @@ def train_measured(procs: Processes, trainer, profile: Profile, check_sync: bool
             "step_s": [round(s, 4) for s in clock.step_seconds()], "runtime_s": output.metrics["train_runtime"],
             "peaks": gather_objects(peak), "embeddings": embeddings, "start_step": clock.start_step,
             "training_memory": training_memory, "mfu": round(utilisation, 4) if utilisation else None,
-            "embeddings_check": embeddings_check,
+            "embeddings_check": embeddings_check, "loaded_from": output.metrics.get("loaded_from"),
             "gradient_checkpointing": repr(getattr(model, "_unsloth_gradient_checkpointing",
                                                    profile.use_gradient_checkpointing))}
 
@@ -447,6 +521,8 @@ def result_record(procs: Processes, profile: Profile, policy: dict, trainer, mea
         "strategy": str(trainer.accelerator.distributed_type).split(".")[-1],
         "steps": trainer.state.global_step,
         "resumed_from": f"checkpoint-{measured['start_step']}" if measured["start_step"] else None,
+        # set when the run's steps were all done before (killed while saving): loaded, not trained again
+        "loaded_from": measured.get("loaded_from"),
         "tokens_per_s": round(measured["tokens_steady"] / steady["seconds"], 1) if steady["seconds"] > 0 else None,
         "steady_state": window, "steady_tokens": int(measured["tokens_steady"]), "steady_s": round(steady["seconds"], 4),
         "tokens_trained": int(measured["tokens_trained"]),
@@ -498,10 +574,12 @@ def keep_finished_run(output_dir: Path) -> Path | None:
     stamp = datetime.datetime.fromtimestamp(finished, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     keep = output_dir / EARLIER_RUNS / stamp
     n = 1
-    while keep.exists():
+    # a folder of this time that lacks these files is this run's, begun by a process killed between
+    # the two moves: finish it there, so adapter and result.json stay together
+    while keep.exists() and any((keep / path.name).exists() for path in found):
         n += 1
         keep = output_dir / EARLIER_RUNS / f"{stamp}-{n}"
-    keep.mkdir(parents=True)
+    keep.mkdir(parents=True, exist_ok=True)
     for path in found:
         os.replace(path, keep / path.name)
     print(f"Kept the earlier run's {' and '.join(p.name for p in found)} in {relative(keep)}: this run writes its own "
@@ -509,34 +587,79 @@ def keep_finished_run(output_dir: Path) -> Path | None:
     return keep
 
 
-def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
-    """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
-    baseline, write ``result.json`` and print the RESULT line."""
-    from helpers.checkpoints import save_adapter
-    from helpers.lab.distributed import compare_runs
+def write_results(paths: list[Path], result: dict) -> str | None:
+    """Write ``result`` to each of ``paths``; return None, or what went wrong (a full disk, a folder
+    that cannot be written) and that the RESULT line holds the whole result: the caller prints that
+    line anyway and exits 1, instead of ending in a raw OSError after the adapter was saved."""
+    from helpers.errors import explain_disk_full, is_disk_full
     from helpers.support.files import write_json
     from helpers.support.paths import relative
 
+    for path in paths:
+        try:
+            write_json(path, result)
+        except OSError as err:
+            reason = explain_disk_full(path.parent, relative(path)).strerror if is_disk_full(err) else str(err)
+            return (f"{relative(path)} could not be written: {reason}\nThe whole result is the RESULT line below; "
+                    "the adapter is saved. Save that line, free space, and keep it as the run's result.json.")
+    return None
+
+
+def save_final_adapter(model, tokenizer, output_dir: Path, extra: dict) -> str | None:
+    """Keep the finished run found in ``output_dir`` (:func:`keep_finished_run`), then save this run's
+    adapter, recording its folder in ``extra["adapter"]``. Returns None, or, when either fails (a full
+    disk, a folder that cannot be written), what happened and how to save it without training again:
+    the RESULT is then still printed (it used to end in a raw error, the measurements lost)."""
+    from helpers.checkpoints import save_adapter
+    from helpers.support.paths import relative
+
+    try:
+        keep_finished_run(output_dir)
+        extra["adapter"] = relative(save_adapter(model, tokenizer, output_dir / "adapter"))
+    except OSError as err:
+        extra["adapter"] = None
+        extra["adapter_error"] = str(err)[:500]
+        return (f"the adapter was not saved: {err}\nThe weights are in the run's last checkpoint: free space (or fix "
+                "the folder), then run the same command again, and it saves them without training again. The "
+                "measurements are in the RESULT line below; no result.json was written.")
+    return None
+
+
+def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
+    """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
+    baseline, write ``result.json`` and print the RESULT line."""
+    from helpers.lab.distributed import compare_runs
+
     model, tokenizer = trainer.model, trainer.processing_class
-    keep_finished_run(output_dir)
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
     extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
-             **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {}),
-             **({} if args.no_save else {"adapter": relative(save_adapter(model, tokenizer, output_dir / "adapter"))})}
+             **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {})}
+    unsaved = None if args.no_save else save_final_adapter(model, tokenizer, output_dir, extra)
     result = result_record(procs, profile, policy, trainer, measured, extra)
-    if args.baseline_result:
+    if args.baseline_result and result["tokens_per_s"]:
         result.update(compare_runs(json.loads(args.baseline_result.read_text()), result))
-    for path in [output_dir / "result.json"] + ([args.result_json] if args.result_json else []):
-        write_json(path, result)
+    elif args.baseline_result:  # a run loaded from its finished checkpoint timed no step: nothing to compare
+        result["baseline_comparison"] = "not made: no optimizer step was timed in this process"
+    unwritten = unsaved or write_results(
+        [output_dir / "result.json"] + ([args.result_json] if args.result_json else []), result)
     resumed = f" resumed from {result['resumed_from']}" if result["resumed_from"] else ""
+    if result["loaded_from"]:
+        resumed = f" (all trained before: loaded from {result['loaded_from']}, no step run now)"
     print(f"{result['steps']} steps on {procs.world} process(es){resumed}; {result['tokens_per_s']} tokens/s over "
           f"{result['steady_state']}; final loss {result['final_loss']}; sync check: {result['sync_check']}")
+    if unwritten is not None:
+        print(f"ERROR    : {unwritten}", file=sys.stderr, flush=True)
     print("RESULT " + json.dumps(result), flush=True)
+    if unwritten is not None:
+        raise SystemExit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile, reason = choose_profile(args)
+    try:  # a CPT_* switch or path that cannot work (CPT_PACKING=2, CPT_MODEL=missing/, CPT_PROFILE=typo)
+        profile, reason = choose_profile(args)
+    except (KeyError, ValueError, OSError) as err:
+        raise SystemExit(f"train_cpt.py: {err.args[0] if isinstance(err, KeyError) else err}") from None
     try:  # the notebooks' rule for settings that cannot train, before any process or model starts
         check_training_settings(profile)
     except SettingsError as err:
@@ -546,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
     if problems := path_problems(args, output_dir):
         raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
+    lock = lock_output_dir(output_dir)  # noqa: F841  (held until the process ends)
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
@@ -563,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
-                              trace_step=args.trace_step, trace_dir=output_dir / "step-trace")
+                              trace_step=args.trace_step, trace_dir=output_dir / "step-trace",
+                              load_finished=not args.fresh and unsaved_after(output_dir))
     if procs.main:
         report(args, procs, profile, policy, trainer, measured, rows, output_dir)
     procs.state.wait_for_everyone()

@@ -105,6 +105,34 @@ def folder_lock(folder: Path | str) -> Iterator[None]:
                 os.close(entry[0])  # closing the descriptor releases the flock
 
 
+class FolderInUseError(RuntimeError):
+    """Another live process holds a folder for exclusive use; the message names it."""
+
+
+@contextmanager
+def exclusive_use(folder: Path | str) -> Iterator[None]:
+    """Hold ``folder`` for exclusive use for the block (``fcntl.flock`` on the directory itself, not
+    waiting); raise :class:`FolderInUseError` when another process holds it. Nothing is written into
+    the folder, and the kernel releases the lock when its process dies, so a killed process never
+    leaves it held. Not re-entrant; where ``fcntl`` is missing (Windows) it does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUseError(f"{folder} is held by another process") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def save_directory_atomically(target: Path | str, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` to fill a fresh temporary folder, then swap it in as ``target``.
 
@@ -341,4 +369,43 @@ def file_problem(path: Path | str) -> str | None:
         return torch_archive_problem(path)
     if suffix == ".json":
         return json_problem(path)
+    return None
+
+
+# --- a folder that carries the sizes and hashes of its own files ---------------------------------
+
+FOLDER_MANIFEST = "files.sha256.json"  # written last into a folder; lists every other file's size and hash
+
+
+def write_folder_manifest(folder: Path | str) -> Path:
+    """Write ``files.sha256.json`` into ``folder``: the size and SHA-256 of every other file below it
+    (:func:`describe_files`). :func:`folder_manifest_problem` checks the folder against it later, so
+    a file damaged, cut off or replaced after it was written is found by its content."""
+    folder = Path(folder)
+    files = {name: info for name, info in describe_files(folder).items() if name != FOLDER_MANIFEST}
+    return write_json(folder / FOLDER_MANIFEST, {"files": files})
+
+
+def folder_manifest_problem(folder: Path | str, require: bool = False) -> str | None:
+    """Return what differs between ``folder`` and its ``files.sha256.json`` (a file missing, cut off,
+    grown or changed since it was written, the manifest unreadable), or None when every file is as
+    written. A folder without a manifest passes, unless ``require``."""
+    folder = Path(folder)
+    manifest = folder / FOLDER_MANIFEST
+    if not manifest.is_file():
+        return f"it has no {FOLDER_MANIFEST} (its save did not finish)" if require else None
+    try:
+        files = read_json(manifest)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its {FOLDER_MANIFEST} is unreadable ({err})"
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            how = "cut off" if size < info["bytes"] else "longer than written"
+            return f"{name} is {how}: {size} bytes, {info['bytes']} when it was written"
+        if file_sha256(path) != info["sha256"]:
+            return f"{name} has changed since it was written (its SHA-256 differs)"
     return None

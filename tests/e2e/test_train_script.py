@@ -108,17 +108,17 @@ def kill_after_first_checkpoint(launcher: list[str], root: Path, env: dict, name
     """Start a run, SIGKILL all its processes as soon as checkpoint-2 is seen complete, and return
     the last complete checkpoint left behind (what a relaunch must resume from; on a loaded machine the
     run may have reached checkpoint-4 by the time the kill lands)."""
-    from helpers.checkpoints import last_complete_checkpoint
+    from helpers.checkpoints import checkpoint_problem, last_complete_checkpoint
 
     out = root / name
-    state = out / "checkpoints" / f"checkpoint-{SAVE_EVERY}" / "trainer_state.json"
+    first = out / "checkpoints" / f"checkpoint-{SAVE_EVERY}"
     proc = subprocess.Popen(command(launcher, out), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 400
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads(state.read_text()).get("global_step") == SAVE_EVERY:
+            try:  # complete: transformers' files, then the trainable set, file record and run.json
+                if first.is_dir() and checkpoint_problem(first) is None:
                     break
             except (OSError, ValueError):
                 pass
@@ -208,3 +208,21 @@ def test_four_gloo_processes_stay_in_sync(run_env):
     assert result["sync_check"] == "passed" and [s["ranks"] for s in result["sync"]] == [4, 4, 4]
     assert result["sync"][1]["sha256"] != result["sync"][0]["sha256"]  # step 2 moved the weights, alike everywhere
     assert result["tokens_trained"] == 3 * 4 * 64  # the tokens of all four ranks
+
+
+def test_killed_while_saving_the_adapter_saves_from_the_finished_checkpoint(uninterrupted, run_env):
+    """Issue 31 case 14: killed during the final adapter save (so no adapter/ and no result.json, the
+    save being atomic), the relaunch trained all steps again instead of saving from the last checkpoint."""
+    import shutil
+
+    reference, _ = uninterrupted
+    root, env = run_env
+    shutil.copytree(root / "uninterrupted" / "checkpoints", root / "killed_saving" / "checkpoints")
+    result, log = run_script([sys.executable], root, env, "killed_saving",
+                             "--baseline-result", str(root / "uninterrupted" / "RESULT.json"))
+    assert f"checkpoint-{STEPS} ends this run (step {STEPS} of {STEPS})" in log
+    # no step was timed, so there is nothing to compare (it used to end in a TypeError, result unwritten)
+    assert result["baseline_comparison"].startswith("not made: no optimizer step was timed")
+    assert result["loaded_from"].endswith(f"checkpoint-{STEPS}") and result["steps"] == STEPS
+    assert result["losses"] == reference["losses"] and result["embeddings_check"] == "passed"
+    assert (root / "killed_saving" / "adapter" / "adapter_config.json").is_file()

@@ -218,10 +218,13 @@ def test_every_profile_is_consistent():
 # --- CPT_MODEL: your own model ------------------------------------------------------------------
 
 
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a whole safetensors file holding no tensors
+
+
 def _weights_folder(folder):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}", encoding="utf-8")
-    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "model.safetensors").write_bytes(EMPTY_SAFETENSORS)
     return folder
 
 
@@ -295,7 +298,7 @@ def test_sharded_weights_count_as_weights(isolated_root):
     folder = isolated_root / "sharded"
     folder.mkdir()
     (folder / "config.json").write_text("{}", encoding="utf-8")
-    (folder / "model-00001-of-00002.safetensors").write_bytes(b"")
+    (folder / "model-00001-of-00002.safetensors").write_bytes(EMPTY_SAFETENSORS)
     profiles.check_model_folder(folder)  # no error
 
 
