@@ -408,7 +408,6 @@ assert abs(extrapolation_limit(theta) - trained) / trained < 0.1  # the formula 
 import copy
 
 import torch
-
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 config = copy.deepcopy(model.config)  # the real model's config (the stand-in is set later)
