@@ -73,6 +73,18 @@ def tokenizer(torch_one_thread):
     return AutoTokenizer.from_pretrained(str(LOCAL_TOKENIZER))
 
 
+def load_train_script():
+    """Import scripts/train_cpt.py as a module and return it (it imports only helpers.profiles at the top)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("train_cpt", REPO_ROOT / "scripts" / "train_cpt.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_tiny_llama(vocab_size: int, tied: bool = False, seed: int = 0, pad_token_id: int | None = 0):
     """Return a tiny random LlamaForCausalLM (hidden 32, 2 layers) in eval mode."""
     import torch

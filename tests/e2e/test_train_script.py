@@ -10,7 +10,6 @@ two gloo processes under ``torchrun``; four gloo processes must keep their weigh
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -21,21 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_train_script as load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "train_cpt.py"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 STEPS, SAVE_EVERY = 6, 2  # checkpoints at steps 2, 4 and 6
 RUN = ["--tiny", "--check-sync", "--max-steps", str(STEPS), "--save-steps", str(SAVE_EVERY), "--eval-stories", "0"]
-
-
-def load_script():
-    """Import scripts/train_cpt.py as a module (it imports only helpers.profiles at the top)."""
-    spec = importlib.util.spec_from_file_location("train_cpt", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("flags", "message"), [

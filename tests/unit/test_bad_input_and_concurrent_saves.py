@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from conftest import load_train_script
 
 from helpers.support.files import save_directory_atomically
 
@@ -83,22 +84,12 @@ def test_case13_concurrent_save_outputs_never_fail(tmp_path, monkeypatch):
 
 
 
-def _train_script():
-    """Import scripts/train_cpt.py as a module (it imports only helpers.profiles at the top)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("train_cpt", Path(__file__).resolve().parents[2] / "scripts" / "train_cpt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_case12_runs_into_one_output_dir_keep_every_finished_adapter_and_result(tmp_path):
     """Three train_cpt.py runs into one --output-dir: the first run's adapter and result.json were
     overwritten. Each run now moves the finished run it finds into earlier-runs/ before writing."""
-    script = _train_script()
+    script = load_train_script()
     out = tmp_path / "train_cpt"
     for run in ("first", "second", "third"):
         script.keep_finished_run(out)
@@ -279,7 +270,7 @@ def test_extra_mistyped_paths_are_refused_before_training(tmp_path, flags, messa
     """Own cases (mistyped paths): a --output-dir that is a file, a missing or broken
     --baseline-result, a --result-json that is a folder all failed only after the whole run had
     trained, with a raw error, and the run's result was lost."""
-    script = _train_script()
+    script = load_train_script()
     (tmp_path / "a_file").write_text("not json {")
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
     with pytest.raises(SystemExit, match=message):

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import load_train_script
 
 from helpers.profiles import CPU_SMOLLM2
 
@@ -272,21 +273,12 @@ def test_class_a_saved_adapter_changed_after_saving_is_refused_by_name(word_toke
 # --- case 15: --tiny and the environment; a 1-step run --------------------------------------------
 
 
-def _train_script():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("train_cpt", Path(__file__).resolve().parents[2] / "scripts" / "train_cpt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_case15_tiny_honours_the_text_folder_model_and_packing_switches(tmp_path, monkeypatch):
     """--tiny ignored CPT_TEXT_DIR, CPT_MODEL and an invalid CPT_PACKING and trained the shipped sample
     on the random Llama, printing the sample as its data."""
-    script = _train_script()
+    script = load_train_script()
     texts = tmp_path / "my_texts"
     texts.mkdir()
     (texts / "a.txt").write_text("My own text.\n")
@@ -455,7 +447,7 @@ def test_case17_a_long_document_is_tokenized_in_pieces_to_the_same_rows(tokenize
 def test_own_a_baseline_result_that_is_not_a_run_result_is_refused_before_training(tmp_path):
     """--baseline-result naming another JSON file (adapter_config.json, a notebook's output) failed
     only after the run, with a KeyError in the comparison, and the run's result.json was not written."""
-    script = _train_script()
+    script = load_train_script()
     other = tmp_path / "adapter_config.json"
     other.write_text(json.dumps({"r": 16, "lora_alpha": 32}))
     with pytest.raises(SystemExit, match=r"--baseline-result .*adapter_config.json: not the result.json of a "
@@ -465,7 +457,7 @@ def test_own_a_baseline_result_that_is_not_a_run_result_is_refused_before_traini
 
 def test_own_a_result_json_inside_a_file_is_refused_before_training(tmp_path):
     """--result-json whose folder is a file failed only when the result was written, after the run."""
-    script = _train_script()
+    script = load_train_script()
     (tmp_path / "notes").write_text("a file")
     with pytest.raises(SystemExit, match=r"--result-json .*notes/r.json: .*notes is a file, not a folder"):
         script.main(["--tiny", "--result-json", str(tmp_path / "notes" / "r.json")])
@@ -474,7 +466,7 @@ def test_own_a_result_json_inside_a_file_is_refused_before_training(tmp_path):
 def test_own_two_runs_into_one_output_dir_at_once_are_refused(tmp_path):
     """Two train_cpt.py runs started into one --output-dir at the same time wrote their checkpoints,
     adapter and result into the same folders, mixing the two runs."""
-    script = _train_script()
+    script = load_train_script()
     out = tmp_path / "train_cpt"
     held = script.lock_output_dir(out)
     try:
@@ -493,7 +485,7 @@ def test_own_a_full_disk_at_the_result_keeps_the_result_in_the_log(tmp_path, mon
 
     from helpers.support import files
 
-    script = _train_script()
+    script = load_train_script()
 
     def full(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -525,7 +517,7 @@ def test_own_a_big_text_on_one_line_is_tokenized_in_pieces_too(tokenizer, monkey
 def test_own_killed_while_keeping_an_earlier_run_keeps_its_adapter_and_result_together(tmp_path, monkeypatch):
     """Killed between moving the earlier run's adapter and its result.json into earlier-runs/, the next
     run kept the result.json in a second folder, apart from its adapter."""
-    script = _train_script()
+    script = load_train_script()
     out = tmp_path / "train_cpt"
     (out / "adapter").mkdir(parents=True)
     (out / "adapter" / "adapter_model.safetensors").write_text("first")
@@ -555,7 +547,7 @@ def test_own_killed_while_keeping_an_earlier_run_keeps_its_adapter_and_result_to
 def test_own_a_mistyped_cpt_switch_stops_train_cpt_with_one_line(monkeypatch, tmp_path, variable, value, message):
     """A mistyped CPT_PROFILE / CPT_EMBEDDING_DTYPE ended train_cpt.py in a raw KeyError / ValueError
     traceback."""
-    script = _train_script()
+    script = load_train_script()
     if variable == "CPT_SPLIT_ON_BLANK_LINES":
         (tmp_path / "texts").mkdir()
         monkeypatch.setenv("CPT_TEXT_DIR", str(tmp_path / "texts"))
@@ -614,7 +606,7 @@ def test_own_a_full_disk_while_recording_a_checkpoint_removes_it_and_keeps_the_o
 
 def test_own_a_tilde_in_a_path_switch_means_the_home_folder():
     """`--output-dir=~/runs/a` (no shell expands a ~ after "=") created a folder named "~" in the project."""
-    script = _train_script()
+    script = load_train_script()
     args = script.parse_args(["--tiny", "--output-dir=~/runs/a", "--result-json=~/r.json"])
     assert args.output_dir == Path.home() / "runs" / "a" and args.result_json == Path.home() / "r.json"
 
@@ -685,7 +677,7 @@ def test_own_a_full_disk_at_the_final_adapter_save_keeps_the_measurements_and_sa
     from helpers import checkpoints
     from helpers.errors import explain_disk_full
 
-    script = _train_script()
+    script = load_train_script()
     out = tmp_path / "train_cpt"
     (out / "adapter").mkdir(parents=True)
     (out / "result.json").write_text(json.dumps({"run": "earlier"}))
