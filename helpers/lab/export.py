@@ -40,6 +40,8 @@ from pathlib import Path
 # GGUF architecture for each transformers class this exporter handles (Mistral is a Llama in GGUF).
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
+# (weights per block, bytes per block) of each type, as gguf.GGML_QUANT_SIZES has them
+BLOCK_BYTES = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18)}
 
 
 class ExportError(ValueError):
@@ -388,12 +390,10 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
             data = interleave_rotary_halves(data, n_head)
         elif arch == "llama" and hf_name.endswith("k_proj.weight"):
             data = interleave_rotary_halves(data, n_kv)
-        block = gguf.GGML_QUANT_SIZES[qtype][0]
-        if data.ndim == 1 or quantization == "F32":
+        stored = stored_type(data.shape, quantization)
+        if stored == "F32":
             writer.add_tensor(gguf_name, data.astype(np.float32))
-        elif quantization == "F16":
-            writer.add_tensor(gguf_name, data.astype(np.float16))
-        elif data.shape[-1] % block:  # rows that do not split into whole blocks stay 16-bit
+        elif stored == "F16":
             writer.add_tensor(gguf_name, data.astype(np.float16))
         else:
             writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
@@ -405,30 +405,35 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     return path
 
 
+def stored_type(shape, quantization: str) -> str:
+    """Return the type :func:`export_gguf` stores a tensor of ``shape`` in for ``quantization``: 1-D
+    tensors (norms) stay F32, as llama.cpp keeps them; a matrix whose rows do not split into whole
+    blocks of the type stays F16; everything else takes ``quantization``."""
+    if len(shape) == 1 or quantization == "F32":
+        return "F32"
+    if shape[-1] % BLOCK_BYTES[quantization][0]:
+        return "F16"
+    return quantization
+
+
 def gguf_tensor_bytes(model, quantization: str) -> int:
     """Return how many bytes :func:`export_gguf` writes for ``model``'s tensors in ``quantization``
     (one of :data:`EXPORT_TYPES`), computed from the shapes alone, without writing anything.
 
-    The same rules as the export: 1-D tensors (norms) stay F32; a tied ``lm_head`` is not written;
-    in Q8_0 / Q4_0 a matrix whose rows split into whole blocks of 32 takes 34 / 18 bytes per block
-    (the values plus one fp16 scale), any other stays F16. The file adds its settings, its tokenizer
-    and alignment padding on top (a few MB for a vocabulary of 50,000).
+    The same rules as the export (:func:`stored_type`; a tied ``lm_head`` is not written), with each
+    type's bytes per block (:data:`BLOCK_BYTES`; Q8_0 / Q4_0: the 32 values plus one fp16 scale). The
+    file adds its settings, its tokenizer and alignment padding on top (a few MB for a vocabulary of
+    50,000).
     """
     if quantization not in EXPORT_TYPES:
         raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    per_block = {"Q8_0": 34, "Q4_0": 18}  # bytes per block of 32 weights (GGML_QUANT_SIZES)
     total = 0
     for name, tensor in model.state_dict().items():
         if tied and name == "lm_head.weight":
             continue
-        count = tensor.numel()
-        if tensor.dim() == 1 or quantization == "F32":
-            total += 4 * count
-        elif quantization in ("F16", "BF16") or tensor.shape[-1] % 32:
-            total += 2 * count
-        else:
-            total += count // 32 * per_block[quantization]
+        weights, nbytes = BLOCK_BYTES[stored_type(tuple(tensor.shape), quantization)]
+        total += tensor.numel() // weights * nbytes
     return total
 
 

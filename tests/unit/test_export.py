@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers.lab.export import (
+    BLOCK_BYTES,
     EXPORT_TYPES,
     ExportError,
     export_gguf,
@@ -89,6 +90,13 @@ def test_quantized_types_are_close_and_smaller(tmp_path, small_bpe, tiny_llama_f
     assert all(header > 0 for header in headers.values())
     with pytest.raises(ExportError, match="choose one of"):
         gguf_tensor_bytes(model, "Q5_K")
+
+
+def test_block_sizes_are_ggufs():
+    import gguf
+
+    for qtype in EXPORT_TYPES:
+        assert BLOCK_BYTES[qtype] == tuple(gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, qtype)])
 
 
 def test_qwen2_with_biases_round_trips(tmp_path, small_bpe):
