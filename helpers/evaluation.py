@@ -17,13 +17,14 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     """Return the token-weighted perplexity of ``model`` over ``texts``.
 
     Each text is tokenized (no special tokens added, so the number does not depend on a BOS
-    convention), cut to ``max_tokens``, and scored in batches; padding is excluded from the average.
+    convention), cut to ``max_tokens``, and scored in batches of texts of similar length (sorted by
+    length, so that little compute goes to padding); padding is excluded from the average.
     Raises ``ValueError`` when no text yields at least two tokens.
     """
     import torch  # deferred: heavy
 
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
-    encoded = [ids for ids in encoded if len(ids) >= 2]
+    encoded = sorted((ids for ids in encoded if len(ids) >= 2), key=len)  # similar lengths share a batch
     if not encoded:
         raise ValueError("perplexity needs at least one text of two or more tokens")
     device = input_device(model)
@@ -42,10 +43,8 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 mask[row, : len(ids)] = 1
             input_ids, mask = input_ids.to(device), mask.to(device)
-            logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
-            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = input_ids[:, 1:]
-            nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
             keep = mask[:, 1:].bool()
             total_nll += nll[keep].sum().item()
             total_tokens += int(keep.sum().item())

@@ -37,6 +37,8 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from ..support.gguf import gguf_parsed_once
+
 # GGUF architecture for each transformers class this exporter handles (Mistral is a Llama in GGUF).
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 EXPORT_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0")
@@ -446,9 +448,10 @@ def load_gguf(path: Path | str, dtype=None, device=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
     path = Path(path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=dtype or torch.float32)
+    with gguf_parsed_once():  # one parse of the file for the tokenizer, the config and the weights
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=dtype or torch.float32)
     if device is not None:
         model = model.to(device)
     return model.eval(), tokenizer

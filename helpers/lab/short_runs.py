@@ -65,6 +65,19 @@ def sweep_profile(profile: Profile, learning_rate: float | None = None, lora_r: 
     return profile.replace(**changes)
 
 
+def untrained_copy(profile: Profile, model, tokenizer):
+    """Return the ``model_and_tokenizer`` argument of :func:`short_run` for one more run from the same
+    untrained model: on the transformers branch ``(copy of model, tokenizer)``, a copy in memory (a
+    tenth of a second for SmolLM2, against seconds to load it again; ``model`` itself stays untrained);
+    on the unsloth branch ``None``, so that :func:`short_run` loads a fresh model (a 4-bit model
+    cannot be copied)."""
+    import copy  # deferred: only here
+
+    if profile.uses_unsloth:
+        return None
+    return copy.deepcopy(model), tokenizer
+
+
 @dataclass
 class RunResult:
     """What one short run measured."""

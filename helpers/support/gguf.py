@@ -5,10 +5,13 @@ that :func:`helpers.modeling.load_model_and_tokenizer` loads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .files import file_sha256, read_json, safetensors_problem, save_directory_atomically, write_json
@@ -57,6 +60,38 @@ class UnreadableGGUFError(ValueError):
 
 # Tensor storage types transformers can dequantize (through gguf's numpy code): F32, F16, and every
 # type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
+@contextmanager
+def gguf_parsed_once() -> Iterator[None]:
+    """Within this block, parse each GGUF file once and build each of gguf's tensor-name tables once.
+
+    Loading a GGUF with transformers parses the whole file anew for the tokenizer, for the config and
+    twice for the weights (2.5 s each for SmolLM2's 49,152-token vocabulary on 2 CPU cores), and builds
+    gguf's ``TensorNameMap`` again for every module of the model (397 times, 5 s). Both are pure
+    functions of their arguments, and transformers imports them from the ``gguf`` module when it uses
+    them, so the block swaps in cached versions of ``gguf.GGUFReader`` (read-only mode only) and
+    ``gguf.get_tensor_name_map``, and restores the originals on exit. What is loaded is unchanged
+    (a test compares it with a load outside the block). Yields nothing.
+    """
+    import gguf  # deferred: optional
+
+    real_reader, real_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[str, object] = {}
+
+    def reader(path, mode="r"):
+        if mode != "r":
+            return real_reader(path, mode)
+        key = str(Path(path).resolve())
+        if key not in readers:
+            readers[key] = real_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(real_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
+
+
 def gguf_readable_types() -> set[str]:
     """Return the names of the GGUF tensor types transformers can read (e.g. ``{"F32", "Q8_0", ...}``)."""
     from gguf.quants import _type_traits  # deferred: optional
@@ -151,15 +186,16 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | No
     import torch  # deferred: heavy
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # deferred: heavy
 
-    check_gguf_readable(gguf_path)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = spm_bpe_tokenizer_from_gguf(gguf_path) or AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with gguf_parsed_once():
+        check_gguf_readable(gguf_path)
+        tokenizer = spm_bpe_tokenizer_from_gguf(gguf_path) or AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     if special_tokens:
         tokenizer.add_special_tokens(dict(special_tokens))
     tokenizer.clean_up_tokenization_spaces = False  # BPE tokenizers must keep spaces before punctuation
-    config = AutoConfig.from_pretrained(folder, gguf_file=name)
     tokenizer.model_max_length = model_max_length or config.max_position_embeddings  # the reader leaves it unset
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
 
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights we save are plain float32, not GGUF blocks

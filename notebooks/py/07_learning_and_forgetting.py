@@ -334,17 +334,18 @@ for row in before["rows"][:3]:
 # recipe's cosine schedule.
 
 # %%
-from helpers.lab.short_runs import short_run, sweep_profile
+from helpers.lab.short_runs import short_run, sweep_profile, untrained_copy
 
 STEPS = 20
 lora_profile = sweep_profile(small, learning_rate=1e-3, max_steps=STEPS, batch_size=4)
 full_profile = sweep_profile(small, learning_rate=5e-5, max_steps=STEPS, batch_size=4)
 arms = {}
 lora_run, lora_model, _ = short_run(lora_profile, train_rows, label="LoRA r=16 + embeddings",
-                                    model_and_tokenizer=(base_model, tokenizer))
+                                    model_and_tokenizer=untrained_copy(small, base_model, tokenizer))
 arms["LoRA"] = (lora_run, recall(lora_model, tokenizer, FACTS))
-del lora_model, base_model
-full_run, full_model, _ = short_run(full_profile, train_rows, label="full fine-tuning", full_finetune=True)
+del lora_model
+full_run, full_model, _ = short_run(full_profile, train_rows, label="full fine-tuning", full_finetune=True,
+                                    model_and_tokenizer=(base_model, tokenizer))  # the untrained model itself
 arms["full"] = (full_run, recall(full_model, tokenizer, FACTS))
 for name, (run, scores) in arms.items():
     print(f"{name:>4}: {run.trainable_parameters / 1e6:6.1f} M trainable, loss {run.losses[0]:.2f} -> {run.losses[-1]:.2f}, "

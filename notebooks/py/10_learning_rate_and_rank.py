@@ -55,7 +55,7 @@ from datasets import load_from_disk
 
 from helpers.artifacts import require
 from helpers.data import load_raw_dataset
-from helpers.lab.short_runs import short_run, sweep_profile
+from helpers.lab.short_runs import short_run, sweep_profile, untrained_copy
 from helpers.profiles import weights_are_random
 
 train_rows = load_from_disk(str(require("dataset")))
@@ -85,9 +85,9 @@ print(f"held-out perplexity of the untrained model: {ppl_base:.2f}")
 # %%
 learning_rates = [5e-5, 2e-4, 5e-4, 2e-3]
 lr_runs = []
-for index, lr in enumerate(learning_rates):
+for lr in learning_rates:
     run_profile = sweep_profile(profile, learning_rate=lr, max_steps=STEPS, batch_size=ROWS)
-    given = (base_model, tokenizer) if index == 0 else None  # the first run reuses the model loaded above
+    given = untrained_copy(profile, base_model, tokenizer)  # every run starts from the untrained model
     result, _, _ = short_run(run_profile, train_rows, eval_texts, eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=given,
                              text_dataset=text_rows)
     lr_runs.append(result)
@@ -148,13 +148,16 @@ if not random_weights:
 # reports held-out perplexity, its trainable parameters, and memory: the bytes of Adam's state,
 # measured from the optimizer (two fp32 numbers per trainable parameter), and on a GPU the peak
 # reserved memory of the run and its share used by training (peak minus start, the walkthrough's
-# way). A fresh model is loaded for each rank.
+# way). Every run, here and in the sweep above, starts from the same untrained model: a copy of the
+# one loaded above (`helpers.lab.short_runs.untrained_copy`; on the unsloth branch a fresh load, since
+# a 4-bit model cannot be copied).
 
 # %%
 rank_runs = []
 for rank in (8, 32, 128):
     result, _, _ = short_run(sweep_profile(profile, lora_r=rank, max_steps=STEPS, batch_size=ROWS), train_rows, eval_texts,
-                             eval_max_tokens=EVAL_TOKENS, text_dataset=text_rows)
+                             eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=untrained_copy(profile, base_model, tokenizer),
+                             text_dataset=text_rows)
     rank_runs.append(result)
     gpu = (f", peak reserved {result.peak_reserved_gib:.2f} GiB, for training {result.training_gib:.2f} GiB"
            if result.peak_reserved_gib is not None else "")

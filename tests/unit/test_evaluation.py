@@ -124,3 +124,17 @@ def test_progress_bar_can_be_shown(model, word_tokenizer, capsys):
     value = perplexity(model, word_tokenizer, TEXTS[:2], progress=True)
     assert math.isfinite(value) and value > 1
     assert "Perplexity" in capsys.readouterr().err
+
+
+def test_texts_of_similar_length_share_a_batch(model, word_tokenizer):
+    """Scored sorted by length, a batch of 2 pads each text at most to its neighbour's length."""
+    widths = []
+    handle = model.register_forward_pre_hook(lambda _, args, kwargs: widths.append(kwargs["input_ids"].shape),
+                                             with_kwargs=True)
+    try:
+        perplexity(model, word_tokenizer, TEXTS, batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    lengths = sorted(len(word_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS)
+    expected = [(len(lengths[i:i + 2]), max(lengths[i:i + 2])) for i in range(0, len(lengths), 2)]
+    assert [tuple(shape) for shape in widths] == expected

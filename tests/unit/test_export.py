@@ -168,3 +168,30 @@ def test_export_problem_names_what_the_exporter_cannot_write(small_bpe, tiny_lla
     problem = export_problem(gemma, tokenizer)
     assert "Gemma3ForCausalLM" in problem and "convert_hf_to_gguf.py" in problem
     assert "byte-level BPE" in export_problem(tiny_llama_factory(len(tokenizer)), build_word_tokenizer(eos_token="<eos>"))
+
+
+def test_gguf_parsed_once_parses_the_file_once_and_loads_the_same(tmp_path, small_bpe, tiny_llama_factory,
+                                                                   monkeypatch):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = tiny_llama_factory(len(small_bpe))
+    path = export_gguf(model, small_bpe, tmp_path / "tiny.gguf", "F32", tokenizer_pre="smollm")
+    parsed = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, *args, **kwargs):
+            parsed.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    once, once_tokenizer = load_gguf(path)  # tokenizer, config and weights inside gguf_parsed_once
+    assert len(parsed) == 1
+    assert gguf.GGUFReader is CountingReader  # put back on leaving the block
+    parsed.clear()
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name)  # outside: parses again
+    plain_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert len(parsed) >= 3
+    assert once_tokenizer(TEXT)["input_ids"] == plain_tokenizer(TEXT)["input_ids"]
+    plain_state = plain.state_dict()
+    assert all((tensor == plain_state[name]).all() for name, tensor in once.state_dict().items())
