@@ -102,6 +102,10 @@ class Profile:
     warmup_ratio: float = 0.1
     optim: str = "adamw_8bit"
     weight_decay: float = 0.0
+    # On a CPU: train in bf16 mixed precision (autocast; weights, updates and Adam's state stay fp32),
+    # as the walkthrough does on a bf16 GPU, when the CPU computes bf16 in hardware
+    # (helpers.training.cpu_computes_bf16); otherwise, or when False, in fp32.
+    cpu_bf16: bool = True
     seed: int = 3407
     logging_steps: int = 1
     # Rows per device x accumulation steps to use when CPT_PACKING switches the batching: packed rows of

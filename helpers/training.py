@@ -407,6 +407,17 @@ def embedding_lr_trainer_class():
             self.embedding_learning_rate = embedding_learning_rate
             super().__init__(*args, **kwargs)
 
+        def train(self, *args, **kwargs):
+            """``Trainer.train``, after which the model computes as before: with mixed precision,
+            accelerate wraps ``model.forward`` in autocast for training and leaves it wrapped, so a
+            perplexity measured afterwards in the same process would be computed in bf16."""
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                from accelerate.utils import extract_model_from_parallel  # deferred: heavy
+
+                extract_model_from_parallel(self.model, keep_fp32_wrapper=False)  # restores model.forward
+
         def create_optimizer(self, model=None):
             if self.embedding_learning_rate is None or self.optimizer is not None:
                 return super().create_optimizer(model)
@@ -438,13 +449,30 @@ def fit_warmup(profile: Profile) -> Profile:
     return profile
 
 
-def training_arguments(profile: Profile, output_dir: str, **overrides):
-    """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
-    branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields."""
+def cpu_computes_bf16() -> bool:
+    """Return True when this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where torch's
+    bf16 matrix products run about twice as fast as fp32 ones; False otherwise (bf16 would be emulated
+    there, and slower than fp32). torch's probes for it have private names, so a missing one reads False."""
     import torch  # deferred: heavy
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    fp16 = torch.cuda.is_available() and not bf16
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_arguments(profile: Profile, output_dir: str, **overrides):
+    """Return the training arguments of the profile: ``UnslothTrainingArguments`` on the unsloth
+    branch, ``transformers.TrainingArguments`` otherwise. ``overrides`` replace single fields.
+    Mixed precision: bf16 on a GPU that has it, else fp16; on a CPU bf16 when the profile allows it
+    (``cpu_bf16``) and the CPU computes bf16 in hardware (:func:`cpu_computes_bf16`), else fp32."""
+    import torch  # deferred: heavy
+
+    if profile.device == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:  # the weights, their updates and Adam's state stay fp32; autocast computes in bf16
+        bf16 = profile.cpu_bf16 and cpu_computes_bf16()
+    fp16 = profile.device == "cuda" and torch.cuda.is_available() and not bf16
     kwargs = dict(
         output_dir=output_dir,
         per_device_train_batch_size=profile.per_device_train_batch_size,
@@ -460,8 +488,8 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
         seed=profile.seed,
         data_seed=profile.seed,
         logging_steps=profile.logging_steps,
-        bf16=bf16 and profile.device == "cuda",
-        fp16=fp16 and profile.device == "cuda",
+        bf16=bf16,
+        fp16=fp16,
         use_cpu=profile.device == "cpu",
         report_to="none",
         save_strategy="no",

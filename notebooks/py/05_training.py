@@ -148,16 +148,29 @@ print(inspect.getsource(embedding_param_groups))
 # `save_total_limit` make the run resumable (the aside under "Train" explains them). On the CPU the
 # plain twin takes the same settings: `transformers.TrainingArguments` without the embedding learning
 # rate, which `EmbeddingLRTrainer` takes instead, and the causal-language-modelling collator.
+#
+# **Mixed precision on the CPU.** The walkthrough passes `bf16 = is_bf16_supported()`: on its GPU the
+# matrix products run in bf16 while the trainable weights, their updates and Adam's state stay fp32.
+# The CPU twin does the same when the processor computes bf16 in hardware (recent server chips, with
+# AVX512-BF16 or AMX; `helpers.training.cpu_computes_bf16` asks torch), and trains in fp32 elsewhere,
+# where bf16 would only be emulated. Measured on this series' 2-core machine, with this very run and
+# three seeds: bf16 training took 1.4 times less time (51 s against 72 s), and the held-out perplexity
+# afterwards was 0.1% to 0.4% higher than after fp32 training (6.256 against 6.241 on average), a
+# small price beside what the training itself takes off (notebook 06).
 # `helpers.training.build_trainer`, which later notebooks call, holds this same code.
 
 # %%
 import torch
 
 from helpers.checkpoints import checkpoint_settings, record_checkpoints
+from helpers.training import cpu_computes_bf16
 
 checkpoints = checkpoint_settings(profile, train_dataset, text_dataset)  # not in the walkthrough: see "Train"
-bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # walkthrough: is_bf16_supported()
-fp16 = torch.cuda.is_available() and not bf16
+if profile.device == "cuda":
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # walkthrough: is_bf16_supported()
+else:  # not in the walkthrough: bf16 autocast on a CPU that computes bf16 in hardware (see below)
+    bf16 = profile.cpu_bf16 and cpu_computes_bf16()
+fp16 = profile.device == "cuda" and torch.cuda.is_available() and not bf16
 settings = dict(
     per_device_train_batch_size=profile.per_device_train_batch_size,  # walkthrough: 2 (padded stories)
     gradient_accumulation_steps=profile.gradient_accumulation_steps,  # walkthrough: 8; packed rows: 1
@@ -171,8 +184,8 @@ settings = dict(
     seed=profile.seed,  # 3407
     data_seed=profile.seed,  # not in the walkthrough: the batches' order follows the same seed
     logging_steps=profile.logging_steps,  # 1
-    bf16=bf16 and profile.device == "cuda",
-    fp16=fp16 and profile.device == "cuda",
+    bf16=bf16,  # mixed precision: compute in bf16, keep the weights and their updates in fp32
+    fp16=fp16,
     use_cpu=profile.device == "cpu",
     report_to="none",  # "none"
     dataloader_num_workers=0,

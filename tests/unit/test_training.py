@@ -233,7 +233,7 @@ def test_untied_model_gets_two_embedding_tensors_through_add_lora(tiny_llama_fac
 
 
 def test_training_arguments_follow_the_profile(tmp_path):
-    from helpers.training import training_arguments
+    from helpers.training import cpu_computes_bf16, training_arguments
 
     args = training_arguments(CPU_SMOLLM2, str(tmp_path / "out"), logging_steps=5)
     assert args.learning_rate == CPU_SMOLLM2.learning_rate
@@ -246,7 +246,9 @@ def test_training_arguments_follow_the_profile(tmp_path):
     assert getattr(args.optim, "value", args.optim) == "adamw_torch"
     assert args.seed == args.data_seed == CPU_SMOLLM2.seed
     assert args.use_cpu is True
-    assert args.bf16 is False and args.fp16 is False
+    assert args.fp16 is False
+    assert args.bf16 is cpu_computes_bf16()  # bf16 autocast where the CPU computes bf16 in hardware
+    assert training_arguments(CPU_SMOLLM2.replace(cpu_bf16=False), str(tmp_path / "out")).bf16 is False
     assert args.logging_steps == 5  # overrides win
     assert args.report_to in ([], "none", ["none"])  # no wandb / tensorboard
     assert args.save_strategy == "no" or getattr(args.save_strategy, "value", None) == "no"
@@ -444,3 +446,37 @@ def test_use_torch_varlen_without_unsloth_says_why_nothing_changed(monkeypatch):
     monkeypatch.delitem(sys.modules, "unsloth.utils.attention_dispatch", raising=False)
     route = use_torch_varlen()
     assert "not enabled" in route and "unsloth" in route
+
+
+def test_cpu_computes_bf16_reads_false_when_torch_cannot_tell(monkeypatch):
+    import torch
+
+    from helpers.training import cpu_computes_bf16
+
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert cpu_computes_bf16() is False
+
+
+def test_after_bf16_training_the_model_computes_in_fp32_again(tiny_llama_factory, word_tokenizer, tmp_path):
+    """accelerate wraps model.forward in autocast for mixed precision and leaves it wrapped; the
+    trainer puts the model's own forward back, so a perplexity measured afterwards is fp32."""
+    import torch
+    from datasets import Dataset
+
+    from helpers.training import build_trainer
+
+    profile = CPU_SMOLLM2.replace(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1)
+    model = add_lora(tiny_llama_factory(len(word_tokenizer)), profile)
+    ids = torch.randint(3, len(word_tokenizer), (4, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    trainer = build_trainer(profile, model, word_tokenizer, Dataset.from_dict({"input_ids": ids}),
+                            output_dir=str(tmp_path / "run"), bf16=True)
+    assert trainer.args.bf16 is True
+    trainer.train()
+    assert "_original_forward" not in model.__dict__
+    captured = []
+    layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+    handle = layer.register_forward_hook(lambda _, __, out: captured.append(out.dtype))
+    with torch.no_grad():
+        model(input_ids=torch.tensor(ids[:1]))
+    handle.remove()
+    assert captured == [torch.float32]
