@@ -330,7 +330,6 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     or tokenizer this exporter does not handle, or an unknown type.
     """
     import gguf  # deferred: optional
-    import numpy as np  # deferred: heavy
     import torch  # deferred: heavy
 
     if quantization not in EXPORT_TYPES:
@@ -380,7 +379,6 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
 
     arch_enum = {value: key for key, value in gguf.MODEL_ARCH_NAMES.items()}[arch]
     names = gguf.get_tensor_name_map(arch_enum, config.num_hidden_layers)
-    qtype = getattr(gguf.GGMLQuantizationType, quantization)
     for hf_name, tensor in model.state_dict().items():
         if tied and hf_name == "lm_head.weight":
             continue  # one shared matrix; llama.cpp uses token_embd when there is no output.weight
@@ -392,13 +390,11 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
             data = interleave_rotary_halves(data, n_head)
         elif arch == "llama" and hf_name.endswith("k_proj.weight"):
             data = interleave_rotary_halves(data, n_kv)
-        stored = stored_type(data.shape, quantization)
-        if stored == "F32":
-            writer.add_tensor(gguf_name, data.astype(np.float32))
-        elif stored == "F16":
-            writer.add_tensor(gguf_name, data.astype(np.float16))
+        encoded, raw_dtype = _encode(data, quantization)
+        if raw_dtype is None:
+            writer.add_tensor(gguf_name, encoded)
         else:
-            writer.add_tensor(gguf_name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+            writer.add_tensor(gguf_name, encoded, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -416,6 +412,47 @@ def stored_type(shape, quantization: str) -> str:
     if shape[-1] % BLOCK_BYTES[quantization][0]:
         return "F16"
     return quantization
+
+
+def _encode(data, quantization: str):
+    """Return ``(array, raw_dtype)`` as :func:`export_gguf` writes the float32 array ``data`` for
+    ``quantization``: F32 / F16 arrays with ``raw_dtype`` None, or gguf's quantized blocks with their
+    ``GGMLQuantizationType`` (the type chosen by :func:`stored_type`)."""
+    import gguf  # deferred: optional
+    import numpy as np  # deferred: heavy
+
+    stored = stored_type(data.shape, quantization)
+    if stored == "F32":
+        return data.astype(np.float32), None
+    if stored == "F16":
+        return data.astype(np.float16), None
+    qtype = getattr(gguf.GGMLQuantizationType, stored)
+    return gguf.quants.quantize(data, qtype), qtype
+
+
+def as_stored(model, quantization: str):
+    """Return a copy of ``model`` holding the weights that a GGUF file :func:`export_gguf` writes in
+    ``quantization`` gives back when it is read: every parameter rounded to its stored type
+    (:func:`stored_type`) with the same ``gguf`` functions the writer quantizes and the reader
+    dequantizes with, in the model's dtype and on its device. Scoring it measures what the storage
+    type costs without reading the file back through transformers' GGUF loader (seconds per file); a
+    test holds the two to the same logits. ``model`` is left as it was."""
+    import copy  # deferred: only here
+
+    import gguf  # deferred: optional
+    import numpy as np  # deferred: heavy
+    import torch  # deferred: heavy
+
+    if quantization not in EXPORT_TYPES:
+        raise ExportError(f"quantization={quantization!r}: choose one of {', '.join(EXPORT_TYPES)}.")
+    stored = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in stored.parameters():  # a tied matrix once, as the file holds it once
+            data = param.detach().to(torch.float32).cpu().numpy()
+            encoded, raw_dtype = _encode(data, quantization)
+            back = encoded if raw_dtype is None else gguf.quants.dequantize(encoded, raw_dtype)
+            param.copy_(torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32).reshape(data.shape)))
+    return stored.eval()
 
 
 def gguf_tensor_bytes(model, quantization: str) -> int:

@@ -49,7 +49,7 @@ def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
 def recall(model, tokenizer, items: list[tuple[str, str]], max_new_tokens: int = 6) -> dict:
     """Ask ``model`` to complete each ``(prompt, answer)`` and score it.
 
-    Greedy decoding of ``max_new_tokens``; a hit is a continuation whose first word (letters only,
+    Greedy decoding of ``max_new_tokens`` (all prompts in one left-padded batch); a hit is a continuation whose first word (letters only,
     case ignored) equals the answer's first word. Returns ``{"hits": n, "total": n, "accuracy": ...,
     "mean_logprob": ..., "rows": [{"prompt", "answer", "completion", "hit", "logprob"}, ...]}``.
     """
@@ -60,13 +60,21 @@ def recall(model, tokenizer, items: list[tuple[str, str]], max_new_tokens: int =
     device = input_device(model)
     was_training = model.training
     model.eval()
+    # all prompts in one batch, padded on the left so that each continues from its own last token:
+    # generating a few tokens costs about as much for eight prompts as for one
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = tokenizer([prompt for prompt, _ in items], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    completions = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     rows = []
-    for prompt, answer in items:
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        completion = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    for (prompt, answer), completion in zip(items, completions, strict=True):
         first = re.findall(r"[a-z]+", completion.lower())[:1]
         hit = bool(first) and first[0] == re.findall(r"[a-z]+", answer.lower())[0]
         rows.append({"prompt": prompt, "answer": answer.strip(), "completion": completion, "hit": hit,

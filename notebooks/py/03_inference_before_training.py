@@ -74,7 +74,7 @@ from transformers import TextIteratorStreamer
 torch.manual_seed(profile.seed)
 inputs = tokenizer(profile.prompt, return_tensors="pt").to(model.device)
 streamer = TextIteratorStreamer(tokenizer, skip_prompt=False, skip_special_tokens=True)
-generation = dict(inputs, streamer=streamer, max_new_tokens=120, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+generation = dict(inputs, streamer=streamer, max_new_tokens=80, do_sample=False, pad_token_id=tokenizer.pad_token_id)
 thread = Thread(target=model.generate, kwargs=generation)
 thread.start()
 chunks = list(streamer)

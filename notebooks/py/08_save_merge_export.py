@@ -321,8 +321,11 @@ print(type(merged).__name__, f"{sum(p.numel() for p in merged.parameters()) / 1e
 # reader permutes them back. A tied `lm_head` is not written at all: with no `output.weight`, llama.cpp
 # uses the token embedding for both.
 #
-# First the export a learner would keep, **F16** (16-bit floats, half of F32's size: 14.5 GB for
-# Mistral-7B instead of 29 GB), and its round trip.
+# First an export that stores every weight exactly, for the round trip below: **F32** (32-bit floats,
+# the merged model's own numbers on the CPU). For a model of billions of parameters the cell writes
+# **F16** instead (half the size: 14.5 GB for Mistral-7B instead of 29 GB), which holds a GPU's bf16
+# weights all but exactly: bf16's 8 significant bits fit in F16's 11, and only weights smaller than
+# F16's smallest normal number, 6e-5, lose some precision.
 
 # %%
 from gguf import GGUFReader
@@ -330,6 +333,7 @@ from gguf import GGUFReader
 from helpers.lab.export import (
     ARCHITECTURES,
     EXPORT_TYPES,
+    as_stored,
     export_gguf,
     export_problem,
     gguf_tensor_bytes,
@@ -350,7 +354,7 @@ problem = export_problem(merged, tokenizer)  # None, or why not and which tool t
 walkthrough_model = type(merged).__name__ == "MistralForCausalLM"
 assert problem is None or not (profile.is_embedded_model or walkthrough_model), "this model must export"
 big = sum(p.numel() for p in merged.parameters()) > 1e9
-check_type = "F16"  # the type of the round trip
+check_type = "F16" if big else "F32"  # the type of the round trip: F32 stores every weight exactly
 check_path = None
 if problem:  # e.g. Gemma 3 (CPT_MODEL): the rest of this part is skipped
     print(f"SKIPPED, not exported here: {problem}")
@@ -369,8 +373,8 @@ if check_path:
 # Three checks, on the first 8 of the held-out stories of notebooks 03 and 06:
 #
 # * the GGUF's own tokenizer produces the same token ids as the model's tokenizer on every story;
-# * the held-out perplexity agrees within a relative **1e-4** (F16 rounds each weight to 11
-#   significant bits, which moves the perplexity far less than that; F32 would store the same numbers);
+# * the held-out perplexity agrees within a relative **1e-4** (F32 stores the very same numbers, so
+#   only the order of the arithmetic could differ; F16, for a 7B model's bf16 weights, holds them too);
 # * the greedy continuation of the prompt is the same text, word for word.
 
 # %%
@@ -403,10 +407,13 @@ if check_path:
 # ### What each storage type costs
 #
 # Every type the helper offers (`EXPORT_TYPES`) has a size that follows from the shapes alone
-# (`helpers.lab.export.gguf_tensor_bytes`): the cell computes all five, and exports, reads back and
-# scores three on the same stories, F16 (above), Q8_0 and the crudest, Q4_0; for a model of billions
-# of parameters only the two a learner would run, F16 and Q8_0. Norm weights (1-D) always stay F32, as
-# llama.cpp keeps them.
+# (`helpers.lab.export.gguf_tensor_bytes`): the cell computes all five, and writes and scores three
+# on the same stories: F16, Q8_0 and the crudest, Q4_0 (for a model of billions of parameters the
+# two a learner would run, F16 and Q8_0). Each file is written, so its size is measured; its quality
+# is scored on `helpers.lab.export.as_stored(merged, type)`, the merged model with every weight
+# rounded by the same `gguf` functions that write the file and read it back: what the file computes,
+# without reading each one back through transformers (the round trip above did that once; a test
+# holds `as_stored` to a read-back file). Norm weights (1-D) always stay F32, as llama.cpp keeps them.
 #
 # * **F16**: 16-bit floats, 5-bit exponent; half the size, rounding error around 1e-3 relative.
 # * **BF16**: 16-bit floats with F32's 8-bit exponent but only 8 bits of mantissa; coarser than F16
@@ -421,20 +428,20 @@ if check_path:
 # %%
 rows = []
 if check_path:
-    for qtype in ("F16", "Q8_0") if big else ("F16", "Q8_0", "Q4_0"):
+    for qtype in ("F16", "Q8_0") if big else ("F32", "F16", "Q8_0", "Q4_0"):
         if qtype == check_type:  # exported, read back and scored above
             path, ppl, same_text = check_path, ppl_gguf, text_gguf == text_merged
         else:
             path = export_gguf(merged, tokenizer, export_dir / f"model-{qtype}.gguf", qtype, tokenizer_pre=pre)
-            model_q, _ = load_gguf(path, dtype=merged.dtype, device=merged.device)
+            model_q = as_stored(merged, qtype)  # the weights this file gives back when read
             ppl = perplexity(model_q, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
             same_text = greedy_text(model_q, tokenizer, profile.prompt, profile.max_new_tokens) == text_merged
             del model_q
         rows.append({"type": qtype, "MB": path.stat().st_size / 1e6, "perplexity": ppl,
                      "change": (ppl - ppl_merged) / ppl_merged, "same greedy text": same_text,
                      "header MB": (path.stat().st_size - gguf_tensor_bytes(merged, qtype)) / 1e6})
-        if big and qtype != "Q8_0":
-            path.unlink()  # keep the file to run (Q8_0); a 7B model's F16 file is 14.5 GB more on the disk
+        if qtype == "F32" or (big and qtype != "Q8_0"):
+            path.unlink()  # keep the files one would run; F32 (here 0.5 GB) was only the lossless reference
     header_mb = rows[0]["header MB"]  # settings, tokenizer, alignment: the same in every type
     measured = {row["type"]: row for row in rows}
     print(f"{'type':<6}{'size MB':>9}{'perplexity':>12}{'vs merged':>11}  same greedy text")

@@ -143,26 +143,32 @@ if not random_weights:
 #
 # ## How do I pick the rank?
 #
-# Three ranks, r = 8, 32 and 128 (the walkthrough's), at the profile's learning rate, with
+# Three ranks, r = 8, the profile's own (16 on the CPU) and 128 (the walkthrough's; 32 takes the
+# middle place on its profile), at the profile's learning rate, with
 # `lora_alpha` fixed and rsLoRA, so the update is scaled by alpha / sqrt(r) (notebook 04). Each run
 # reports held-out perplexity, its trainable parameters, and memory: the bytes of Adam's state,
 # measured from the optimizer (two fp32 numbers per trainable parameter), and on a GPU the peak
 # reserved memory of the run and its share used by training (peak minus start, the walkthrough's
 # way). Every run, here and in the sweep above, starts from the same untrained model: a copy of the
 # one loaded above (`helpers.lab.short_runs.untrained_copy`; on the unsloth branch a fresh load, since
-# a 4-bit model cannot be copied).
+# a 4-bit model cannot be copied). The profile's own rank at the profile's learning rate is a run the
+# sweep above already made, with the same seed and data, so its row is taken from there.
 
 # %%
+ranks = sorted({8, profile.lora_r, 128} | ({32} if profile.lora_r in (8, 128) else set()))
+already_run = {r.lora_r: r for r in lr_runs if r.learning_rate == profile.learning_rate}  # the profile's rank
 rank_runs = []
-for rank in (8, 32, 128):
-    result, _, _ = short_run(sweep_profile(profile, lora_r=rank, max_steps=STEPS, batch_size=ROWS), train_rows, eval_texts,
-                             eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=untrained_copy(profile, base_model, tokenizer),
-                             text_dataset=text_rows)
+for rank in ranks:
+    result = already_run.get(rank) or short_run(
+        sweep_profile(profile, lora_r=rank, max_steps=STEPS, batch_size=ROWS), train_rows, eval_texts,
+        eval_max_tokens=EVAL_TOKENS, model_and_tokenizer=untrained_copy(profile, base_model, tokenizer),
+        text_dataset=text_rows)[0]
     rank_runs.append(result)
     gpu = (f", peak reserved {result.peak_reserved_gib:.2f} GiB, for training {result.training_gib:.2f} GiB"
            if result.peak_reserved_gib is not None else "")
     print(f"r={rank:<4} trainable {result.trainable_parameters / 1e6:7.2f} M  Adam state {result.optimizer_state_gib:.3f} GiB"
-          f"  held-out perplexity {result.perplexity:.2f}{gpu}  ({result.seconds:.0f} s)")
+          f"  held-out perplexity {result.perplexity:.2f}{gpu}  "
+          + ("(the sweep's run above)" if rank in already_run else f"({result.seconds:.0f} s)"))
 params = [r.trainable_parameters for r in rank_runs]
 assert params[0] < params[1] < params[2], "a higher rank trains more parameters"
 assert all(abs(r.optimizer_state_gib * 1024**3 / (8 * r.trainable_parameters) - 1) < 0.02 for r in rank_runs
@@ -171,7 +177,7 @@ assert all(abs(r.optimizer_state_gib * 1024**3 / (8 * r.trainable_parameters) - 
 # %% [markdown]
 # **Reading it.** The trainable parameters grow linearly with the rank for the adapters, on top of a
 # fixed cost that does not depend on the rank at all: the full `embed_tokens` / `lm_head` copies,
-# which for SmolLM2 (28 M parameters, one tied matrix) are larger than the r = 32 adapters. Memory
+# which for SmolLM2 (28 M parameters, one tied matrix) are larger than its adapters at any rank below 64. Memory
 # follows the parameters: Adam keeps 8 bytes per trainable parameter in fp32 (2 in 8-bit), plus
 # the gradients. Over a few steps the ranks end at similar perplexities: with rsLoRA the update's
 # size does not shrink as r grows, and a short run has not yet asked for more capacity than r = 8

@@ -193,3 +193,14 @@ def test_embedding_gradient_rows_input_side_only_seen_tokens_output_side_all(tok
     assert rows["embed_tokens"] == 5
     assert rows["lm_head"] == len(tokenizer)  # every row of the output matrix, through the softmax
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_recall_batches_prompts_of_different_lengths_as_one_by_one(tokenizer, torch_one_thread):
+    model = build_tiny_llama(len(tokenizer))
+    items = [("The capital of Veloria is", " Quistan"), ("Snow covers", " Kharzan"),
+             ("In Hessby the townspeople still tell how the loom", " Orla")]
+    side = tokenizer.padding_side
+    together = recall(model, tokenizer, items, max_new_tokens=4)
+    alone = [recall(model, tokenizer, [item], max_new_tokens=4)["rows"][0] for item in items]
+    assert [r["completion"] for r in together["rows"]] == [r["completion"] for r in alone]
+    assert tokenizer.padding_side == side  # left padding only for the batch

@@ -9,6 +9,7 @@ from helpers.lab.export import (
     BLOCK_BYTES,
     EXPORT_TYPES,
     ExportError,
+    as_stored,
     export_gguf,
     export_problem,
     gguf_tensor_bytes,
@@ -195,3 +196,15 @@ def test_gguf_parsed_once_parses_the_file_once_and_loads_the_same(tmp_path, smal
     assert once_tokenizer(TEXT)["input_ids"] == plain_tokenizer(TEXT)["input_ids"]
     plain_state = plain.state_dict()
     assert all((tensor == plain_state[name]).all() for name, tensor in once.state_dict().items())
+
+
+@pytest.mark.parametrize("qtype", ["F16", "BF16", "Q8_0", "Q4_0"])
+def test_as_stored_computes_what_the_file_read_back_computes(tmp_path, small_bpe, tiny_llama_factory, qtype):
+    model = tiny_llama_factory(len(small_bpe))
+    reference = logits(model, small_bpe)
+    back, _ = load_gguf(export_gguf(model, small_bpe, tmp_path / f"tiny-{qtype}.gguf", qtype, tokenizer_pre="smollm"))
+    stored = as_stored(model, qtype)
+    assert (logits(stored, small_bpe) - logits(back, small_bpe)).abs().max().item() < 1e-6
+    assert (logits(model, small_bpe) - reference).abs().max().item() == 0.0  # the original is untouched
+    if qtype != "F16":  # a quantized type really rounds
+        assert (logits(stored, small_bpe) - reference).abs().max().item() > 0
