@@ -385,7 +385,9 @@ from helpers.generation import greedy_text
 validation, source = load_raw_dataset(profile, split="validation")
 eval_texts = validation["text"][:8]  # 8 stories: the types differ by orders of magnitude, and each is scored anew
 ppl_merged = perplexity(merged, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
-text_merged = greedy_text(merged, tokenizer, profile.prompt, profile.max_new_tokens)
+# on the CPU part 1 already generated with this very model; on the GPU it was merged just above, in float
+text_merged = merged_text if merged_text is not None else greedy_text(merged, tokenizer, profile.prompt,
+                                                                      profile.max_new_tokens)
 print(f"merged model : held-out perplexity {ppl_merged:.4f} on {len(eval_texts)} stories ({source})")
 print(f"greedy text  : {text_merged!r}")
 

@@ -199,7 +199,7 @@ def test_cpu_profile_keeps_the_recipe_shape():
     assert p.seed == GPU_MISTRAL7B.seed
     assert p.prompt == GPU_MISTRAL7B.prompt
     assert p.use_gradient_checkpointing is False
-    assert p.optim == "adamw_torch"  # 8-bit Adam needs bitsandbytes + CUDA
+    assert p.optim == "adamw_torch_fused"  # 8-bit Adam needs bitsandbytes + CUDA
     assert p.max_steps > 0 and p.packing is True
 
 

@@ -243,7 +243,7 @@ def test_training_arguments_follow_the_profile(tmp_path):
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
     assert args.warmup_steps == CPU_SMOLLM2.warmup_ratio
     assert args.get_warmup_steps(100) == 10  # a float below 1 is a ratio
-    assert getattr(args.optim, "value", args.optim) == "adamw_torch"
+    assert getattr(args.optim, "value", args.optim) == "adamw_torch_fused"
     assert args.seed == args.data_seed == CPU_SMOLLM2.seed
     assert args.use_cpu is True
     assert args.fp16 is False
