@@ -391,10 +391,7 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
         elif arch == "llama" and hf_name.endswith("k_proj.weight"):
             data = interleave_rotary_halves(data, n_kv)
         encoded, raw_dtype = _encode(data, quantization)
-        if raw_dtype is None:
-            writer.add_tensor(gguf_name, encoded)
-        else:
-            writer.add_tensor(gguf_name, encoded, raw_dtype=raw_dtype)
+        writer.add_tensor(gguf_name, encoded, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

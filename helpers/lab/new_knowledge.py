@@ -49,8 +49,8 @@ def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
 def recall(model, tokenizer, items: list[tuple[str, str]], max_new_tokens: int = 6) -> dict:
     """Ask ``model`` to complete each ``(prompt, answer)`` and score it.
 
-    Greedy decoding of ``max_new_tokens`` (all prompts in one left-padded batch); a hit is a continuation whose first word (letters only,
-    case ignored) equals the answer's first word. Returns ``{"hits": n, "total": n, "accuracy": ...,
+    Greedy decoding of ``max_new_tokens``, all prompts in one left-padded batch; a hit is a
+    continuation whose first word (letters only, case ignored) equals the answer's first word. Returns ``{"hits": n, "total": n, "accuracy": ...,
     "mean_logprob": ..., "rows": [{"prompt", "answer", "completion", "hit", "logprob"}, ...]}``.
     """
     import torch  # deferred: heavy

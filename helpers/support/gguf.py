@@ -58,8 +58,6 @@ class UnreadableGGUFError(ValueError):
     what to do instead."""
 
 
-# Tensor storage types transformers can dequantize (through gguf's numpy code): F32, F16, and every
-# type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
 @contextmanager
 def gguf_parsed_once() -> Iterator[None]:
     """Within this block, parse each GGUF file once and build each of gguf's tensor-name tables once.
@@ -92,6 +90,8 @@ def gguf_parsed_once() -> Iterator[None]:
         gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_name_map
 
 
+# Tensor storage types transformers can dequantize (through gguf's numpy code): F32, F16, and every
+# type gguf.quants implements. Anything else (Q8_1, Q8_K, F64, integer tensors...) fails mid-load.
 def gguf_readable_types() -> set[str]:
     """Return the names of the GGUF tensor types transformers can read (e.g. ``{"F32", "Q8_0", ...}``)."""
     from gguf.quants import _type_traits  # deferred: optional
