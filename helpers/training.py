@@ -410,13 +410,14 @@ def embedding_lr_trainer_class():
         def train(self, *args, **kwargs):
             """``Trainer.train``, after which the model computes as before: with mixed precision,
             accelerate wraps ``model.forward`` in autocast for training and leaves it wrapped, so a
-            perplexity measured afterwards in the same process would be computed in bf16."""
-            try:
-                return super().train(*args, **kwargs)
-            finally:
-                from accelerate.utils import extract_model_from_parallel  # deferred: heavy
+            perplexity measured afterwards in the same process would be computed in bf16. Only a run
+            that ends is unwrapped: after an interruption the wrapper stays, and a second ``train()``
+            in the same session (resuming) goes on computing as the first did."""
+            from accelerate.utils import extract_model_from_parallel  # deferred: heavy
 
-                extract_model_from_parallel(self.model, keep_fp32_wrapper=False)  # restores model.forward
+            result = super().train(*args, **kwargs)
+            extract_model_from_parallel(self.model, keep_fp32_wrapper=False)  # restores model.forward
+            return result
 
         def create_optimizer(self, model=None):
             if self.embedding_learning_rate is None or self.optimizer is not None:
