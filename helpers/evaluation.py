@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import math
 
-from .modeling import input_device
+from .modeling import cpu_bf16_autocast, input_device
 from .support.progress import progress_bar
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_size: int = 4,
-               progress: bool = True) -> float:
+               progress: bool = True, cpu_bf16: bool = False) -> float:
     """Return the token-weighted perplexity of ``model`` over ``texts``.
 
     Each text is tokenized (no special tokens added, so the number does not depend on a BOS
     convention), cut to ``max_tokens``, and scored in batches of texts of similar length (sorted by
     length, so that little compute goes to padding); padding is excluded from the average.
-    Raises ``ValueError`` when no text yields at least two tokens.
+    ``cpu_bf16=True`` (notebooks pass the profile's ``cpu_bf16``) computes the forward pass under bf16
+    autocast on a CPU that has bf16 in hardware, as the series' CPU training does
+    (:func:`helpers.modeling.cpu_bf16_autocast`): about 1.5x faster there, and the perplexity moves
+    in its fourth digit; elsewhere it changes nothing. Raises ``ValueError`` when no text yields at
+    least two tokens.
     """
     import torch  # deferred: heavy
 
@@ -33,7 +37,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
     was_training = model.training
     model.eval()
     batches = range(0, len(encoded), batch_size)
-    with torch.no_grad():
+    with torch.no_grad(), cpu_bf16_autocast(model, cpu_bf16):
         for start in progress_bar(batches, desc="Perplexity", enabled=progress):
             chunk = encoded[start : start + batch_size]
             width = max(len(ids) for ids in chunk)

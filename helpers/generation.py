@@ -32,6 +32,33 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+def greedy_choices(model, tokenizer, prompt: str, continuation: str) -> list[int]:
+    """Return ``model``'s greedy choice (the highest-scoring token id) for each token of ``continuation``
+    written after ``prompt``, each given everything before it: one forward pass over the text (teacher
+    forcing) instead of one pass per generated token.
+
+    Two models whose lists agree everywhere write the same greedy continuation of ``prompt`` along this
+    text; the first position where they differ is where their greedy texts part. Positions are those of
+    ``tokenizer(prompt + continuation)`` from the prompt's last token on.
+    """
+    import torch  # deferred: heavy
+
+    prompt_tokens = len(tokenizer(prompt)["input_ids"])
+    inputs = tokenizer(prompt + continuation, return_tensors="pt").to(input_device(model))
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, prompt_tokens - 1:-1]
+    return logits.argmax(dim=-1).tolist()
+
+
+def choices_kept(reference: list[int], choices: list[int]) -> int:
+    """Return how many of ``choices`` agree with ``reference`` from the first position on, before the
+    first difference (``len(reference)`` when all do)."""
+    for position, (expected, chosen) in enumerate(zip(reference, choices, strict=True)):
+        if expected != chosen:
+            return position
+    return len(reference)
+
+
 # Runs in a fresh interpreter: peft is made unimportable *before* transformers is imported, so the
 # folder demonstrably loads with transformers alone.
 _LOAD_WITHOUT_PEFT = r"""

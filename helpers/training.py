@@ -12,7 +12,10 @@ import os
 from collections.abc import Iterable
 
 from .data import PackedRowsCollator
-from .modeling import input_device
+from .modeling import (  # cpu_computes_bf16: also imported from here (notebook 05)
+    cpu_computes_bf16,
+    input_device,
+)
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
 from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
 
@@ -448,18 +451,6 @@ def fit_warmup(profile: Profile) -> Profile:
     if profile.warmup_ratio and steps and steps > 0 and math.ceil(profile.warmup_ratio * steps) >= steps:
         return profile.replace(warmup_ratio=(steps - 1) / steps)
     return profile
-
-
-def cpu_computes_bf16() -> bool:
-    """Return True when this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where torch's
-    bf16 matrix products run about twice as fast as fp32 ones; False otherwise (bf16 would be emulated
-    there, and slower than fp32). torch's probes for it have private names, so a missing one reads False."""
-    import torch  # deferred: heavy
-
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def training_arguments(profile: Profile, output_dir: str, **overrides):

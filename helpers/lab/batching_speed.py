@@ -16,14 +16,14 @@ import random
 import statistics
 import time
 
-from ..modeling import input_device
+from ..modeling import cpu_bf16_autocast, input_device
 from ..training import embedding_param_groups
 from .throughput import padding_mask
 
 
 def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]], *, batch_size: int,
                            steps: int, learning_rate: float, embedding_learning_rate: float, seed: int = 0,
-                           warmup_steps: int = 1, collators: dict | None = None) -> dict[str, dict]:
+                           warmup_steps: int = 1, collators: dict | None = None, cpu_bf16: bool = False) -> dict[str, dict]:
     """Train a few optimizer steps on each setting's rows and return their speed and loss.
 
     ``settings`` maps a name (e.g. ``"padded rows"``) to its token rows. For each setting the rows are
@@ -32,7 +32,9 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
     labels), a forward and backward pass, and one AdamW step with the embedding learning rate split of
     :func:`helpers.training.embedding_param_groups`. ``collators`` may give a setting its own collator
     instead (e.g. :class:`helpers.data.PackedRowsCollator`, which keeps packed documents apart); a
-    batch without a 2-D ``attention_mask`` counts every position as real.
+    batch without a 2-D ``attention_mask`` counts every position as real. ``cpu_bf16=True`` runs the
+    forward passes under bf16 autocast on a CPU with bf16 in hardware, as the series' CPU training
+    does (:func:`helpers.modeling.cpu_bf16_autocast`; the weights and their updates stay fp32).
 
     Fair timing on a shared machine: the settings take turns step by step (A, B, A, B, ...), so a
     slow moment hits all of them alike. Each setting keeps its own copy of the trainable weights and
@@ -87,7 +89,8 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
-                loss = model(**batch).loss
+                with cpu_bf16_autocast(model, cpu_bf16):
+                    loss = model(**batch).loss
                 loss.backward()
                 optimizers[name].step()
                 optimizers[name].zero_grad(set_to_none=True)

@@ -41,19 +41,21 @@ def general_english_passages(count: int = 16, min_chars: int = 1200) -> list[tup
     return eligible[:count]
 
 
-def perplexity_per_text(model, tokenizer, texts: list[str], max_tokens: int) -> list[dict]:
+def perplexity_per_text(model, tokenizer, texts: list[str], max_tokens: int, cpu_bf16: bool = False) -> list[dict]:
     """Return, for each text, ``{"perplexity", "tokens"}``: its own perplexity (cut to ``max_tokens``
     tokens, as :func:`helpers.evaluation.perplexity` does) and the number of tokens it predicts.
 
     One text at a time, so that later analysis can say *which* texts got worse; :func:`pooled` turns
-    the list back into the token-weighted perplexity of all texts together.
+    the list back into the token-weighted perplexity of all texts together. ``cpu_bf16`` as in
+    :func:`helpers.evaluation.perplexity`.
     """
     rows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
         if len(ids) < 2:
             raise ValueError("every text needs at least two tokens")
-        ppl = perplexity(model, tokenizer, [text], max_tokens=max_tokens, batch_size=1, progress=False)
+        ppl = perplexity(model, tokenizer, [text], max_tokens=max_tokens, batch_size=1, progress=False,
+                         cpu_bf16=cpu_bf16)
         rows.append({"perplexity": ppl, "tokens": len(ids) - 1})
     return rows
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from ..modeling import input_device
+from ..modeling import cpu_bf16_autocast, input_device
 
 
 def long_sequences(texts: list[str], tokenizer, length: int, count: int) -> list[list[int]]:
@@ -29,13 +29,14 @@ def long_sequences(texts: list[str], tokenizer, length: int, count: int) -> list
     return [stream[i * length:(i + 1) * length] for i in range(count)]
 
 
-def position_perplexity(model, sequences: list[list[int]], boundary: int) -> dict:
+def position_perplexity(model, sequences: list[list[int]], boundary: int, cpu_bf16: bool = False) -> dict:
     """Return perplexity of ``model`` on ``sequences``, split at token position ``boundary``.
 
     ``{"inside": ppl of the tokens predicted at positions 1..boundary-1, "beyond": ppl at positions
     boundary.., "all": ...}``: a model whose trained context ends at ``boundary`` shows its trouble in
-    "beyond". Each sequence is scored on its own (batch of one, no padding). Raises ``ValueError``
-    when ``boundary`` does not fall inside the sequences.
+    "beyond". Each sequence is scored on its own (batch of one, no padding); ``cpu_bf16`` as in
+    :func:`helpers.evaluation.perplexity`. Raises ``ValueError`` when ``boundary`` does not fall
+    inside the sequences.
     """
     import torch  # deferred: heavy
 
@@ -48,7 +49,7 @@ def position_perplexity(model, sequences: list[list[int]], boundary: int) -> dic
     was_training = model.training
     model.eval()
     inside, beyond, n_in, n_out = 0.0, 0.0, 0, 0
-    with torch.no_grad():
+    with torch.no_grad(), cpu_bf16_autocast(model, cpu_bf16):
         for ids in sequences:
             x = torch.tensor([ids], device=device)
             logits = model(input_ids=x).logits.float()[0, :-1]

@@ -120,7 +120,8 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     ``profile.learning_rate``, the embeddings too), trains with :func:`helpers.training.build_trainer`
     on ``train_dataset`` (rows of ``input_ids``; on the unsloth branch, given ``text_dataset``, the
     stories with EOS, which it packs itself as notebook 05 does), and scores ``eval_texts`` with
-    :func:`helpers.evaluation.perplexity`. Returns ``(RunResult, model, tokenizer)``.
+    :func:`helpers.evaluation.perplexity` (in bf16 on a CPU when the profile's ``cpu_bf16`` says so,
+    as the training computed). Returns ``(RunResult, model, tokenizer)``.
     """
     import torch  # deferred: heavy
     from transformers import PrinterCallback  # deferred: heavy
@@ -157,7 +158,7 @@ def short_run(profile: Profile, train_dataset, eval_texts: list[str] | None = No
     ppl = None
     if eval_texts:
         ppl = perplexity(model, tokenizer, eval_texts, max_tokens=eval_max_tokens or profile.eval_max_tokens,
-                         progress=False)
+                         progress=False, cpu_bf16=profile.cpu_bf16)
     result = RunResult(
         label=label or (f"full, lr {profile.learning_rate:g}" if full_finetune
                         else f"LoRA r={profile.lora_r}, lr {profile.learning_rate:g}"),

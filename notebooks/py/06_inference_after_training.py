@@ -237,7 +237,7 @@ from helpers.evaluation import perplexity
 
 validation, source = load_raw_dataset(profile, split="validation")
 eval_texts = validation["text"][: before["eval_stories"]]
-ppl_after = perplexity(model, tokenizer, eval_texts, max_tokens=before["eval_max_tokens"])
+ppl_after = perplexity(model, tokenizer, eval_texts, max_tokens=before["eval_max_tokens"], cpu_bf16=profile.cpu_bf16)
 ppl_before = before["perplexity"]
 drop = 1 - ppl_after / ppl_before
 print(f"Held-out perplexity: {ppl_before:.2f} → {ppl_after:.2f}")

@@ -28,8 +28,8 @@
 #    other job. When the new domain is narrow, the model can become measurably worse at everything
 #    outside it. This is called **catastrophic forgetting**, although in practice it is usually gradual
 #    rather than catastrophic. Part 1 measures perplexity on text from *outside* the domain, before (the
-#    base model) and after (base + notebook 05's adapter), with the same function and cut length as the
-#    in-domain numbers of notebooks 03 and 06. It trains nothing.
+#    base model) and after (base + notebook 05's adapter), with the same function, cut length and
+#    precision as the in-domain numbers of notebooks 03 and 06. It trains nothing.
 # 2. **Can LoRA teach new facts, not only a new style?** Part 2 invents facts the model cannot know,
 #    trains on them as raw text with the series' LoRA recipe and with full fine-tuning, and asks both to
 #    complete sentences that state the facts in other words.
@@ -105,7 +105,7 @@ if profile.uses_unsloth:
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(base_model)
-ood_before_rows = perplexity_per_text(base_model, tokenizer, ood_texts, profile.eval_max_tokens)
+ood_before_rows = perplexity_per_text(base_model, tokenizer, ood_texts, profile.eval_max_tokens, profile.cpu_bf16)
 ood_before = pooled(ood_before_rows)
 print(f"out-of-domain perplexity of the base model: {ood_before:.2f} "
       f"over {sum(r['tokens'] for r in ood_before_rows)} predicted tokens")
@@ -130,7 +130,7 @@ if profile.uses_unsloth:  # unsloth loads its own base under the adapter: free t
     gc.collect()
     torch.cuda.empty_cache()
 model, tokenizer = load_trained_model(profile, adapter_dir, base_model, tokenizer)
-ood_after_rows = perplexity_per_text(model, tokenizer, ood_texts, profile.eval_max_tokens)
+ood_after_rows = perplexity_per_text(model, tokenizer, ood_texts, profile.eval_max_tokens, profile.cpu_bf16)
 ood_after = pooled(ood_after_rows)
 print(f"Out-of-domain perplexity: {ood_before:.2f} → {ood_after:.2f}")
 

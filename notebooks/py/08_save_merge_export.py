@@ -416,6 +416,11 @@ if check_path:
 # rounded by the same `gguf` functions that write the file and read it back: what the file computes,
 # without reading each one back through transformers (the round trip above did that once; a test
 # holds `as_stored` to a read-back file). Norm weights (1-D) always stay F32, as llama.cpp keeps them.
+# Whether the greedy text survives is read just as directly: `helpers.generation.greedy_choices`
+# gives a model's top choice at every token of the merged model's greedy text in one forward pass
+# (teacher forcing, instead of decoding token by token), and the last column counts the tokens whose
+# choice agrees with the merged model's before the first one that does not. Where all agree, greedy
+# decoding writes the same text; the first disagreement is where the texts would part.
 #
 # * **F16**: 16-bit floats, 5-bit exponent; half the size, rounding error around 1e-3 relative.
 # * **BF16**: 16-bit floats with F32's 8-bit exponent but only 8 bits of mantissa; coarser than F16
@@ -428,29 +433,34 @@ if check_path:
 #   quantization.
 
 # %%
+from helpers.generation import choices_kept, greedy_choices
+
 rows = []
 if check_path:
+    reference = greedy_choices(merged, tokenizer, profile.prompt, text_merged)  # the merged model's own choices
     for qtype in ("F16", "Q8_0") if big else ("F32", "F16", "Q8_0", "Q4_0"):
         if qtype == check_type:  # exported, read back and scored above
-            path, ppl, same_text = check_path, ppl_gguf, text_gguf == text_merged
+            path, ppl, kept = check_path, ppl_gguf, len(reference)  # its greedy text: the same, asserted above
         else:
             path = export_gguf(merged, tokenizer, export_dir / f"model-{qtype}.gguf", qtype, tokenizer_pre=pre)
             model_q = as_stored(merged, qtype)  # the weights this file gives back when read
             ppl = perplexity(model_q, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
-            same_text = greedy_text(model_q, tokenizer, profile.prompt, profile.max_new_tokens) == text_merged
+            kept = choices_kept(reference, greedy_choices(model_q, tokenizer, profile.prompt, text_merged))
             del model_q
         rows.append({"type": qtype, "MB": path.stat().st_size / 1e6, "perplexity": ppl,
-                     "change": (ppl - ppl_merged) / ppl_merged, "same greedy text": same_text,
+                     "change": (ppl - ppl_merged) / ppl_merged, "greedy tokens kept": kept,
+                     "same greedy text": kept == len(reference),
                      "header MB": (path.stat().st_size - gguf_tensor_bytes(merged, qtype)) / 1e6})
         if qtype == "F32" or (big and qtype != "Q8_0"):
             path.unlink()  # keep the files one would run; F32 (here 0.5 GB) was only the lossless reference
     header_mb = rows[0]["header MB"]  # settings, tokenizer, alignment: the same in every type
     measured = {row["type"]: row for row in rows}
-    print(f"{'type':<6}{'size MB':>9}{'perplexity':>12}{'vs merged':>11}  same greedy text")
+    print(f"{'type':<6}{'size MB':>9}{'perplexity':>12}{'vs merged':>11}  greedy tokens kept")
     for qtype in EXPORT_TYPES:
         row = measured.get(qtype)
         if row:
-            print(f"{qtype:<6}{row['MB']:>9.0f}{row['perplexity']:>12.4f}{row['change']:>+11.3%}  {row['same greedy text']}")
+            print(f"{qtype:<6}{row['MB']:>9.0f}{row['perplexity']:>12.4f}{row['change']:>+11.3%}  "
+                  f"{row['greedy tokens kept']} of {len(reference)}")
         else:
             print(f"{qtype:<6}{gguf_tensor_bytes(merged, qtype) / 1e6 + header_mb:>9.0f}   (size computed, not exported)")
     assert all(abs(row["header MB"] - header_mb) < 1 for row in rows), "the computed sizes explain the files' sizes"

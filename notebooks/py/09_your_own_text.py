@@ -236,7 +236,8 @@ if not profile.uses_unsloth:  # the same blocks, each story attending only to it
 speed = measure_training_speed(
     train_model, tokenizer, settings, collators=collators,
     batch_size=profile.per_device_train_batch_size, steps=1, learning_rate=profile.learning_rate,
-    embedding_learning_rate=profile.embedding_learning_rate, seed=profile.seed)
+    embedding_learning_rate=profile.embedding_learning_rate, seed=profile.seed,
+    cpu_bf16=profile.cpu_bf16)  # bf16 autocast where the CPU has it, as notebook 05 trains
 print(format_comparison(speed))
 if "packed, stories apart" in speed:
     apart = speed["packed, stories apart"]["real_tokens_per_s"] / speed["packed blocks"]["real_tokens_per_s"]
@@ -460,7 +461,7 @@ for label, base, linear in ((REAL, theta, 1.0),
                             ("stand-in, no scaling", theta / SHRINK, 1.0),
                             (f"stand-in, linear scaling x{factor:.2f}", theta / SHRINK, factor)):
     set_rope(model, base, linear)
-    results[label] = position_perplexity(model, eval_sequences, boundary=context)
+    results[label] = position_perplexity(model, eval_sequences, boundary=context, cpu_bf16=small.cpu_bf16)
     r = results[label]
     print(f"{label:<34} inside {r['inside']:8.2f}   beyond {r['beyond']:8.2f}")
 
@@ -470,7 +471,7 @@ for label, base, linear in ((REAL, theta, 1.0),
 # The usual remedy (position interpolation, Chen et al. 2023) is linear scaling *plus* a short
 # training run at the new length, so that the model adapts to positions that are now closer
 # together than it learned. Here: the series' LoRA recipe (`helpers.lab.short_runs.short_run`: adapters
-# plus full embeddings) on the stand-in with linear scaling, for 4 steps of one 1,024-token sequence
+# plus full embeddings) on the stand-in with linear scaling, for 2 steps of one 1,024-token sequence
 # of *training* stories each, then the same held-out sequences. Unlike notebook 05, each sequence is
 # trained as one causal row (`isolate_documents=False`): a story that attended only to itself would
 # never see a position past its own few hundred tokens, and the far positions are what this run is
@@ -486,10 +487,10 @@ train_rows = Dataset.from_dict({"input_ids": long_sequences(training_stories["te
 set_rope(model, theta / SHRINK, factor)
 # one causal sequence per row: the point is positions beyond the old context, so here the stories in a
 # row attend across their EOS (as in long-context pre-training), not each on its own as in notebook 05
-long_profile = sweep_profile(small, learning_rate=5e-4, max_steps=4, batch_size=1).replace(isolate_documents=False)
+long_profile = sweep_profile(small, learning_rate=5e-4, max_steps=2, batch_size=1).replace(isolate_documents=False)
 run, tuned, _ = short_run(long_profile, train_rows, model_and_tokenizer=(model, tokenizer))
 label = f"stand-in, linear x{factor:.2f} + {run.steps} steps"
-results[label] = position_perplexity(tuned, eval_sequences, boundary=context)
+results[label] = position_perplexity(tuned, eval_sequences, boundary=context, cpu_bf16=small.cpu_bf16)
 print(f"loss {run.losses[0]:.2f} -> {run.losses[-1]:.2f} in {run.seconds:.0f} s")
 print(f"{label:<34} inside {results[label]['inside']:8.2f}   beyond {results[label]['beyond']:8.2f}")
 

@@ -79,7 +79,7 @@ from helpers.evaluation import perplexity
 from helpers.modeling import load_model_and_tokenizer
 
 base_model, tokenizer = load_model_and_tokenizer(profile)
-ppl_base = perplexity(base_model, tokenizer, eval_texts, max_tokens=EVAL_TOKENS, progress=False)
+ppl_base = perplexity(base_model, tokenizer, eval_texts, max_tokens=EVAL_TOKENS, progress=False, cpu_bf16=profile.cpu_bf16)
 print(f"held-out perplexity of the untrained model: {ppl_base:.2f}")
 
 # %%

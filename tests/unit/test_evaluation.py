@@ -138,3 +138,16 @@ def test_texts_of_similar_length_share_a_batch(model, word_tokenizer):
     lengths = sorted(len(word_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in TEXTS)
     expected = [(len(lengths[i:i + 2]), max(lengths[i:i + 2])) for i in range(0, len(lengths), 2)]
     assert [tuple(shape) for shape in widths] == expected
+
+
+def test_cpu_bf16_computes_in_bf16_only_where_the_cpu_has_it(model, word_tokenizer, monkeypatch):
+    import helpers.modeling
+
+    exact = perplexity(model, word_tokenizer, TEXTS, progress=False)
+    monkeypatch.setattr(helpers.modeling, "cpu_computes_bf16", lambda: False)
+    assert perplexity(model, word_tokenizer, TEXTS, progress=False, cpu_bf16=True) == exact  # fp32 as before
+    monkeypatch.setattr(helpers.modeling, "cpu_computes_bf16", lambda: True)
+    in_bf16 = perplexity(model, word_tokenizer, TEXTS, progress=False, cpu_bf16=True)
+    assert in_bf16 != exact  # the matrix products really ran in bf16 (torch emulates it where the CPU cannot)
+    assert in_bf16 == pytest.approx(exact, rel=2e-2)
+    assert perplexity(model, word_tokenizer, TEXTS, progress=False) == exact  # off unless asked for
