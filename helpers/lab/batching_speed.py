@@ -29,7 +29,8 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
     ``settings`` maps a name (e.g. ``"padded rows"``) to its token rows. For each setting the rows are
     shuffled with ``seed`` and taken ``batch_size`` at a time; each batch goes through
     ``DataCollatorForLanguageModeling(mlm=False)`` (pad to the longest row, PAD masked out of the
-    labels), a forward and backward pass, and one AdamW step with the embedding learning rate split of
+    labels), a forward and backward pass, and one AdamW step (fused into one kernel on a CPU, as the
+    CPU profile's ``adamw_torch_fused``) with the embedding learning rate split of
     :func:`helpers.training.embedding_param_groups`. ``collators`` may give a setting its own collator
     instead (e.g. :class:`helpers.data.PackedRowsCollator`, which keeps packed documents apart); a
     batch without a 2-D ``attention_mask`` counts every position as real. ``cpu_bf16=True`` runs the
@@ -70,10 +71,12 @@ def measure_training_speed(model, tokenizer, settings: dict[str, list[list[int]]
         raise ValueError("the model has no trainable parameters")
     start = [p.detach().clone() for p in trainable]
     weights = {name: [t.clone() for t in start] for name in settings}
-    optimizers = {name: torch.optim.AdamW(embedding_param_groups(model, learning_rate, embedding_learning_rate, 0.0))
+    device = input_device(model)
+    fused = True if device.type == "cpu" else None  # on a CPU the one-kernel AdamW the CPU profile trains with
+    optimizers = {name: torch.optim.AdamW(embedding_param_groups(model, learning_rate, embedding_learning_rate, 0.0),
+                                          fused=fused)
                   for name in settings}
     collator = DataCollatorForLanguageModeling(tokenizer=tokenizer, mlm=False)
-    device = input_device(model)
     results = {name: {"steps": steps, "batch_size": batch_size, "real_tokens": 0, "padded_tokens": 0,
                       "seconds": 0.0, "losses": [], "step_rates": []} for name in settings}
     was_training = model.training
