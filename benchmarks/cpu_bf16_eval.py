@@ -1,0 +1,81 @@
+"""bf16 autocast for held-out perplexity on the CPU: its speed, beside what it does to the number.
+
+    python benchmarks/cpu_bf16_eval.py               # 3 rounds: about 1 minute on 2 cores
+    python benchmarks/cpu_bf16_eval.py --rounds 1
+
+Scores the offline CPU profile's held-out stories (``cpu-smollm2``: the real SmolLM2-135M-Instruct, its
+``eval_stories`` validation stories cut to ``eval_max_tokens``) with ``helpers.evaluation.perplexity``,
+in fp32 and with ``cpu_bf16=True`` (bf16 autocast where the CPU computes bf16 in hardware, as notebooks
+03, 06, 07, 09 and 10 now score), taking turns, for the base model and, when notebook 05 has run, the
+base model with its adapter. Prints each time and value, the mean time of each precision and the
+relative change of the perplexity, and the drop from base to trained in each precision (the number
+notebook 06 reports). The numbers of record are in benchmarks/RESULTS.md, with the run they come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="turns of fp32 and bf16 per model (default 3)")
+    args = parser.parse_args(argv)
+
+    from helpers.artifacts import artifact_path
+    from helpers.data import load_raw_dataset
+    from helpers.evaluation import perplexity
+    from helpers.modeling import cpu_computes_bf16, load_model_and_tokenizer, load_trained_model
+    from helpers.profiles import CPU_SMOLLM2
+
+    profile = CPU_SMOLLM2
+    print(f"this CPU computes bf16 in hardware: {cpu_computes_bf16()}")
+    model, tokenizer = load_model_and_tokenizer(profile)
+    validation, source = load_raw_dataset(profile, split="validation")
+    texts = validation["text"][: profile.eval_stories]
+    print(f"{len(texts)} held-out stories from {source}, {profile.eval_max_tokens} tokens each")
+    models = [("base", model)]
+    adapter = artifact_path("adapter")
+    if adapter.exists():  # None: the trained model with its adapter switched off, i.e. the base model
+        trained, _ = load_trained_model(profile, adapter, model, tokenizer)
+        models = [("base", None), ("trained", trained)]
+    values: dict[tuple[str, bool], float] = {}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for name, candidate in models:
+        target = candidate if candidate is not None else models[-1][1]  # the base: the trained model, adapter off
+        for round_ in range(args.rounds):
+            for bf16 in (False, True):
+                started = time.perf_counter()
+                if candidate is None:  # the base model: the trained one with its adapter switched off
+                    with target.disable_adapter():
+                        value = perplexity(target, tokenizer, texts, max_tokens=profile.eval_max_tokens,
+                                           progress=False, cpu_bf16=bf16)
+                else:
+                    value = perplexity(target, tokenizer, texts, max_tokens=profile.eval_max_tokens,
+                                       progress=False, cpu_bf16=bf16)
+                seconds = time.perf_counter() - started
+                times[bf16].append(seconds)
+                values[(name, bf16)] = value
+                print(f"{name:<8} round {round_ + 1} {'bf16' if bf16 else 'fp32'}: perplexity {value:.4f} in {seconds:.2f} s")
+    fp32_s, bf16_s = statistics.mean(times[False]), statistics.mean(times[True])
+    print(f"mean time: fp32 {fp32_s:.2f} s, bf16 {bf16_s:.2f} s ({fp32_s / bf16_s:.2f}x)")
+    for name, _ in models:
+        exact, fast = values[(name, False)], values[(name, True)]
+        print(f"{name:<8} perplexity fp32 {exact:.4f}, bf16 {fast:.4f} ({(fast - exact) / exact:+.3%})")
+    if len(models) == 2:
+        for bf16 in (False, True):
+            drop = 1 - values[("trained", bf16)] / values[("base", bf16)]
+            print(f"drop base -> trained in {'bf16' if bf16 else 'fp32'}: {drop:.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
