@@ -266,9 +266,9 @@ assert speed["packed blocks"]["real_tokens"] > speed["padded rows"]["real_tokens
 # `benchmarks/`. The packed blocks measured above are plain causal rows,
 # so a story may attend to the one before it; the training itself keeps each story's attention to
 # itself (notebook 05, and the third line of the table on the plain branch). On this CPU that costs
-# little or no time: the line above, and the two full trainings of
-# `benchmarks/cross_document_attention.py` (231-256 s across, 231-237 s apart). It gives 4.5% lower
-# held-out perplexity. On an H200 at 7B, packing with torch's variable-length attention trained the
+# little or no time over a whole training: the two full trainings of
+# `benchmarks/cross_document_attention.py` took 231-256 s across and 231-237 s apart (a single timed
+# step, as in the line above, swings either way). It gives 4.5% lower held-out perplexity. On an H200 at 7B, packing with torch's variable-length attention trained the
 # walkthrough's epoch in 61 s against 472 s for its padded rows, at the same tokens per optimizer step
 # (2 packed rows against 16 padded stories) and the same quality on a real model. A speed-up counts
 # only at the same optimization: 16 packed rows a step were as fast, but took 8 times fewer steps and
