@@ -15,6 +15,7 @@ notebook 06 reports). The numbers of record are in benchmarks/RESULTS.md, with t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -42,24 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     validation, source = load_raw_dataset(profile, split="validation")
     texts = validation["text"][: profile.eval_stories]
     print(f"{len(texts)} held-out stories from {source}, {profile.eval_max_tokens} tokens each")
-    models = [("base", model)]
+    trained = None
     adapter = artifact_path("adapter")
-    if adapter.exists():  # None: the trained model with its adapter switched off, i.e. the base model
+    if adapter.exists():  # the base model is then the trained one with its adapter switched off
         trained, _ = load_trained_model(profile, adapter, model, tokenizer)
-        models = [("base", None), ("trained", trained)]
+    names = ["base", "trained"] if trained is not None else ["base"]
     values: dict[tuple[str, bool], float] = {}
     times: dict[bool, list[float]] = {False: [], True: []}
-    for name, candidate in models:
-        target = candidate if candidate is not None else models[-1][1]  # the base: the trained model, adapter off
+    for name in names:
         for round_ in range(args.rounds):
             for bf16 in (False, True):
+                switched_off = trained is not None and name == "base"
                 started = time.perf_counter()
-                if candidate is None:  # the base model: the trained one with its adapter switched off
-                    with target.disable_adapter():
-                        value = perplexity(target, tokenizer, texts, max_tokens=profile.eval_max_tokens,
-                                           progress=False, cpu_bf16=bf16)
-                else:
-                    value = perplexity(target, tokenizer, texts, max_tokens=profile.eval_max_tokens,
+                with trained.disable_adapter() if switched_off else contextlib.nullcontext():
+                    value = perplexity(model if trained is None else trained, tokenizer, texts, max_tokens=profile.eval_max_tokens,
                                        progress=False, cpu_bf16=bf16)
                 seconds = time.perf_counter() - started
                 times[bf16].append(seconds)
@@ -67,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<8} round {round_ + 1} {'bf16' if bf16 else 'fp32'}: perplexity {value:.4f} in {seconds:.2f} s")
     fp32_s, bf16_s = statistics.mean(times[False]), statistics.mean(times[True])
     print(f"mean time: fp32 {fp32_s:.2f} s, bf16 {bf16_s:.2f} s ({fp32_s / bf16_s:.2f}x)")
-    for name, _ in models:
+    for name in names:
         exact, fast = values[(name, False)], values[(name, True)]
         print(f"{name:<8} perplexity fp32 {exact:.4f}, bf16 {fast:.4f} ({(fast - exact) / exact:+.3%})")
-    if len(models) == 2:
+    if trained is not None:
         for bf16 in (False, True):
             drop = 1 - values[("trained", bf16)] / values[("base", bf16)]
             print(f"drop base -> trained in {'bf16' if bf16 else 'fp32'}: {drop:.2%}")

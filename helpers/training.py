@@ -12,10 +12,7 @@ import os
 from collections.abc import Iterable
 
 from .data import PackedRowsCollator
-from .modeling import (  # cpu_computes_bf16: also imported from here (notebook 05)
-    cpu_computes_bf16,
-    input_device,
-)
+from .modeling import cpu_computes_bf16, input_device  # notebook 05 imports cpu_computes_bf16 from here
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
 from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
 
