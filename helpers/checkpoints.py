@@ -53,7 +53,7 @@ from .support.files import (
     write_json,
 )
 from .support.paths import artifact_path, outputs_dir, relative
-from .training import build_trainer, describe_param_groups
+from .training import build_trainer, check_trainer_state, describe_param_groups
 
 TRAINER_DIR_NAME = "05_trainer"
 TRAINABLE_SET_FILE = "trainable_set.json"
@@ -456,6 +456,7 @@ def _train_resumable(trainer, profile: Profile | None = None, resume: bool = Tru
     ``profile``'s values) and :class:`helpers.errors.DiskFullError` when a checkpoint does not fit
     on the disk; each is chained to the original error.
     """
+    check_trainer_state(trainer)  # another trainer built since this one would re-point it (device, precision)
     output_dir = Path(trainer.args.output_dir)
     checkpoint = last_complete_checkpoint(output_dir) if resume else None
     finished = False

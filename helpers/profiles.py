@@ -121,6 +121,10 @@ class Profile:
     max_new_tokens: int = 256
     story_tokens: int = 384  # the "before"/"after" stories of notebooks 03 and 06: room for a story to end
     own_model: str | None = None  # the CPT_MODEL value as given, when it replaced the profile's model
+    # Run as if on a smaller GPU (helpers.session.start applies it): "T4" caps PyTorch's allocations at a
+    # free Colab T4's 15 GiB and keeps torch's varlen flash kernel out (it needs compute capability 8.0;
+    # the T4 has 7.5). bf16 is kept out by the profile's dtype ("float16"). None: the GPU as it is.
+    emulate_gpu: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -218,6 +222,15 @@ GPU_MISTRAL7B_LEAN = GPU_MISTRAL7B.replace(
     use_gradient_checkpointing="unsloth",
 )
 
+# The walkthrough's premise, a free Colab T4 (15 GB, compute capability 7.5, no bf16), emulated on a
+# larger GPU: the lean profile in fp16, unsloth's own packed attention, PyTorch capped at 15 GiB.
+GPU_MISTRAL7B_T4 = GPU_MISTRAL7B_LEAN.replace(
+    name="gpu-mistral7b-t4",
+    description="The lean recipe as a free Colab T4 runs it: fp16, no varlen kernel, at most 15 GiB (emulated on a larger GPU).",
+    dtype="float16",
+    emulate_gpu="T4",
+)
+
 # The offline default. Same recipe shape as the walkthrough (LoRA on every projection, embed_tokens and
 # lm_head trained in full, a 10x smaller learning rate for them, cosine with warm-up), scaled so that
 # the whole series runs in a few minutes on 2 CPU cores:
@@ -275,7 +288,7 @@ GPU_SMOKE = GPU_SMOLLM2.replace(
     max_new_tokens=40,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B_LEAN, CPU_SMOLLM2, GPU_SMOLLM2,
+PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B_LEAN, GPU_MISTRAL7B_T4, CPU_SMOLLM2, GPU_SMOLLM2,
                                                     GPU_SMOKE)}
 
 

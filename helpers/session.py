@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import platform
 import warnings
 
@@ -75,6 +76,7 @@ def start(notebook: str) -> Profile:
     warnings.filterwarnings("ignore", category=SyntaxWarning)  # old escape sequences in some dependencies
     profile, reason = select_profile()
     check_runnable(profile)
+    emulated = emulate_gpu(profile)
     if profile.uses_unsloth:
         import unsloth  # noqa: F401  (unsloth must be imported before transformers to patch it)
     seed_everything(profile.seed)
@@ -88,6 +90,8 @@ def start(notebook: str) -> Profile:
     if profile.device == "cuda":
         for line in gpu_plan(profile):
             print(line)
+    if emulated:
+        print(f"emulated : {emulated}")
     print("versions : " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     if profile.is_smoke_model:
         print("NOTE     : smoke-test profile: the model is randomly initialised, so every generated text "
@@ -97,6 +101,38 @@ def start(notebook: str) -> Profile:
               "weights here, so this run measures speed and memory, not quality (texts, perplexities and "
               "recall below are meaningless, and the asserts that need a trained model are skipped).")
     return profile
+
+
+# What each emulated GPU changes: PyTorch's memory cap in GiB, and whether torch's varlen flash kernel
+# runs on it (compute capability 8.0 and up).
+EMULATED_GPUS = {"T4": {"memory_gib": 15.0, "varlen": False}}
+
+
+def emulate_gpu(profile: Profile, env: dict | None = None) -> str | None:
+    """Make this process behave like the smaller GPU that ``profile.emulate_gpu`` names (see
+    :data:`EMULATED_GPUS`): cap PyTorch's allocations on GPU 0 at its memory, and switch torch's varlen
+    kernel off where that GPU lacks it (``CPT_TORCH_VARLEN=0``). Returns a line saying what was done,
+    or None when the profile emulates nothing. Raises ``ValueError`` for an unknown name, and
+    ``RuntimeError`` when the real GPU is smaller than the emulated one."""
+    if not profile.emulate_gpu or profile.device != "cuda":
+        return None
+    spec = EMULATED_GPUS.get(profile.emulate_gpu)
+    if spec is None:
+        raise ValueError(f"emulate_gpu={profile.emulate_gpu!r}: choose one of {', '.join(EMULATED_GPUS)}.")
+    import torch  # deferred: heavy
+
+    env = os.environ if env is None else env
+    if not spec["varlen"]:
+        env["CPT_TORCH_VARLEN"] = "0"
+    total = torch.cuda.get_device_properties(0).total_memory
+    cap = spec["memory_gib"] * 2**30
+    if cap > total:
+        raise RuntimeError(f"this GPU has {total / 2**30:.1f} GiB, less than the {spec['memory_gib']:.0f} GiB of the "
+                           f"{profile.emulate_gpu} that {profile.name} emulates: run {profile.name} on a larger GPU.")
+    torch.cuda.set_per_process_memory_fraction(cap / total, 0)
+    return (f"a {profile.emulate_gpu}: PyTorch may allocate at most {spec['memory_gib']:.0f} of this GPU's "
+            f"{total / 2**30:.1f} GiB, dtype {profile.dtype}"
+            + ("" if spec["varlen"] else ", torch's varlen kernel off (CPT_TORCH_VARLEN=0)"))
 
 
 def gpu_plan(profile: Profile) -> list[str]:

@@ -457,8 +457,8 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
     (``cpu_bf16``) and the CPU computes bf16 in hardware (:func:`cpu_computes_bf16`), else fp32."""
     import torch  # deferred: heavy
 
-    if profile.device == "cuda":
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if profile.device == "cuda":  # a profile in float16 (a T4's) trains in fp16 on any GPU
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and profile.dtype != "float16"
     else:  # the weights, their updates and Adam's state stay fp32; autocast computes in bf16
         bf16 = profile.cpu_bf16 and cpu_computes_bf16()
     fp16 = profile.device == "cuda" and torch.cuda.is_available() and not bf16
@@ -546,6 +546,46 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
                                    if profile.packing and profile.isolate_documents else
                                    "documents attend across their EOS" if profile.packing else "padded rows")
     return trainer
+
+
+class TrainerStateReplaced(RuntimeError):
+    """The process-wide accelerate state under a trainer no longer matches the trainer's arguments."""
+
+
+def trainer_state_problem(trainer) -> str | None:
+    """Return why ``trainer`` would not train as its arguments say, or None when it would.
+
+    accelerate keeps one state per process (device, mixed precision), and transformers resets it
+    every time a ``TrainingArguments`` object picks its device, which building any ``Trainer`` does.
+    So a second trainer built after this one (a demonstration, a short run) silently re-points this
+    one: on a GPU a CPU-only second trainer moved the first one's work to the CPU (notebook 05 crashed
+    at 7B with "Expected all tensors to be on the same device"), on any machine a second trainer with
+    other precision settings changes the first one's autocast."""
+    accelerator = getattr(trainer, "accelerator", None)
+    args = getattr(trainer, "args", None)
+    if accelerator is None or args is None:
+        return None
+    wanted_device, device = args.device, accelerator.device
+    wanted_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+    precision = str(accelerator.state.mixed_precision)
+    changes = []
+    if wanted_device.type != device.type:
+        changes.append(f"device {device} instead of {wanted_device}")
+    if precision != wanted_precision:
+        changes.append(f"mixed precision {precision!r} instead of {wanted_precision!r}")
+    if not changes:
+        return None
+    return ("this trainer would train with " + " and ".join(changes) + ": another Trainer or TrainingArguments "
+            "was built in this process after it, and transformers resets accelerate's process-wide state each "
+            "time. Build this trainer again (re-run the cell that builds it), after the other one, right before "
+            "training.")
+
+
+def check_trainer_state(trainer) -> None:
+    """Raise :class:`TrainerStateReplaced` when :func:`trainer_state_problem` finds one; return None."""
+    problem = trainer_state_problem(trainer)
+    if problem:
+        raise TrainerStateReplaced(problem[0].upper() + problem[1:])
 
 
 def use_torch_varlen() -> str:

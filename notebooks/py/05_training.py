@@ -169,7 +169,7 @@ from helpers.training import cpu_computes_bf16
 
 checkpoints = checkpoint_settings(profile, train_dataset, text_dataset)  # not in the walkthrough: see "Train"
 if profile.device == "cuda":
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()  # walkthrough: is_bf16_supported()
+    bf16 = torch.cuda.is_bf16_supported() and profile.dtype != "float16"  # walkthrough: is_bf16_supported()
 else:  # not in the walkthrough: bf16 autocast on a CPU that computes bf16 in hardware (see below)
     bf16 = profile.cpu_bf16 and cpu_computes_bf16()
 fp16 = profile.device == "cuda" and torch.cuda.is_available() and not bf16
@@ -347,80 +347,56 @@ print("\nembedding LR applies to:", embedding_group["modules"],
       "(lm_head shares embed_tokens' matrix)" if model.get_base_model().config.tie_word_embeddings else "")
 
 # %% [markdown]
-# ### Does the embedding learning rate also apply to `lm_head`?
+# ### Does the embedding learning rate also apply to `lm_head`? And which rows get a gradient?
 #
-# SmolLM2 **ties** its input
-# and output embeddings, so there `lm_head` *is* `embed_tokens`: one matrix, one trainable copy, and
-# the question cannot be told apart from "does it apply to embed_tokens". Mistral-7B does not tie
-# them. To answer for an untied model without downloading one, we build a tiny random Llama with
-# `tie_word_embeddings=False`, add LoRA with the helpers' own configuration (this profile's targets,
-# rank lowered to suit the tiny size), build the trainer with `helpers.training.build_trainer`
-# (`EmbeddingLRTrainer`, the plain twin of `UnslothTrainer`) and print the groups its optimizer really
-# has. The tiny model runs on the CPU on every profile; it only has to have the right *shape*.
+# SmolLM2 **ties** its input and output embeddings, so there `lm_head` *is* `embed_tokens`: one
+# matrix, one trainable copy. Mistral-7B does not tie them. To see both cases on every profile, we
+# build a tiny random model with untied embeddings and this tokenizer's vocabulary, on the CPU (OLMo's
+# layout, which has Llama's module names and which unsloth leaves alone), add LoRA the helpers' way
+# (rank lowered to suit its size), and print the groups that `embedding_param_groups` (printed above)
+# makes of it. Then one forward and backward pass on the first training row counts the rows of each
+# matrix that get a non-zero gradient
+# (`helpers.training.embedding_gradient_rows`).
+#
+# The tiny model stands in for the real one on purpose: a forward and backward pass on the model
+# being trained, outside the trainer, costs a 7B model's full-vocabulary gradients in memory, and
+# unsloth then resets its compiled graphs before training. And no second `Trainer` is built here:
+# transformers resets accelerate's process-wide state (device, mixed precision) for every new one,
+# which silently re-points the trainer above. `train_resumable` below refuses to train if that
+# happened.
 
 # %%
-from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM
+from types import SimpleNamespace
 
-from helpers.support.paths import outputs_dir
-from helpers.training import EMBEDDING_GROUP, add_lora, build_trainer
+from transformers import OlmoConfig, OlmoForCausalLM  # a layout unsloth does not patch: plain PyTorch
+
+from helpers.training import EMBEDDING_GROUP, add_lora, embedding_gradient_rows, embedding_param_groups
 
 tiny_profile = profile.replace(backend="transformers", device="cpu", load_in_4bit=False, dtype="float32",
-                               use_gradient_checkpointing=False, optim="adamw_torch", lora_r=8)
+                               use_gradient_checkpointing=False, lora_r=8)
 torch.manual_seed(profile.seed)
-tiny = LlamaForCausalLM(LlamaConfig(
+tiny = add_lora(OlmoForCausalLM(OlmoConfig(
     vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
-tiny = add_lora(tiny, tiny_profile)
-tiny_trainer = build_trainer(tiny_profile, tiny, tokenizer, Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 4}),
-                             output_dir=str(outputs_dir() / "05_tiny_trainer"))
-tiny_trainer.create_optimizer()
-tiny_groups = describe_param_groups(tiny_trainer.optimizer, tiny)
+    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)), tiny_profile)
+tiny_groups = describe_param_groups(SimpleNamespace(param_groups=embedding_param_groups(
+    tiny, profile.learning_rate, profile.embedding_learning_rate, profile.weight_decay)), tiny)
 for group in tiny_groups:
     print(f"{group['group']:<36} lr={group['lr']:.1e}  tensors={group['tensors']:3d}  modules: "
           f"{', '.join(group['modules'][:4])}{' ...' if len(group['modules']) > 4 else ''}")
 tiny_embedding_group = next(g for g in tiny_groups if g["group"] == EMBEDDING_GROUP)
 assert {"embed_tokens", "lm_head"} <= set(tiny_embedding_group["modules"])
-assert tiny_embedding_group["lr"] == tiny_profile.embedding_learning_rate
-tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-print(f"\nuntied model: lm_head is in the embedding group at lr={tiny_embedding_group['lr']:.0e}, beside embed_tokens.")
-print(f"this profile's model ties them: lm_head is embed_tokens -> {tied}")
+assert tiny_embedding_group["lr"] == profile.embedding_learning_rate
 
-# %% [markdown]
-# So yes: the separate, smaller learning rate applies to both matrices, which is what `UnslothTrainer`
-# does as well (the cell above asserts its groups on the GPU branch).
-
-# %% [markdown]
-# ## Which embedding rows get a gradient?
-#
-# The claim above, measured: one forward and backward pass on the first training row, then a count of the rows with a non-zero gradient in each matrix.
-# `helpers.training.embedding_gradient_rows` reads the input side's gradient where the embedding
-# lookup hands it on, and the output side's as the gradient of the `lm_head` weight (for SmolLM2,
-# whose two matrices are one tied tensor, it separates the two shares). The gradients are cleared
-# afterwards, so training starts as if this cell had not run. On a GPU it also hands the probe's
-# memory back and resets the peak counter: at 7B the probe's full-vocabulary gradients peaked at
-# 14.59 GiB reserved, above what training itself needs, and the walkthrough's "start" reading below
-# (`max_memory_reserved` before `train()`) would otherwise report the probe's peak, and "memory for
-# training 0.0 GiB".
-
-# %%
-import torch
-
-from helpers.training import embedding_gradient_rows
-
-probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]])  # the helper moves it
-model.train()
-rows = embedding_gradient_rows(model, probe_ids)
-print(f"one row of {probe_ids.numel()} tokens, {rows['distinct_input_tokens']} distinct; vocabulary {rows['vocabulary']:,} rows"
-      f"{' (tied matrices)' if rows['tied'] else ''}")
+probe_ids = torch.tensor([trainer.train_dataset[0]["input_ids"][: profile.max_seq_length]])
+rows = embedding_gradient_rows(tiny, probe_ids)
+print(f"\none row of {probe_ids.numel()} tokens, {rows['distinct_input_tokens']} distinct; vocabulary {rows['vocabulary']:,} rows")
 print(f"embed_tokens rows with a gradient: {rows['embed_tokens']:,} ({rows['embed_tokens'] / rows['vocabulary']:.2%})")
 print(f"lm_head rows with a gradient     : {rows['lm_head']:,} ({rows['lm_head'] / rows['vocabulary']:.2%})")
 assert rows["embed_tokens"] <= rows["distinct_input_tokens"] < rows["vocabulary"] / 10
 assert rows["lm_head"] >= 0.99 * rows["vocabulary"]
-if torch.cuda.is_available():
-    torch.cuda.empty_cache()  # the probe's cached blocks go back to the driver
-    torch.cuda.reset_peak_memory_stats()  # and its peak does not count as the start of training
+tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+print(f"this profile's model ties its two matrices: {tied}")
 
 # %% [markdown]
 # So one row touches a few hundred rows of `embed_tokens` and (nearly) all rows of `lm_head`. The
