@@ -276,6 +276,7 @@ GPU_SMOLLM2 = CPU_SMOLLM2.replace(
     dtype=None,
     optim="adamw_8bit",
     use_gradient_checkpointing="unsloth",
+    embedding_dtype="float32",  # as gpu-mistral7b: unsloth's bf16 copies round the embedding updates away
 )
 
 # An air-gapped CUDA smoke test that downloads nothing: a small randomly initialised Llama built from
