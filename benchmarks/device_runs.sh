@@ -19,6 +19,9 @@
 #   last:                                            bash benchmarks/device_runs.sh epochs   (alone on the GPU)
 #
 # GROUPS_7B (default "07,08 09,10") and GROUPS_SMOL ("07 08 09 10") are the later notebooks' processes.
+# Disk: the machine has 64 GB; the fake hub takes 14.5 GB and notebook 08 at 7B about 37 GB at its
+# peak (the 16-bit merge, the F16 GGUF, the Q8_0 GGUF; 08 checks the room before each write), so no
+# other 7B process may keep large outputs beside it. Each background job removes its folder when done.
 set -uo pipefail
 D=/tmp/dev
 export PYTHONPATH=$D/site:$D/smol PATH=$D/site/bin:$PATH HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -76,7 +79,7 @@ case "${1:?phase}" in
     background series-7b "cd $D/p7b && CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 bash scripts/gpu_series.sh $D/s7b ${GROUPS_7B:-07,08 09,10}"
     sleep 20  # the series' first model load goes first
     background diag-t4 "cd $D/pdiag && CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 python3 benchmarks/second_trainer.py; \
-      cd $D/pt4 && CPT_PROFILE=gpu-mistral7b-t4 CPT_RANDOM_WEIGHTS=1 bash scripts/gpu_nbval.sh $D/t4 notebooks/05_training.ipynb"
+      cd $D/pt4 && CPT_PROFILE=gpu-mistral7b-t4 CPT_RANDOM_WEIGHTS=1 bash scripts/gpu_nbval.sh $D/t4 notebooks/05_training.ipynb; rm -rf $D/pdiag $D/pt4"
     sleep 5; collect ;;
   part-b)
     cp .devmodel-b/part.* $D/ && rm -rf $D/rare-text && cp -r .rare-text $D/rare-text && ls $D ;;
@@ -89,11 +92,14 @@ case "${1:?phase}" in
     (cd $D/pq && python3 -c "from helpers.support.gguf import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())")
     background series-smollm2 "cd $D/psm && CPT_PROFILE=gpu-smollm2 bash scripts/gpu_series.sh $D/ssm ${GROUPS_SMOL:-07 08 09 10}"
     G="python3 benchmarks/quality_gate.py --parallel ${PARALLEL:-6} --batchings packed-2x1 --no-reference --embedding-dtypes float32,bfloat16"
-    background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare"
+    background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare; rm -rf $D/pq/outputs"
     sleep 10; collect ;;
   wait)
     wait_all ${WAIT_S:-540} ;;
   epochs)  # the 7B epoch through scripts/train_cpt.py, fp32 copies then bf16 copies, alone on the GPU
+    # the series' folders go first: on 2026-12-07 they had filled the 64 GB disk and both epochs stopped
+    # at their first checkpoint (DiskFullError)
+    rm -rf $D/p7b $D/psm $D/pq $D/pdiag $D/pt4 $D/e-*; df -h /tmp | tail -1
     snapshot $D/pe && cd $D/pe
     run() { local name=$1; shift
       CPT_PROFILE=gpu-mistral7b CPT_RANDOM_WEIGHTS=1 timeout ${RUN_S:-270} python3 scripts/train_cpt.py "$@" --fresh \

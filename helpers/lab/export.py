@@ -400,6 +400,27 @@ def export_gguf(model, tokenizer, path: Path | str, quantization: str = "F16", n
     return path
 
 
+DISK_MARGIN_BYTES = 1 << 30  # what a write leaves free at least: logs, checkpoints, the notebook's own record
+
+
+def room_problem(folder: Path | str, needed_bytes: int, what: str) -> str | None:
+    """Return why ``what`` (``needed_bytes`` large) does not fit on the disk holding ``folder`` with
+    :data:`DISK_MARGIN_BYTES` to spare, naming both sizes and what to do; None when it fits. A 7B
+    model's 16-bit merge and its F16 GGUF are 14.5 GB each: checked before writing, a full disk is a
+    sentence instead of a half-written file."""
+    import shutil
+
+    path = Path(folder)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free - needed_bytes >= DISK_MARGIN_BYTES:
+        return None
+    return (f"{what} needs about {needed_bytes / 1e9:.1f} GB, and the disk holding {path} has {free / 1e9:.1f} GB "
+            f"free (1 GB is kept spare): free space (older outputs, the Hugging Face cache), or set CPT_OUTPUTS "
+            f"to a larger disk")
+
+
 def stored_type(shape, quantization: str) -> str:
     """Return the type :func:`export_gguf` stores a tensor of ``shape`` in for ``quantization``: 1-D
     tensors (norms) stay F32, as llama.cpp keeps them; a matrix whose rows do not split into whole

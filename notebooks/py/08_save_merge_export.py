@@ -113,6 +113,11 @@ from helpers.modeling import resolve_model_source
 from helpers.support.paths import artifact_path, relative
 
 if profile.uses_unsloth:
+    from helpers.lab.export import room_problem
+
+    merged_bytes = 2 * model.get_base_model().num_parameters()  # 16-bit weights (4-bit ones counted as unpacked)
+    no_room = room_problem(artifact_path("merged").parent, merged_bytes, "the 16-bit merged model")
+    assert no_room is None, no_room  # before writing, not half-way through it
     with offline_merge_base(model, resolve_model_source(profile)):
         merged_dir = save_outputs(profile, {"merged": lambda folder: model.save_pretrained_merged(
             str(folder), tokenizer, save_method="merged_16bit")})["merged"]
@@ -339,6 +344,7 @@ from helpers.lab.export import (
     gguf_tensor_bytes,
     gguf_tensor_types,
     load_gguf,
+    room_problem,
 )
 from helpers.support.paths import outputs_dir, relative
 
@@ -356,7 +362,9 @@ assert problem is None or not (profile.is_embedded_model or walkthrough_model), 
 big = sum(p.numel() for p in merged.parameters()) > 1e9
 check_type = "F16" if big else "F32"  # the type of the round trip: F32 stores every weight exactly
 check_path = None
-if problem:  # e.g. Gemma 3 (CPT_MODEL): the rest of this part is skipped
+if not problem:  # a 7B model's F16 file is 14.5 GB: check the disk before writing it
+    problem = room_problem(export_dir.parent, gguf_tensor_bytes(merged, check_type), f"the {check_type} GGUF file")
+if problem:  # e.g. Gemma 3 (CPT_MODEL), or a full disk: the rest of this part is skipped
     print(f"SKIPPED, not exported here: {problem}")
 else:
     check_path = export_gguf(merged, tokenizer, export_dir / f"model-{check_type}.gguf", check_type, tokenizer_pre=pre)
@@ -441,6 +449,9 @@ if check_path:
     for qtype in ("F16", "Q8_0") if big else ("F32", "F16", "Q8_0", "Q4_0"):
         if qtype == check_type:  # exported, read back and scored above
             path, ppl, kept = check_path, ppl_gguf, len(reference)  # its greedy text: the same, asserted above
+        elif room_problem(export_dir, gguf_tensor_bytes(merged, qtype), qtype):
+            print(f"{qtype}: not exported, {room_problem(export_dir, gguf_tensor_bytes(merged, qtype), 'its file')}")
+            continue
         else:
             path = export_gguf(merged, tokenizer, export_dir / f"model-{qtype}.gguf", qtype, tokenizer_pre=pre)
             model_q = as_stored(merged, qtype)  # the weights this file gives back when read

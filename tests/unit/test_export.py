@@ -208,3 +208,20 @@ def test_as_stored_computes_what_the_file_read_back_computes(tmp_path, small_bpe
     assert (logits(model, small_bpe) - reference).abs().max().item() == 0.0  # the original is untouched
     if qtype != "F16":  # a quantized type really rounds
         assert (logits(stored, small_bpe) - reference).abs().max().item() > 0
+
+
+def test_room_problem_refuses_a_write_the_disk_cannot_hold_before_it_starts(tmp_path, monkeypatch):
+    """Notebook 08 at 7B wrote a 14.5 GB merge and GGUF files until a 64 GB disk was full (H100,
+    2026-12-07): now each write is checked first, with both sizes and what to do."""
+    import shutil
+    from collections import namedtuple
+
+    from helpers.lab.export import room_problem
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64e9, 55e9, 9e9))
+    message = room_problem(tmp_path / "08_gguf", int(14.5e9), "the F16 GGUF file")
+    assert "the F16 GGUF file needs about 14.5 GB" in message and "9.0 GB free" in message
+    assert "CPT_OUTPUTS" in message
+    assert room_problem(tmp_path, int(7.7e9), "Q8_0") is None  # 9.0 - 7.7 leaves more than 1 GB
+    assert room_problem(tmp_path, int(8.5e9), "Q8_0") is not None  # 0.5 GB would be left: refused
