@@ -37,6 +37,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 PACKING_ENV_VAR = "CPT_PACKING"  # 1: packed blocks, 0: one padded document per row (overrides the profile)
 RANDOM_WEIGHTS_ENV_VAR = "CPT_RANDOM_WEIGHTS"  # 1: the model has the real architecture but random weights
+CPU_BF16_ENV_VAR = "CPT_CPU_BF16"  # 0: train and score in fp32 on any CPU (as on a CPU without bf16 hardware)
 EMBEDDING_DTYPE_ENV_VAR = "CPT_EMBEDDING_DTYPE"  # float32 (default on the GPU) or bfloat16 (unsloth's copies)
 EMBEDDING_DTYPES = ("float32", "bfloat16")
 GRADIENT_CHECKPOINTING_CHOICES = (False, True, "unsloth", "auto")
@@ -222,6 +223,19 @@ GPU_MISTRAL7B_LEAN = GPU_MISTRAL7B.replace(
     use_gradient_checkpointing="unsloth",
 )
 
+# The walkthrough exactly as it was written, for comparison with the default: one padded story per row,
+# 2 rows x 8 accumulation steps (157 steps), unsloth's offloaded gradient checkpointing, unsloth's bf16
+# embedding copies (whose small updates round away: the embeddings check then fails and says so).
+GPU_MISTRAL7B_WALKTHROUGH = GPU_MISTRAL7B.replace(
+    name="gpu-mistral7b-walkthrough",
+    description="The walkthrough's own settings: padded 2 x 8 stories a step, unsloth's checkpointing and bf16 embedding copies.",
+    packing=False,
+    per_device_train_batch_size=2,
+    gradient_accumulation_steps=8,
+    use_gradient_checkpointing="unsloth",
+    embedding_dtype=None,
+)
+
 # The walkthrough's premise, a free Colab T4 (15 GB, compute capability 7.5, no bf16), emulated on a
 # larger GPU: the lean profile in fp16, unsloth's own packed attention, PyTorch capped at 15 GiB.
 GPU_MISTRAL7B_T4 = GPU_MISTRAL7B_LEAN.replace(
@@ -289,7 +303,8 @@ GPU_SMOKE = GPU_SMOLLM2.replace(
     max_new_tokens=40,
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B_LEAN, GPU_MISTRAL7B_T4, CPU_SMOLLM2, GPU_SMOLLM2,
+PROFILES: dict[str, Profile] = {p.name: p for p in (GPU_MISTRAL7B, GPU_MISTRAL7B_WALKTHROUGH, GPU_MISTRAL7B_LEAN,
+                                                    GPU_MISTRAL7B_T4, CPU_SMOLLM2, GPU_SMOLLM2,
                                                     GPU_SMOKE)}
 
 
@@ -338,7 +353,7 @@ def select_profile(env: dict | None = None, cuda: bool | None = None) -> tuple[P
     else:
         chosen, reason = (CPU_SMOLLM2,
                           f"automatic: no CUDA device, so the offline CPU default (set {PROFILE_ENV_VAR} to choose another)")
-    chosen, reason = with_embedding_dtype(*with_packing(chosen, reason, env), env)
+    chosen, reason = with_cpu_bf16(*with_embedding_dtype(*with_packing(chosen, reason, env), env), env)
     return with_own_model(*with_own_text(chosen, reason, env), env)
 
 
@@ -364,6 +379,22 @@ def with_packing(profile: Profile, reason: str, env: dict) -> tuple[Profile, str
         changes.update(per_device_train_batch_size=batch[0], gradient_accumulation_steps=batch[1])
         how += f", {batch[0]} x {batch[1]} rows a step"
     return profile.replace(**changes), f"{reason}; batching: {PACKING_ENV_VAR}={value} ({how})"
+
+
+def with_cpu_bf16(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:
+    """Apply ``CPT_CPU_BF16`` from ``env``: ``0`` trains and scores in fp32 on the CPU even where it
+    computes bf16 in hardware (how a laptop without bf16 runs the series), ``1`` keeps the profile's
+    bf16 autocast where the hardware has it. Unset or blank: the profile's own choice. Returns the
+    (possibly changed) profile and a reason that says so; raises ``ValueError`` for another value."""
+    value = env.get(CPU_BF16_ENV_VAR, "").strip().lower()
+    if not value:
+        return profile, reason
+    if value not in _TRUE + _FALSE:
+        raise ValueError(f"{CPU_BF16_ENV_VAR}={value!r}: use 0 (fp32 on the CPU) or 1 (bf16 where the CPU has it).")
+    wanted = value in _TRUE
+    if wanted == profile.cpu_bf16:
+        return profile, reason
+    return profile.replace(cpu_bf16=wanted), f"{reason}; CPU arithmetic: {CPU_BF16_ENV_VAR}={value}"
 
 
 def with_embedding_dtype(profile: Profile, reason: str, env: dict) -> tuple[Profile, str]:

@@ -260,3 +260,32 @@ def test_quality_gate_batchings_are_parsed_and_bad_ones_refused():
     assert [r["batching"] for r in runs] == ["padded-2x8"] * 2 + ["packed-2x1"] * 2  # the reference always runs
     with pytest.raises(SystemExit):
         parse_args(["--batchings", "packed-2"])
+
+
+def test_the_walkthrough_switch_gives_the_walkthroughs_own_settings():
+    """CPT_PROFILE=gpu-mistral7b-walkthrough: padded 2 x 8 (157 steps), unsloth's offloaded
+    checkpointing, unsloth's bf16 embedding copies; the rest of the recipe as the default's."""
+    from helpers.profiles import GPU_MISTRAL7B_WALKTHROUGH
+
+    profile, reason = select_profile(env={"CPT_PROFILE": "gpu-mistral7b-walkthrough"}, cuda=True)
+    assert profile is GPU_MISTRAL7B_WALKTHROUGH and "gpu-mistral7b-walkthrough" in reason
+    assert not profile.packing
+    assert (profile.per_device_train_batch_size, profile.gradient_accumulation_steps) == (2, 8)
+    assert profile.use_gradient_checkpointing == "unsloth" and profile.embedding_dtype is None
+    same = ("model_name", "load_in_4bit", "max_seq_length", "lora_r", "lora_alpha", "use_rslora", "target_modules",
+            "learning_rate", "embedding_learning_rate", "lr_scheduler_type", "warmup_ratio", "optim",
+            "weight_decay", "seed", "dataset_name", "dataset_split", "num_train_epochs")
+    assert all(getattr(profile, f) == getattr(GPU_MISTRAL7B, f) for f in same)
+    assert GPU_MISTRAL7B.packing and GPU_MISTRAL7B.embedding_dtype == "float32"  # what the default changes
+
+
+@pytest.mark.parametrize("value, expected", [("0", False), ("1", True), ("", True), ("off", False)])
+def test_cpu_bf16_switch(value, expected):
+    profile, reason = select_profile(env={"CPT_CPU_BF16": value}, cuda=False)
+    assert profile.name == "cpu-smollm2" and profile.cpu_bf16 is expected
+    assert ("CPT_CPU_BF16" in reason) == (not expected)
+
+
+def test_cpu_bf16_switch_refuses_other_values():
+    with pytest.raises(ValueError, match="CPT_CPU_BF16='maybe'"):
+        select_profile(env={"CPT_CPU_BF16": "maybe"}, cuda=False)
