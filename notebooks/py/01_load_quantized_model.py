@@ -38,22 +38,24 @@ profile = start("01_load_quantized_model")
 # %% [markdown]
 # ## The loading call
 #
-# `FastLanguageModel.from_pretrained` is unsloth's loader: transformers' loader with some of its
-# functions swapped for faster ones. Its three settings:
+# `FastLanguageModel.from_pretrained` is unsloth's loader: it wraps transformers' loader and swaps some
+# of transformers' functions for faster ones (Going further shows which). Its three settings:
 #
 # * `load_in_4bit=True` stores the weights of the linear layers as 4-bit codes (**NF4**, "normal float
 #   4": 16 levels spaced for normally distributed weights), through **bitsandbytes**, a library of
-#   quantized GPU kernels. 7.25 billion weights take 14.5 GB in bf16 (2 bytes each), about a quarter of
-#   that in 4-bit. 4-bit codes cannot be trained, so the model stays frozen and training goes into
-#   small LoRA adapters (notebook 04).
+#   quantized GPU kernels. Mistral's 7.25 billion weights take 14.5 GB in bf16 (2 bytes each); loaded
+#   in 4-bit, the walkthrough's model reserved 4.36 GB of GPU memory. 4-bit codes cannot be trained,
+#   so the model stays frozen and training goes into LoRA adapters, small trainable matrices beside
+#   the frozen ones (notebook 04).
 # * `dtype=None` picks the **compute dtype**, the precision each block of codes is expanded to for its
-#   multiplication: bf16 on GPUs that have it (A100, H100), else fp16 (a T4).
+#   multiplication: bf16 on GPUs that have it (A100, H100), else fp16 (a T4). Both are 16-bit floats;
+#   bf16 keeps the range of fp32 (32-bit floats), where fp16 overflows above 65,504.
 # * `max_seq_length=2048`: the longest sequence this run feeds the model (below).
 #
 # unsloth cannot even be imported without an NVIDIA GPU, so beside it stands the plain transformers
 # call that does the same, with a `BitsAndBytesConfig` for 4-bit. A CPU has no 4-bit kernels: there
-# SmolLM2-135M loads in fp32. Later notebooks load through `helpers.modeling.load_model_and_tokenizer`,
-# which runs this same code.
+# SmolLM2-135M loads in fp32. Later notebooks load through `helpers.modeling.load_model_and_tokenizer`:
+# the same code, plus clear errors.
 
 # %%
 from helpers.modeling import ensure_pad_token, resolve_dtype, resolve_model_source
@@ -123,8 +125,9 @@ else:
 #
 # The walkthrough reports GPU memory at each stage, and so does this series. `helpers.memory.record_stage`
 # reads every gauge it can and appends them to `outputs/memory_stages.json` (notebook 06 plots them):
-# PyTorch's allocator; **NVML**, the NVIDIA driver's library that `nvidia-smi` reads; and the process's
-# **RSS** (resident set size: the host memory it holds), the only gauge on a CPU. Once after loading:
+# PyTorch's allocator; **NVML** (NVIDIA Management Library), the driver's gauge that `nvidia-smi`
+# reads; and the process's **RSS** (resident set size: the host memory it holds), the only gauge on
+# a CPU. Once after loading:
 
 # %%
 from helpers.memory import format_snapshot, record_stage
@@ -147,8 +150,8 @@ print(format_snapshot(record_stage("after a forward pass", "01")))
 # ## `max_seq_length` and the trained context
 #
 # `max_seq_length` sizes the training rows (notebook 02). The model's own limit is the context it was
-# trained for, `max_position_embeddings` in its config; asked for more, unsloth's loader stretches the
-# positions (RoPE scaling, see Going further) and says so.
+# trained for, `max_position_embeddings` in its config. Asked for more, unsloth's loader (and
+# `load_model_and_tokenizer`) stretches the positions: RoPE scaling, see Going further.
 #
 # > **The walkthrough says** Mistral 7B was trained with a context of 8,192 tokens. That was the first
 # > Mistral-7B (v0.1), whose paper gives an 8,192-token context and a 4,096-token sliding window (each
@@ -158,6 +161,8 @@ print(format_snapshot(record_stage("after a forward pass", "01")))
 # > It also describes RoPE (rotary position embeddings, how Mistral encodes word order) as vectors
 # > *added* to the token embeddings. RoPE adds nothing: it rotates the query and key vectors inside each
 # > attention layer by angles that grow with the position.
+#
+# The cell prints the loaded model's figures (on the CPU, SmolLM2's).
 
 # %%
 print(f"trained context (max_position_embeddings): {config.max_position_embeddings:,}")

@@ -39,8 +39,8 @@ profile = start("02_data_prep")
 # ## Loading the stories
 #
 # The walkthrough takes the first 2,500 stories of the hub dataset `roneneldan/TinyStories`. The CPU
-# profile reads the first 188 of them from `data/tinystories-sample/`, with the same `load_dataset`
-# and its `"json"` builder: a JSON Lines file, one `{"text": ...}` object per line. `validate_jsonl`
+# profile reads its first 188 from `data/tinystories-sample/`, with the same `load_dataset` and its
+# `"json"` builder: a JSON Lines file, one `{"text": ...}` object per line. `validate_jsonl`
 # checks that file first, so a broken one fails with what to fix. A GPU without network falls back to
 # the sample, repeated to 2,500 rows, and says so.
 
@@ -123,9 +123,9 @@ if not profile.text_dir:  # with your own text there is nothing to compare with
 assert all(len(story) > len(EOS_TOKEN) for story in dataset["text"][:5])
 
 # %% [markdown]
-# **Padding must not be EOS.** A batch of rows of different lengths fills the short ones with a
-# **padding** token (PAD), and transformers' collator (the function that builds batches) keeps PAD out
-# of the loss by its token id. If PAD were EOS, every real EOS would leave the loss too, and the model
+# **The padding token must not be EOS.** A batch of rows of different lengths fills the short ones
+# with a **padding** token (PAD), and transformers' language-model collator (the function that builds
+# batches) keeps PAD out of the loss by its token id. If PAD were EOS, every real EOS would leave the loss too, and the model
 # would never learn to stop. `ensure_pad_token` picked a PAD that is not EOS.
 
 # %%
@@ -171,12 +171,12 @@ plt.show()
 # * **Packing**: all stories, each ending in EOS, in one stream cut into blocks of exactly
 #   `max_seq_length` tokens. Nothing is padded or cut but the stream's last partial block; a long story
 #   runs on into the next block. So that a story does not attend to the one before it in its block,
-#   positions restart at each story and attention gets a **block-diagonal mask**: one causal block per
-#   story (notebook 05).
+#   positions restart at each story and attention gets a **block-diagonal mask**: one causal block
+#   (each token sees only the tokens before it) per story (notebook 05).
 #
 # Both default profiles pack: on the CPU, padding would cut every story longer than 256 tokens; on the
 # GPU, packing is faster. `CPT_PACKING=0` gives the walkthrough's padded rows. A block is not a story:
-# it holds the end of one and the start of the next.
+# it may hold the end of one and the start of the next.
 
 # %%
 from helpers.data import pack_blocks, truncate_rows
@@ -224,12 +224,14 @@ print(f"saved {len(train_dataset)} rows to {relative(artifact_path('dataset'))}"
 #
 # ### Packing, measured
 #
-# The walkthrough's optimizer step is 2 rows × 8 accumulation steps: 16 padded stories, about 4,300
-# tokens with Mistral's tokenizer. A 2,048-token packed row holds about 7.7 stories, so the packed GPU
-# profile takes 2 rows a step: about the same tokens and number of steps. Measured on the real SmolLM2
-# under the 7B recipe, three seeds (benchmarks/RESULTS.md): these packed rows reached held-out
-# perplexity 6.36, the padded rows 6.40; 16 packed rows a step took 7.5× fewer steps and reached only
-# 7.24. Letting each story attend to the one before it in its row cost 4.5% in perplexity.
+# The walkthrough's optimizer step is 2 rows × 8 gradient-accumulation steps (the gradients of 8
+# batches summed before one update): 16 padded stories, about 4,300 tokens with Mistral's tokenizer.
+# A 2,048-token packed row holds about 7.7 stories, so the packed GPU profile takes 2 rows a step:
+# about the same tokens and number of steps. Measured on the real SmolLM2 under the 7B recipe, three
+# seeds (benchmarks/RESULTS.md), in held-out perplexity (how surprised the model is by stories it never
+# trained on; lower is better): these packed rows reached 6.36, the padded rows 6.40; 16 packed rows a
+# step took 7.5× fewer steps and reached only 7.24. Letting each story attend to the one before it in
+# its row cost 4.5% in perplexity.
 #
 # ### What does `dataset_num_proc` buy?
 #
@@ -270,6 +272,7 @@ if bars_were_on:  # switched off for the saved outputs (HF_DATASETS_DISABLE_PROG
 print(f"this machine has {os.cpu_count()} CPU cores")
 
 # %% [markdown]
-# On a few thousand short stories the whole tokenization takes a second or two either way, and a
-# second process saves a fraction of that: starting it costs about as much as the work. `dataset_num_proc`
-# pays off on hundreds of thousands of documents, up to the number of cores.
+# On these few thousand short stories the tokenization took seconds at most, and a second process
+# changed that by a fraction of a second, one way or the other: far from the 2× two cores could give,
+# because of that fixed cost (the ratios above, on two cores shared with other work). `dataset_num_proc` pays off on hundreds of
+# thousands of documents, up to the number of cores.
