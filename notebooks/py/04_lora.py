@@ -70,7 +70,7 @@ hidden, kv, mlp, layers, vocab = 4096, 1024, 14336, 32, 32768  # Mistral-7B v0.3
 adapters = layers * walkthrough.lora_r * (2 * (hidden + hidden) + 2 * (hidden + kv) + 3 * (hidden + mlp))
 embeddings = 2 * vocab * hidden  # embed_tokens and lm_head
 print(f"Mistral-7B: adapters {adapters:,} + embeddings {embeddings:,} = {adapters + embeddings:,} trainable")
-assert adapters + embeddings == 603_979_776  # what the walkthrough's get_peft_model printed
+assert adapters + embeddings == 603_979_776  # the walkthrough's count of trainable parameters
 
 # %% [markdown]
 # ## Why the embeddings are trained in full
@@ -167,7 +167,7 @@ assert (model.get_input_embeddings().weight is model.get_output_embeddings().wei
 #
 # `get_peft_model` freezes every weight of the base model; only the LoRA matrices and the embedding
 # copies train. The breakdown splits `print_trainable_parameters`' total by kind, with the dtype each
-# is stored in, and checks that nothing else has `requires_grad=True`.
+# is stored in, and checks that nothing else has `requires_grad=True` and that every `B` is still zero.
 
 # %%
 from helpers.training import trainable_breakdown
@@ -180,6 +180,7 @@ for key, entry in breakdown.items():
 print(f"{'trainable':<28}{trainable / 1e6:10.2f} M of {total / 1e6:.1f} M parameters ({100 * trainable / total:.1f}%)")
 others = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n and "modules_to_save" not in n]
 assert not others, f"trainable outside the LoRA matrices and the embedding copies: {others[:3]}"
+assert all(not p.any() for n, p in model.named_parameters() if "lora_B" in n), "B starts at zero"
 
 # %% [markdown]
 # ## Memory and hand-over
