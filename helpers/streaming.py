@@ -1,8 +1,10 @@
 """Streaming generation: run ``model.generate`` in a thread and print its text as it arrives,
 wrapped at a fixed width on word boundaries.
 
-Notebook ``03_inference_before_training`` shows the walkthrough's three ways to print a stream and
-the quirk of each, then uses :class:`WrappedPrinter` and :func:`stream_generate`.
+Notebook ``03_inference_before_training`` streams its story with the walkthrough's own code
+(``TextIteratorStreamer(tokenizer)``, a ``Thread``, a loop that wraps by counting characters) and hands
+it to notebook 06 through :func:`story_from_stream`; its "Going further" measures that loop's quirks
+and shows :class:`WrappedPrinter`, which :func:`stream_generate` uses.
 """
 
 from __future__ import annotations
@@ -249,3 +251,30 @@ def stream_generate(model, tokenizer, prompt: str, max_new_tokens: int = 128, wi
     return StreamResult(prompt=prompt, text="".join(chunks), chunks=chunks, token_ids=token_ids,
                         eos_token_ids=eos_ids, max_new_tokens=kwargs["max_new_tokens"],
                         cut_characters=streamer.cut_characters)
+
+
+def story_from_stream(tokenizer, prompt: str, chunks: list[str], eos_token_id=None) -> dict:
+    """Return ``{"text", "new_tokens", "stopped_at_eos"}`` for a generation streamed the walkthrough's way.
+
+    The walkthrough streams through ``TextIteratorStreamer(tokenizer)``: the prompt is echoed and special
+    tokens are printed (a BOS before the prompt with some tokenizers, the EOS that ends a story).
+    ``chunks`` are the pieces it yielded, in order. ``text`` is the continuation alone, without special
+    tokens, as :func:`stream_generate` returns it. ``new_tokens``: the streamer queues one chunk each time
+    ``generate`` hands it tokens (once the prompt, then once per new token, empty or not) and one more
+    when generation ends, so ``len(chunks) - 2``. ``stopped_at_eos``: the streamed text ends in an
+    end-of-sequence token (``eos_token_id``, an id or a list of ids: the model's generation config;
+    the tokenizer's EOS when None). Raises ``ValueError`` when the chunks do not hold the prompt.
+    """
+    if len(chunks) < 2:
+        raise ValueError(f"expected the chunks of a whole stream (the prompt and an end), got {len(chunks)}")
+    streamed = "".join(chunks)
+    eos_ids = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    eos_ids = [] if eos_ids is None else (list(eos_ids) if isinstance(eos_ids, (list, tuple)) else [eos_ids])
+    eos_strings = [s for s in tokenizer.convert_ids_to_tokens(eos_ids) if s]
+    stopped = any(streamed.rstrip().endswith(s) for s in eos_strings)
+    for special in sorted(set(tokenizer.all_special_tokens) | set(eos_strings), key=len, reverse=True):
+        streamed = streamed.replace(special, "")
+    start = streamed.find(prompt)
+    if start < 0:
+        raise ValueError(f"the streamed text does not contain the prompt {prompt!r}: {streamed[:80]!r}")
+    return {"text": streamed[start + len(prompt):], "new_tokens": len(chunks) - 2, "stopped_at_eos": stopped}
