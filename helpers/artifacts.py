@@ -73,7 +73,8 @@ CHECKED_PRODUCERS = frozenset({
 # Which profile fields shape which notebook's results (besides the run's identity and the data).
 IDENTITY_FIELDS = ("name", "model_name", "backend", "load_in_4bit", "dtype")
 DATA_PREP_FIELDS = ("max_seq_length", "packing")
-GENERATION_FIELDS = ("prompt", "max_new_tokens", "story_tokens", "eval_stories", "eval_max_tokens", "cpu_bf16", "seed")
+GENERATION_FIELDS = ("prompt", "max_new_tokens", "story_tokens", "repetition_penalty", "eval_stories", "eval_max_tokens",
+                     "cpu_bf16", "seed")
 LORA_FIELDS = ("lora_r", "lora_alpha", "use_rslora", "lora_dropout", "bias", "target_modules", "seed")
 TRAINING_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
                    "learning_rate", "embedding_learning_rate", "lr_scheduler_type", "warmup_ratio", "optim",

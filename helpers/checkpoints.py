@@ -352,9 +352,22 @@ def checkpoint_settings(profile: Profile, train_dataset, text_dataset=None, outp
 def record_checkpoints(trainer, profile: Profile, trained_on) -> None:
     """Give ``trainer`` its run record (``trainer.cpt_run``: profile, trainer settings and the data it
     trains on) and the callback that writes it, with the trainable set, into every checkpoint, so
-    that :func:`train_resumable` can check a checkpoint before resuming from it."""
+    that :func:`train_resumable` can check a checkpoint before resuming from it; and make
+    ``trainer.train()`` itself :func:`train_resumable` (the walkthrough's call then resumes after an
+    interruption; ``trainer.train(resume_from_checkpoint=...)`` with an explicit argument is the
+    library's own call, unchanged). Returns None."""
     trainer.cpt_run = run_identity(profile, trainer=trainer, dataset=trained_on)
     trainer.add_callback(_recorder_callback(trainer.cpt_run))
+    if "train" not in vars(trainer):  # once: the library's method is kept for train_resumable to call
+        library_train = trainer.train
+
+        def train(*args, **kwargs):
+            if args or kwargs:
+                return library_train(*args, **kwargs)
+            return train_resumable(trainer, profile)
+
+        trainer.cpt_library_train = library_train
+        trainer.train = train
 
 
 def build_resumable_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir: Path | str | None = None,
@@ -398,8 +411,8 @@ def interruption_message(trainer) -> str:
     saved = checkpoint_step(checkpoint)
     lost = f"; the {step - saved} step(s) after it are redone" if step > saved else ""
     how = getattr(trainer, "cpt_resume_how", None) or (
-        "run the training cell again: helpers.checkpoints.train_resumable(trainer) continues from it "
-        "(plain transformers: trainer.train(resume_from_checkpoint=True))")
+        "run the training cell again: trainer.train() continues from it "
+        "(helpers.checkpoints.train_resumable; a trainer built without it: trainer.train(resume_from_checkpoint=True))")
     return f"{head} The last complete checkpoint is {relative(checkpoint)} (step {saved}){lost}. To resume, {how}."
 
 
@@ -500,7 +513,8 @@ def _train_resumable(trainer, profile: Profile | None = None, resume: bool = Tru
         print(f"Resuming from {relative(checkpoint)} (step {checkpoint_step(checkpoint)}).")
     try:
         with out_of_memory_explained(profile), disk_full_explained(output_dir, "a checkpoint", previous_kept=False):
-            return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+            library_train = getattr(trainer, "cpt_library_train", trainer.train)  # see record_checkpoints
+            return library_train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     except DiskFullError as err:
         removed = remove_incomplete_checkpoints(output_dir)
         freed = (f"\nRemoved the half-written {', '.join(removed)} (it would only fill the disk); the earlier "

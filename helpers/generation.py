@@ -17,8 +17,10 @@ from pathlib import Path
 from .modeling import input_device
 
 
-def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """Return the greedy continuation of ``prompt`` (special tokens skipped), generated in-process.
+def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int, repetition_penalty: float = 1.0) -> str:
+    """Return the greedy continuation of ``prompt`` (special tokens skipped), generated in-process;
+    ``repetition_penalty`` above 1 divides the score of every token already in the text (a profile's
+    ``repetition_penalty``, as notebook 06 generates).
 
     The same decoding as :func:`generate_without_peft` runs in its subprocess, so the two can be
     compared string for string.
@@ -28,7 +30,7 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     inputs = tokenizer(prompt, return_tensors="pt").to(input_device(model))
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)
+                                repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
@@ -65,6 +67,7 @@ _LOAD_WITHOUT_PEFT = r"""
 import json, sys
 sys.modules["peft"] = None  # `import peft` now raises ImportError; transformers sees peft as absent
 model_dir, prompt, max_new_tokens, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+repetition_penalty = float(sys.argv[5])
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 torch.manual_seed(0)
@@ -74,7 +77,7 @@ model = AutoModelForCausalLM.from_pretrained(
 inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
 with torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id)
+                            repetition_penalty=repetition_penalty, pad_token_id=tokenizer.pad_token_id)
 text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 peft_loaded = sys.modules.get("peft") is not None
 print(json.dumps({"text": text, "class": type(model).__name__, "dtype": str(model.dtype),
@@ -83,8 +86,9 @@ print(json.dumps({"text": text, "class": type(model).__name__, "dtype": str(mode
 
 
 def generate_without_peft(model_dir: Path | str, prompt: str, max_new_tokens: int, device: str = "cpu",
-                          timeout: float = 600) -> dict:
-    """Load ``model_dir`` with plain transformers in a fresh Python process and generate greedily.
+                          timeout: float = 600, repetition_penalty: float = 1.0) -> dict:
+    """Load ``model_dir`` with plain transformers in a fresh Python process and generate greedily
+    (with :func:`greedy_text`'s ``repetition_penalty``).
 
     The weights load in the dtype they were saved in (``dtype="auto"``), on ``device`` ("cpu", or
     e.g. "cuda:0"). ``peft`` is blocked in that process (``import peft`` would fail), so success proves the folder
@@ -92,7 +96,8 @@ def generate_without_peft(model_dir: Path | str, prompt: str, max_new_tokens: in
     ``RuntimeError`` with the subprocess's last error lines when loading or generating fails.
     """
     result = subprocess.run(
-        [sys.executable, "-c", _LOAD_WITHOUT_PEFT, str(model_dir), prompt, str(max_new_tokens), device],
+        [sys.executable, "-c", _LOAD_WITHOUT_PEFT, str(model_dir), prompt, str(max_new_tokens), device,
+         str(repetition_penalty)],
         capture_output=True, text=True, timeout=timeout,
     )
     if result.returncode != 0:

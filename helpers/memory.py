@@ -254,9 +254,13 @@ def training_memory_end(start: dict) -> dict:
 # What the walkthrough (Unsloth's raw-text notebook, Mistral-7B v0.3 in 4-bit on an A100-40GB, one
 # Python process) printed. nvidia-smi figures are "GB" as nvidia-smi's MiB/1024; torch figures are
 # GiB (bytes / 1024**3), printed as "GB". Its GPU total as torch reports it: 39.564.
+# The walkthrough's readings, keyed by the stage of this series that matches each: nvidia-smi after loading
+# (4.78), after its first generation (5.03, printed as "after forward pass"), after adding LoRA (6.17) and
+# after training (9.85); PyTorch's peak reserved memory around training (9.332), minus its start reading
+# (4.363, taken before that first generation) = 4.969 for training. Its "GB" are MiB / 1024, i.e. GiB.
 WALKTHROUGH_MEMORY = {
     "gpu": "A100-40GB",
-    "nvidia_smi_gb": {"model loaded": 4.78, "after a forward pass": 5.03, "inference before training": 6.17,
+    "nvidia_smi_gb": {"model loaded": 4.78, "inference before training": 5.03, "LoRA added": 6.17,
                       "after training": 9.85},
     "peak_reserved_gb": 9.332,
     "training_gb": 4.969,

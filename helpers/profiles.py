@@ -121,6 +121,9 @@ class Profile:
     prompt: str = "Once upon a time, in a galaxy, far far away,"
     max_new_tokens: int = 256
     story_tokens: int = 384  # the "before"/"after" stories of notebooks 03 and 06: room for a story to end
+    # Greedy decoding, as the walkthrough generates; above 1, generate() divides the score of every token
+    # already in the text by this much, which keeps a small model from looping (notebook 06).
+    repetition_penalty: float = 1.0
     own_model: str | None = None  # the CPT_MODEL value as given, when it replaced the profile's model
     # Run as if on a smaller GPU (helpers.session.start applies it): "T4" caps PyTorch's allocations at a
     # free Colab T4's 15 GiB and keeps torch's varlen flash kernel out (it needs compute capability 8.0;
@@ -263,7 +266,7 @@ CPU_SMOLLM2 = Profile(
     max_seq_length=256,
     dtype="float32",
     packing=True,
-    eval_stories=16,
+    eval_stories=48,  # enough stories for a 95% interval that tells before from after
     eval_max_tokens=256,
     lora_r=16,
     lora_alpha=32,
@@ -275,7 +278,8 @@ CPU_SMOLLM2 = Profile(
     embedding_learning_rate=5e-5,
     optim="adamw_torch_fused",  # PyTorch's AdamW as one kernel over all tensors: ~20x faster steps on a CPU
     max_new_tokens=60,
-    story_tokens=256,  # two cores write about 15 tokens a second
+    story_tokens=200,  # two cores write about 15 tokens a second; a TinyStories story ends well within it
+    repetition_penalty=1.3,  # greedy decoding loops on a 135M model; see notebook 06
     sample_by_design=True,
 )
 

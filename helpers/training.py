@@ -475,7 +475,6 @@ def training_arguments(profile: Profile, output_dir: str, **overrides):
         optim=profile.optim,
         weight_decay=profile.weight_decay,
         seed=profile.seed,
-        data_seed=profile.seed,
         logging_steps=profile.logging_steps,
         bf16=bf16,
         fp16=fp16,

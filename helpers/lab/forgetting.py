@@ -13,32 +13,12 @@ nothing like children's stories, needs no download, and is selected deterministi
 from __future__ import annotations
 
 import math
-from pydoc_data.topics import topics
 
-from ..evaluation import perplexity
+from ..evaluation import general_english_passages, perplexity  # noqa: F401  (general_english_passages: re-exported)
 
 # Colours that read on light and on dark notebook themes (mid-tone, never white text).
 BEFORE_COLOR = "#4C72B0"  # blue
 AFTER_COLOR = "#DD8452"  # orange
-
-
-def general_english_passages(count: int = 16, min_chars: int = 1200) -> list[tuple[str, str]]:
-    """Return ``count`` passages of general technical English as ``(topic, text)`` pairs.
-
-    The passages are the help topics of the running Python (``pydoc_data.topics.topics``), sorted by
-    topic name, keeping only those of at least ``min_chars`` characters (so that each can fill an
-    evaluation window of a few hundred tokens), and the first ``count`` of them: the same selection on
-    every run of the same Python version. Cutting to a token budget is left to the perplexity function
-    (its ``max_tokens``). Raises ``ValueError`` for a ``count`` below 1 or above the number available.
-    """
-    if count < 1:
-        raise ValueError("count must be at least 1")
-    eligible = [(name, topics[name].strip()) for name in sorted(topics) if len(topics[name].strip()) >= min_chars]
-    if count > len(eligible):
-        raise ValueError(
-            f"only {len(eligible)} help topics have at least {min_chars} characters; ask for fewer or lower min_chars"
-        )
-    return eligible[:count]
 
 
 def perplexity_per_text(model, tokenizer, texts: list[str], max_tokens: int, cpu_bf16: bool = False) -> list[dict]:

@@ -77,7 +77,7 @@ import textwrap
 
 from helpers.generation import greedy_text
 
-adapter_text = greedy_text(model, tokenizer, profile.prompt, profile.max_new_tokens)
+adapter_text = greedy_text(model, tokenizer, profile.prompt, profile.max_new_tokens, profile.repetition_penalty)
 print(textwrap.fill(profile.prompt + adapter_text, width=100))
 same = after["text_after"].startswith(adapter_text)
 print(f"\nthe beginning of notebook 06's text ({len(adapter_text)} of {len(after['text_after'])} characters): {same}")
@@ -124,7 +124,7 @@ if profile.uses_unsloth:
     merged_text = None  # no merged model in this kernel: the check below loads the folder
 else:
     merged = merge_adapter(model)
-    merged_text = greedy_text(merged, tokenizer, profile.prompt, profile.max_new_tokens)
+    merged_text = greedy_text(merged, tokenizer, profile.prompt, profile.max_new_tokens, profile.repetition_penalty)
     print(f"{type(merged).__name__} ({merged.dtype}); any PEFT layers left: "
           f"{any('lora_' in n or 'modules_to_save' in n for n, _ in merged.named_parameters())}")
     print(f"merged model, same greedy text as the adapter: {merged_text == adapter_text}")
@@ -144,7 +144,8 @@ print(f"merged model saved to {relative(merged_dir)}")
 from helpers.generation import generate_without_peft
 
 fresh = generate_without_peft(merged_dir, profile.prompt, profile.max_new_tokens,
-                              device="cuda:0" if profile.device == "cuda" else "cpu")
+                              device="cuda:0" if profile.device == "cuda" else "cpu",
+                              repetition_penalty=profile.repetition_penalty)
 print(f"{relative(merged_dir)}: loaded as {fresh['class']} ({fresh['dtype']}) in a process without peft "
       f"(peft imported there: {fresh['peft_imported']})")
 assert not fresh["peft_imported"] and fresh["text"].strip()
@@ -395,7 +396,8 @@ eval_texts = validation["text"][:4]  # 4 stories: the types differ by orders of 
 ppl_merged = perplexity(merged, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
 # on the CPU part 1 already generated with this very model; on the GPU it was merged just above, in float
 text_merged = merged_text if merged_text is not None else greedy_text(merged, tokenizer, profile.prompt,
-                                                                      profile.max_new_tokens)
+                                                                      profile.max_new_tokens,
+                                                                      profile.repetition_penalty)
 print(f"merged model : held-out perplexity {ppl_merged:.4f} on {len(eval_texts)} stories ({source})")
 print(f"greedy text  : {text_merged!r}")
 
@@ -405,7 +407,7 @@ if check_path:
     same_ids = all(gguf_tokenizer(t, add_special_tokens=False)["input_ids"]
                    == tokenizer(t, add_special_tokens=False)["input_ids"] for t in eval_texts)
     ppl_gguf = perplexity(gguf_model, tokenizer, eval_texts, max_tokens=profile.eval_max_tokens, progress=False)
-    text_gguf = greedy_text(gguf_model, tokenizer, profile.prompt, profile.max_new_tokens)
+    text_gguf = greedy_text(gguf_model, tokenizer, profile.prompt, profile.max_new_tokens, profile.repetition_penalty)
     print(f"GGUF ({check_type})   : held-out perplexity {ppl_gguf:.4f}, same token ids: {same_ids}, "
           f"same greedy text: {text_gguf == text_merged}")
     assert same_ids, "the GGUF tokenizer splits text differently"

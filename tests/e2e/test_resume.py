@@ -280,7 +280,7 @@ def test_resume_message_names_the_checkpoint_and_how_to_resume(word_tokenizer, t
     assert isinstance(error, KeyboardInterrupt)
     assert "interrupted at step 3 of 6" in message
     assert "outputs/05_trainer/checkpoint-2 (step 2)" in message
-    assert "train_resumable(trainer)" in message and "resume_from_checkpoint" in message
+    assert "trainer.train() continues from it" in message and "resume_from_checkpoint" in message
     assert message in capsys.readouterr().out  # printed too, above the traceback
     assert isinstance(error.__cause__, KeyboardInterrupt)
 
@@ -325,3 +325,19 @@ def test_a_finished_run_is_not_resumed_but_trained_again(word_tokenizer, tmp_pat
     train_resumable(make_trainer(word_tokenizer, output_dir, recorder))
     assert recorder.steps == [1, 2, 3, 4, 5, 6]
     assert "ends a finished run" in capsys.readouterr().out
+
+
+def test_the_walkthroughs_trainer_train_resumes_after_ctrl_c(word_tokenizer, tmp_path, uninterrupted):
+    """Notebook 05 calls trainer.train(), as the walkthrough does: on a trainer built by
+    build_resumable_trainer (or given record_checkpoints) that call is train_resumable, so running the
+    cell again after an interruption continues from the last checkpoint and ends as an uninterrupted
+    run; an explicit argument is the library's own call."""
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", interrupt_at(3))
+    with pytest.raises(TrainingInterrupted):
+        trainer.train()
+    assert last_complete_checkpoint(tmp_path / "run").name == "checkpoint-2"
+    again = make_trainer(word_tokenizer, tmp_path / "run")  # a new kernel: model and trainer built again
+    output = again.train()
+    assert output.global_step == PROFILE.max_steps
+    assert_same_run(again, uninterrupted)
+    assert again.train.__name__ == "train" and again.cpt_library_train.__self__ is again

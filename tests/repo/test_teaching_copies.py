@@ -171,49 +171,39 @@ def named_call(source: str, name: str) -> ast.Call:
     return calls[0]
 
 
-def test_notebook_05_training_call_builds_what_build_resumable_trainer_builds(tiny_profile, torch_one_thread):
-    """The plain branch of 05's training call, run on a tiny model, gives the trainer that
-    helpers.checkpoints.build_resumable_trainer (helpers.training.build_trainer) gives."""
-    from datasets import Dataset
-
-    from helpers.checkpoints import build_resumable_trainer
-    from helpers.modeling import load_model_and_tokenizer
-    from helpers.training import add_lora
-
+def test_notebook_05s_plain_branch_is_the_helper_that_later_notebooks_call():
+    """On the CPU 05's training call is one line, helpers.checkpoints.build_resumable_trainer, the
+    trainer of notebooks 07-10 and scripts/train_cpt.py; the unsloth branch is compared as code below."""
     cell = notebook_cell("05_training", "UnslothTrainingArguments(")
-    for packing in (True, False):
-        profile = tiny_profile.replace(packing=packing, max_steps=2)
-        base_a, tokenizer = load_model_and_tokenizer(profile)
-        base_b, _ = load_model_and_tokenizer(profile)
-        ids = [[5 + (i + j) % 7 for j in range(12)] + [tokenizer.eos_token_id] for i in range(8)]
-        rows = Dataset.from_dict({"input_ids": ids})
-        ns = run_cell(cell, {"profile": profile, "model": add_lora(base_a, profile), "tokenizer": tokenizer,
-                             "train_dataset": rows, "text_dataset": None})
-        helper = build_resumable_trainer(profile, add_lora(base_b, profile), tokenizer, rows)
-        notebook = ns["trainer"]
-        assert type(notebook).__name__ == type(helper).__name__ == "EmbeddingLRTrainer"
-        assert notebook.args.to_dict() == helper.args.to_dict()
-        assert notebook.embedding_learning_rate == helper.embedding_learning_rate
-        assert type(notebook.data_collator) is type(helper.data_collator)
-        assert notebook.cpt_attention_route == helper.cpt_attention_route
-        assert notebook.cpt_run == helper.cpt_run
+    tree = ast.parse(cell)
+    branch = next(node for node in ast.walk(tree) if isinstance(node, ast.If)
+                  and ast.unparse(node.test) == "profile.uses_unsloth")
+    assert [ast.unparse(n) for n in branch.orelse] == [
+        "trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset)"]
 
 
 def test_notebook_05_and_the_helpers_pass_unsloth_the_same_settings():
-    """The unsloth branch needs a GPU: its settings are compared as code. 05's `settings` are
-    helpers.training.training_arguments' keywords (less output_dir / save_strategy, which the
-    checkpoint settings give), and UnslothTrainingArguments gets what build_trainer adds for the text."""
+    """The unsloth branch needs a GPU: its settings are compared as code. UnslothTrainingArguments gets
+    helpers.training.training_arguments' keywords (the checkpoint settings give output_dir and
+    save_strategy; the CPU-only ones are left out) and what build_trainer adds for the text."""
     from helpers.training import build_trainer, training_arguments
 
     cell = notebook_cell("05_training", "UnslothTrainingArguments(")
-    notebook = dict_keywords(cell, "settings")
+    notebook = {(k.arg or f"**{ast.unparse(k.value)}"): ast.unparse(k.value)
+                for k in named_call(cell, "UnslothTrainingArguments").keywords}
     helper = dict_keywords(inspect.getsource(training_arguments), "kwargs")
-    assert notebook.pop("**checkpoints") == "checkpoints"
-    assert {k: v for k, v in helper.items() if k not in ("output_dir", "save_strategy")} == notebook
-    unsloth_args = {k.arg: ast.unparse(k.value) for k in named_call(cell, "UnslothTrainingArguments").keywords if k.arg}
-    assert unsloth_args == {"embedding_learning_rate": "profile.embedding_learning_rate",
-                            "dataset_text_field": "'text'", "max_length": "profile.max_seq_length",
-                            "packing": "profile.packing"}
+    checkpoints = notebook.pop("**checkpoint_settings(profile, train_dataset, text_dataset)")
+    assert checkpoints == "checkpoint_settings(profile, train_dataset, text_dataset)"
+    for key in ("output_dir", "save_strategy", "use_cpu", "dataloader_num_workers", "disable_tqdm", "bf16", "fp16"):
+        helper.pop(key)  # the checkpoint settings; the CPU's; the precision (below)
+    assert notebook.pop("report_to") == helper.pop("report_to")
+    for key in ("dataset_text_field", "max_length", "packing", "embedding_learning_rate", "bf16", "fp16"):
+        notebook.pop(key)
+    assert notebook == helper
+    precision = {k.arg: ast.unparse(k.value) for k in named_call(cell, "UnslothTrainingArguments").keywords if k.arg}
+    assert precision["bf16"] == "is_bfloat16_supported() and profile.dtype != 'float16'"
+    assert precision["fp16"] == "not is_bfloat16_supported() or profile.dtype == 'float16'"
+    assert 'profile.dtype != "float16"' in inspect.getsource(training_arguments)  # the helper's same rule
     helper_source = inspect.getsource(build_trainer)
     for fragment in ('"dataset_text_field": "text"', '"max_length": profile.max_seq_length', '"packing": profile.packing',
                      "UnslothTrainer(model=model, processing_class=tokenizer, train_dataset=train_dataset"):

@@ -151,3 +151,40 @@ def test_cpu_bf16_computes_in_bf16_only_where_the_cpu_has_it(model, word_tokeniz
     assert in_bf16 != exact  # the matrix products really ran in bf16 (torch emulates it where the CPU cannot)
     assert in_bf16 == pytest.approx(exact, rel=2e-2)
     assert perplexity(model, word_tokenizer, TEXTS, progress=False) == exact  # off unless asked for
+
+
+def test_text_losses_keep_each_text_in_order_and_pool_to_the_perplexity(model, word_tokenizer):
+    """Per-text pieces (scored in length-sorted batches) come back in the texts' order, each equal to
+    the model's own loss on that text alone, and pool to what perplexity() returns for all of them."""
+    from helpers.evaluation import pooled_perplexity, text_losses
+
+    rows = text_losses(model, word_tokenizer, TEXTS, progress=False)
+    for text, row in zip(TEXTS, rows, strict=True):
+        loss, tokens = model_loss(model, word_tokenizer, text)
+        assert row["tokens"] == tokens and row["nll"] / tokens == pytest.approx(loss, rel=1e-4)
+    assert pooled_perplexity(rows) == pytest.approx(perplexity(model, word_tokenizer, TEXTS, progress=False), rel=1e-9)
+
+
+def test_perplexity_interval_brackets_the_pooled_value_and_narrows_with_more_texts():
+    from helpers.evaluation import perplexity_interval
+
+    rows = [{"nll": 2.0 * n, "tokens": n} for n in (10, 12, 8, 11)] + [{"nll": 3.0 * 10, "tokens": 10}]
+    value, low, high = perplexity_interval(rows)
+    assert low <= value <= high and low < high
+    assert perplexity_interval(rows) == (value, low, high)  # seeded: the same interval every time
+    _, low_many, high_many = perplexity_interval(rows * 10)
+    assert high_many - low_many < high - low
+    with pytest.raises(ValueError, match="at least two texts"):
+        perplexity_interval(rows[:1])
+
+
+def test_repeated_ngram_share_and_story_ending():
+    from helpers.evaluation import repeated_ngram_share, story_ending
+
+    loop = "She said, I will help you. " * 6
+    assert repeated_ngram_share(loop) > 0.7
+    assert repeated_ngram_share("Lily found a red ball. She gave it to Tom, and they played all day.") == 0.0
+    assert repeated_ngram_share("too short") == 0.0
+    assert story_ending("They played.", stopped_at_eos=True) == "EOS"
+    assert story_ending('Tom said, "Thank you!"\n', stopped_at_eos=False) == "sentence end"
+    assert story_ending("and then the little", stopped_at_eos=False) == "cut off"

@@ -51,7 +51,10 @@ def test_comparison_rows_put_the_walkthrough_beside_this_run():
     by_figure = {r["figure"]: r for r in rows}
     assert by_figure["model loaded (notebook 01)"]["walkthrough"] == 4.78
     assert by_figure["model loaded (notebook 01)"]["this_run"] == 4.62
-    assert by_figure["after a forward pass (notebook -)"]["this_run"] is None  # not recorded
+    assert by_figure["LoRA added (notebook -)"]["this_run"] is None  # not recorded
+    # the walkthrough's 5.03 was read after its first generation, 6.17 after adding LoRA
+    assert by_figure["inference before training (notebook -)"]["walkthrough"] == 5.03
+    assert by_figure["LoRA added (notebook -)"]["walkthrough"] == 6.17
     assert by_figure["memory used for training (peak - start)"]["walkthrough"] == WALKTHROUGH_MEMORY["training_gb"]
     assert round(by_figure["peak, % of the device's memory"]["walkthrough"], 1) == 23.6
     assert round(by_figure["training, % of the device's memory"]["walkthrough"], 1) == 12.6

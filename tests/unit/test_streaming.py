@@ -320,3 +320,22 @@ def test_stream_generate_reraises_errors_from_the_generation_thread(tokenizer):
             BrokenModel(), tokenizer, "Hi", max_new_tokens=3, printer=WrappedPrinter(20, writes.append)
         )
     assert "".join(writes) == "Hi\n"  # the echoed prompt was flushed by close()
+
+
+def test_story_from_stream_reads_the_walkthroughs_stream():
+    """Notebook 03 streams the walkthrough's way (prompt echoed, special tokens printed); the story, the
+    new tokens and whether it stopped at EOS come back from the chunks alone."""
+    from conftest import build_word_tokenizer
+
+    from helpers.streaming import story_from_stream
+
+    tokenizer = build_word_tokenizer(specials=("<s>", "</s>", "<pad>"), bos_token="<s>", eos_token="</s>",
+                                     pad_token="<pad>")
+    prompt = "once upon a time"
+    stopped = ["<s> once upon a ", "time ", "", "the cat ", "sat.", "</s>", ""]  # prompt, 5 tokens, end
+    story = story_from_stream(tokenizer, prompt, stopped)
+    assert story == {"text": " the cat sat.", "new_tokens": 5, "stopped_at_eos": True}
+    cut = story_from_stream(tokenizer, prompt, ["once upon a ", "time ", "the ", "cat", ""])
+    assert cut == {"text": " the cat", "new_tokens": 3, "stopped_at_eos": False}
+    with pytest.raises(ValueError, match="does not contain the prompt"):
+        story_from_stream(tokenizer, prompt, ["a different start ", "x", ""])
