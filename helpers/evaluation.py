@@ -31,7 +31,9 @@ def text_losses(model, tokenizer, texts: list[str], max_tokens: int = 512, batch
     """
     import torch  # deferred: heavy
 
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    # max_tokens tokens fit in far fewer than 32 * max_tokens characters: cutting the text first keeps a long
+    # document from being tokenized whole (and the tokenizer from warning about a length the model never sees)
+    encoded = [tokenizer(t[: 32 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     if any(len(ids) < 2 for ids in encoded):
         raise ValueError("every text needs at least two tokens to be scored")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
@@ -87,7 +89,7 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int = 512, batch_
                progress: bool = True, cpu_bf16: bool = False) -> float:
     """Return the token-weighted perplexity of ``model`` over ``texts`` (:func:`text_losses`, pooled);
     texts shorter than two tokens are skipped. Raises ``ValueError`` when no text yields two tokens."""
-    kept = [t for t in texts if len(tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]) >= 2]
+    kept = [t for t in texts if len(tokenizer(t[: 32 * max_tokens], add_special_tokens=False)["input_ids"]) >= 2]
     if not kept:
         raise ValueError("perplexity needs at least one text of two or more tokens")
     return pooled_perplexity(text_losses(model, tokenizer, kept, max_tokens, batch_size, progress, cpu_bf16))

@@ -121,8 +121,8 @@ class Profile:
     prompt: str = "Once upon a time, in a galaxy, far far away,"
     max_new_tokens: int = 256
     story_tokens: int = 384  # the "before"/"after" stories of notebooks 03 and 06: room for a story to end
-    # Greedy decoding, as the walkthrough generates; above 1, generate() divides the score of every token
-    # already in the text by this much, which keeps a small model from looping (notebook 06).
+    # Greedy decoding, as the walkthrough generates; above 1, generate() makes every token already in the
+    # text less likely (its score divided by this much), which keeps a small model from looping (notebook 06).
     repetition_penalty: float = 1.0
     own_model: str | None = None  # the CPT_MODEL value as given, when it replaced the profile's model
     # Run as if on a smaller GPU (helpers.session.start applies it): "T4" caps PyTorch's allocations at a
@@ -279,7 +279,7 @@ CPU_SMOLLM2 = Profile(
     optim="adamw_torch_fused",  # PyTorch's AdamW as one kernel over all tensors: ~20x faster steps on a CPU
     max_new_tokens=60,
     story_tokens=200,  # two cores write about 15 tokens a second; a TinyStories story ends well within it
-    repetition_penalty=1.3,  # greedy decoding loops on a 135M model; see notebook 06
+    repetition_penalty=1.1,  # greedy decoding loops on a 135M model; see notebook 06
     sample_by_design=True,
 )
 

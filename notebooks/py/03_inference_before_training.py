@@ -63,7 +63,7 @@ print(type(model).__name__, "on", model.device)
 # wrapped with `textwrap`, and after that a newline goes out before a chunk that would reach
 # `max_print_width`. We add two arguments: `do_sample=False` asks for **greedy decoding** (always the
 # single most likely next token), so the text is reproducible, and `repetition_penalty`, which is 1 (no
-# penalty, the walkthrough's decoding) on the GPU profiles and 1.3 on the CPU default, where the small
+# penalty, the walkthrough's decoding) on the GPU profiles and 1.1 on the CPU default, where the small
 # model would otherwise loop (notebook 06 explains). The `chunks` list keeps the text for notebook 06.
 # The limit is `profile.story_tokens` new tokens: 200 on the CPU, 384 on the 7B profile.
 
@@ -103,8 +103,8 @@ thread.join()
 # %% [markdown]
 # Greedy decoding tends to **loop**: once a phrase has repeated, repeating it again becomes the most
 # likely continuation. The walkthrough's Mistral-7B did so before training, repeating one sentence 14
-# times. The cell measures this story: the share of 4-word sequences that already occurred earlier in
-# it, and its most frequent sentence.
+# times. On the CPU default the repetition penalty prevents it; the cell measures this story: the share
+# of 4-word sequences that already occurred earlier in it, and its most frequent sentence.
 
 # %%
 from collections import Counter

@@ -87,10 +87,10 @@ if not profile.uses_unsloth:
 # ## The same prompt, after training
 #
 # The walkthrough generates greedily: at every step the single most likely token. A 135M model loops
-# under greedy decoding, trained or not (Going further shows it), so the CPU profile adds a **repetition penalty** of 1.3: `generate` divides the score of every
-# token already in the text by 1.3. Notebook 03 wrote the before-text the same way; the GPU profiles keep
-# the walkthrough's plain greedy decoding. Every training story ended in EOS (notebook 02), so the
-# trained model should also *stop* by itself.
+# under greedy decoding, trained or not (Going further shows it), so the CPU profile adds a **repetition
+# penalty** of 1.1: every token already in the text becomes less likely (its score is divided by 1.1).
+# Notebook 03 wrote the before-text the same way; the GPU profiles keep the walkthrough's plain greedy
+# decoding. Every training story ended in EOS (notebook 02), so the trained model should also *stop*.
 
 # %%
 import textwrap
