@@ -323,6 +323,13 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
         with_eos = append_eos(raw, tokenizer.eos_token)
         rows, stats = build_train_dataset(with_eos, tokenizer, profile)
     text = with_eos if profile.uses_unsloth and profile.packing else None  # unsloth packs the text itself
+    if text is not None and stats.get("special_token_text"):
+        # unsloth tokenizes the text itself, matching '<|im_end|>' / '</s>' inside a document as control
+        # tokens (issue 40): train on the rows tokenized here instead, where they stay text
+        procs.say(f"NOTE     : {', '.join(map(repr, stats['special_token_text']))} occur inside the documents as "
+                  "text; unsloth would tokenize them as control tokens, so it trains on the packed rows tokenized "
+                  "here (documents in a row attend across their EOS) instead of packing the text itself.")
+        text = None
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
         if text is not None:
