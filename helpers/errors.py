@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
-from .support.files import FOLDER_MANIFEST, file_problem, folder_manifest_problem
-from .support.paths import relative
+from .profiles import CPU_SMOLLM2, MODEL_ENV_VAR, PROFILE_ENV_VAR, OwnModelError, Profile
+from .support.files import FOLDER_MANIFEST, file_problem, folder_manifest_problem, zero_filled_problem
+from .support.paths import ARTIFACTS, outputs_location, relative
 
 OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
 OFFLINE_HINT = (
@@ -371,13 +371,80 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
 
 
 def check_adapter_unchanged(folder: Path | str) -> None:
-    """Raise :class:`AdapterError` when an adapter folder saved with its own file list
-    (``files.sha256.json``: ``scripts/train_cpt.py``'s ``adapter/``) is no longer as it was saved: a
-    file missing, cut off or changed. A folder without that list passes."""
+    """Raise :class:`AdapterError` when an adapter folder is not as it was saved: with its own file list
+    (``files.sha256.json``: ``scripts/train_cpt.py``'s ``adapter/``, ``save_adapter(…, target)``) a file
+    missing, cut off or changed; and, with or without that list, weights that are zero-filled
+    (:func:`adapter_weights_problem`: the right size and header, zeros for content). A folder with
+    neither that list nor a notebook's manifest is checked by content only, and a printed note says so."""
     if (problem := folder_manifest_problem(folder)) is not None:
         raise AdapterError(f"The adapter in {relative(folder)} is not as it was saved: {problem} (its "
                            f"{FOLDER_MANIFEST} records each file's size and hash). Copy it again from where it was "
                            "saved, or train and save it again (scripts/train_cpt.py, or notebook 05).")
+    listed = (Path(folder) / FOLDER_MANIFEST).is_file() or has_artifact_manifest(folder)
+    if (problem := adapter_weights_problem(folder)) is not None:
+        unlisted = (f" It has no {FOLDER_MANIFEST} (the list of its files' sizes and hashes that save_adapter and "
+                    "scripts/train_cpt.py write), so its content was all there was to check." if not listed else "")
+        raise AdapterError(f"The adapter in {relative(folder)} is damaged: {problem}.{unlisted} A copy that stopped "
+                           "early and was padded with zeros leaves the size and the header right, so it would load "
+                           "and silently act as a half-trained adapter. Copy it again from where it was saved "
+                           "(with its files.sha256.json), or train and save it again.")
+    if not listed and any((Path(folder) / name).is_file() for name in ADAPTER_WEIGHTS):
+        print(f"Note: the adapter in {relative(folder)} has no {FOLDER_MANIFEST} (a list of its files' sizes and "
+              "hashes), so a file changed after saving cannot be told; its weights were checked by content "
+              "(none zero-filled). Copy the whole folder, files.sha256.json included, to keep that check.")
+
+
+def has_artifact_manifest(folder: Path | str) -> bool:
+    """True when ``folder`` is a notebook's artifact (``outputs/05_adapter``) with its manifest in
+    ``outputs/manifests/``, which :func:`helpers.artifacts.require` checks file by file."""
+    where = outputs_location()
+    try:
+        folder = Path(folder).resolve()
+        for name, (path, _) in ARTIFACTS.items():
+            if (where / path).resolve() == folder:
+                return (where / "manifests" / f"{name}.json").is_file()
+    except OSError:
+        return False
+    return False
+
+
+def adapter_weights_problem(folder: Path | str) -> str | None:
+    """Return what of an adapter's ``adapter_model.safetensors`` is zero-filled (a matrix entirely
+    zero, or its last quarter; LoRA B matrices only when others of them trained), or None."""
+    weights = Path(folder) / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return None
+    problem = zero_filled_problem(weights)
+    return f"{weights.name}: {problem}" if problem else None
+
+
+def model_weights_content_problem(model_path: Path | str) -> tuple[str, str] | None:
+    """Return ``(file name, what is zero-filled)`` for the first ``*.safetensors`` file of a model folder
+    (or that file itself) whose weights are zero-filled (:func:`helpers.support.files.zero_filled_problem`),
+    or None. Cheap: per tensor only the bytes back from its end to its last non-zero byte are read."""
+    model_path = Path(model_path)
+    files = [model_path] if model_path.is_file() else sorted(model_path.glob("*.safetensors"))
+    for file in files:
+        if file.suffix.lower() == ".safetensors" and (problem := zero_filled_problem(file)) is not None:
+            return file.name, problem
+    return None
+
+
+def check_model_weights_content(model_path: Path | str, shown: str | None = None) -> None:
+    """Raise :class:`helpers.profiles.OwnModelError` when a local model's weights are present but
+    zero-filled (:func:`model_weights_content_problem`): the structural checks pass such a file (its
+    header and size are right), and the model then loads without a word and generates only EOS."""
+    found = model_weights_content_problem(model_path)
+    if found is None:
+        return
+    name, problem = found
+    shown = shown or Path(model_path).name
+    raise OwnModelError(
+        f"{MODEL_ENV_VAR}={shown!r}: its weights file {name} is zero-filled, not trained: {problem}. A copy or "
+        "download that stopped early and was padded with zeros (or a damaged disk) leaves the size and the header "
+        "right, so it would load without an error and generate nothing useful. Copy or download the weights "
+        f"again and compare a checksum with the source's (sha256sum {name}), or save the model there again with "
+        "model.save_pretrained(folder).")
 
 
 @contextmanager

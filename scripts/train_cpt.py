@@ -665,6 +665,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # a CPT_* switch or path that cannot work (CPT_PACKING=2, CPT_MODEL=missing/, CPT_PROFILE=typo)
         profile, reason = choose_profile(args)
+        if profile.is_local_path_model:  # weights present but zero-filled load without a word (issue 40)
+            from helpers.errors import check_model_weights_content
+
+            check_model_weights_content(profile.model_name, profile.own_model)
     except (KeyError, ValueError, OSError) as err:
         raise SystemExit(f"train_cpt.py: {err.args[0] if isinstance(err, KeyError) else err}") from None
     try:  # the notebooks' rule for settings that cannot train, before any process or model starts
