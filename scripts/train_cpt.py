@@ -92,9 +92,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# the range of every numeric argument, checked at parse time (issue 40): (flag, lowest, highest, why the top)
+LIMITS = {
+    "max_steps": ("--max-steps", 1, 10_000_000, "use the epochs of the profile for longer runs"),
+    "max_seq_length": ("--max-seq-length", MIN_SEQ_LENGTH, 1 << 20, "no model here trains on longer rows"),
+    "per_device_batch": ("--per-device-batch", 1, 4096, "raise --grad-accum instead"),
+    "grad_accum": ("--grad-accum", 1, 100_000, "more rows a step than any data set here holds"),
+    "repeat_data": ("--repeat-data", 1, 100_000, "a run uses only the rows its steps take; repeating more only "
+                                                 "fills memory"),
+    "eval_stories": ("--eval-stories", 0, 100_000, "the held-out sets here are smaller"),
+    "seed": ("--seed", 0, 2**32 - 1, "numpy and torch take seeds from 0 to 2**32 - 1"),
+    "save_steps": ("--save-steps", 1, 10_000_000, "at most --max-steps"),
+    "trace_step": ("--trace-step", 0, 10_000_000, "at most --max-steps"),
+}
+
+
 def refused_settings(args: argparse.Namespace) -> list[str]:
-    """Return why the command line cannot train (empty when it can): sizes that would give no rows,
-    no steps or no batch, which would otherwise end in a meaningless "final loss 0.0"."""
+    """Return why the command line cannot train (empty when it can): every numeric argument outside
+    its range (:data:`LIMITS`: sizes that would give no rows, no steps or no batch, which would end in
+    a meaningless "final loss 0.0"; a seed numpy refuses deep inside; sizes that only fill memory), and
+    a ``--save-steps`` or ``--trace-step`` past ``--max-steps`` (no checkpoint, no trace would come)."""
     problems = []
     if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
         problems.append(f"--max-seq-length {args.max_seq_length}: rows need at least {MIN_SEQ_LENGTH} tokens to "
@@ -108,6 +125,19 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
             problems.append(f"{flag} {value}: must be at least 1")
     if args.eval_stories is not None and args.eval_stories < 0:
         problems.append(f"--eval-stories {args.eval_stories}: use 0 to skip the evaluation")
+    if args.seed is not None and args.seed < 0:
+        problems.append(f"--seed {args.seed}: use a seed from 0 to {2**32 - 1} (numpy and torch take no negative seed)")
+    for name, (flag, _, highest, why) in LIMITS.items():
+        value = getattr(args, name)
+        if value is not None and value > highest:
+            problems.append(f"{flag} {value}: at most {highest:,} ({why})")
+    if args.max_steps is not None and args.max_steps >= 1:
+        if args.save_steps is not None and args.save_steps > args.max_steps:
+            problems.append(f"--save-steps {args.save_steps} with --max-steps {args.max_steps}: no checkpoint would be "
+                            f"written before the end, so a stopped run could not resume; use at most {args.max_steps}")
+        if args.trace_step > args.max_steps:
+            problems.append(f"--trace-step {args.trace_step} with --max-steps {args.max_steps}: that step never comes, "
+                            f"so nothing would be traced; use a step from 3 to {args.max_steps}")
     return problems
 
 
@@ -299,14 +329,20 @@ def describe_run(procs: Processes, profile: Profile, reason: str, policy: dict) 
 # --- model, data, trainer -----------------------------------------------------------------------
 
 
-def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_rows: int):
+def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, policy: dict):
     """Load the model with LoRA and the training rows the notebooks' way; rank 0 first (it converts
     or builds the local model and fills the datasets cache, the others reuse them).
 
-    Returns ``(model, tokenizer, train_dataset, text_dataset)``: the tokenized rows, and the stories
-    with EOS that the unsloth branch packs itself (best-fit, each story attending only to itself)
-    when the profile packs; ``text_dataset`` is None otherwise. Raises ``helpers.data.DataError``
-    when the data gives fewer rows than one optimizer step needs (``min_rows``)."""
+    Before any text is tokenized, a micro-batch's memory is estimated against what this device has
+    (:func:`check_step_memory`); once the rows are known, ``repeat`` is cut to what the steps use
+    (:func:`useful_repeat`) and a step that would need more rows than the data gives is refused
+    (:func:`rows_problem`).
+
+    Returns ``(model, tokenizer, train_dataset, text_dataset, repeat)``: the tokenized rows, the
+    stories with EOS that the unsloth branch packs itself (best-fit, each story attending only to
+    itself) when the profile packs (``text_dataset`` is None otherwise), and the repeat that ran.
+    Raises ``helpers.data.DataError`` when the data gives fewer rows than one optimizer step needs,
+    ``helpers.errors.SettingsError`` when a micro-batch cannot fit the memory."""
     import datasets
 
     from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset
@@ -316,9 +352,12 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
     from helpers.training import add_lora
 
     seed_everything(profile.seed)
+    with procs.state.main_process_first(), load_on_local_device(profile, procs.local_rank, procs.distributed):
+        model, tokenizer = load_model_and_tokenizer(profile)
+    # before any text is tokenized; on every rank, outside main_process_first (a refusal inside it would
+    # leave the other ranks waiting at its barrier)
+    check_step_memory(procs, profile, model, policy["per_device_batch"])
     with procs.state.main_process_first():
-        with load_on_local_device(profile, procs.local_rank, procs.distributed):
-            model, tokenizer = load_model_and_tokenizer(profile)
         raw, source = load_raw_dataset(profile, "train")
         with_eos = append_eos(raw, tokenizer.eos_token)
         rows, stats = build_train_dataset(with_eos, tokenizer, profile)
@@ -330,22 +369,125 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_row
                   "text; unsloth would tokenize them as control tokens, so it trains on the packed rows tokenized "
                   "here (documents in a row attend across their EOS) instead of packing the text itself.")
         text = None
+    asked, repeat = repeat, useful_repeat(repeat, len(rows), profile, policy, procs.world)
+    if repeat < asked:
+        procs.say(f"NOTE     : --repeat-data {asked} would give {len(rows) * asked:,} rows, but {profile.max_steps} "
+                  f"steps of {policy['global_batch']} rows use {profile.max_steps * policy['global_batch']:,}: "
+                  f"repeating {repeat} time(s) (recorded as repeat_data {repeat}, repeat_data_asked {asked}).")
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
         if text is not None:
             text = datasets.concatenate_datasets([text] * repeat)
-    if len(rows) < min_rows:
-        raise DataError(
-            f"The training data gives {len(rows)} row(s) of {profile.max_seq_length} tokens, fewer than the "
-            f"{min_rows} one optimizer step needs on every process. Lower --max-seq-length or the batch, add "
-            "text, or repeat the rows with --repeat-data.")
+    if (problem := rows_problem(len(rows), repeat, profile, policy, procs.world)) is not None:
+        raise DataError(problem)
     procs.say(f"data     : {source}: {stats['documents']} documents, {stats['tokens']} tokens -> "
               f"{stats['rows']} rows x {repeat} = {len(rows)} rows")
     note_memory("model loaded", procs.local_rank)
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
     model = add_lora(model, profile)
     note_memory("LoRA added", procs.local_rank)
-    return model, tokenizer, rows, text
+    return model, tokenizer, rows, text, repeat
+
+
+def useful_repeat(repeat: int, rows: int, profile: Profile, policy: dict, world: int) -> int:
+    """Return the part of ``--repeat-data`` that the run can use: with ``max_steps`` set, the repeats
+    that give the rows its steps take (``max_steps * global batch``), at least 1; otherwise (the
+    epochs decide) ``repeat`` itself. ``--repeat-data 100000000`` used to concatenate every copy and
+    grow to gigabytes with no output."""
+    if profile.max_steps is None or profile.max_steps < 1 or rows < 1:
+        return repeat
+    needed = profile.max_steps * policy["per_device_batch"] * policy["grad_accum"] * world
+    return max(1, min(repeat, -(-needed // rows)))
+
+
+def rows_problem(rows: int, repeat: int, profile: Profile, policy: dict, world: int) -> str | None:
+    """Return why ``rows`` training rows cannot make one optimizer step as asked, or None: fewer rows
+    than one micro-batch on every process, or fewer than ``per-device batch x accumulation x
+    processes`` (the trainer would then take what there is and record the larger global batch, e.g.
+    ``global_batch 2000`` for steps of 14 rows)."""
+    per_device, accumulation = policy["per_device_batch"], policy["grad_accum"]
+    data = f"the training data gives {rows} row(s) of {profile.max_seq_length} tokens (x --repeat-data {repeat})"
+    if rows < per_device * world:
+        return (f"{data}, fewer than the {per_device * world} one optimizer step needs on every process. Lower "
+                "--max-seq-length or the batch, add text, or repeat the rows with --repeat-data.")
+    if rows < per_device * accumulation * world:
+        most = rows // (per_device * world) * world  # the one-GPU recipe's accumulation, split over the processes
+        return (f"--grad-accum {profile.gradient_accumulation_steps}: one optimizer step would take {per_device} row(s) x "
+                f"{accumulation} accumulation x {world} process(es) = {per_device * accumulation * world} rows, but "
+                f"{data}; each step would silently train on fewer rows than the global batch recorded. Use "
+                f"--grad-accum {most} or less, add text, or repeat the rows with --repeat-data.")
+    return None
+
+
+def available_memory(profile: Profile, procs: Processes) -> tuple[int, str] | None:
+    """Return ``(bytes available to this process, where)``: the free memory of this rank's GPU, or on
+    the CPU the kernel's ``MemAvailable`` (and a cgroup's limit, when lower) shared by this host's
+    processes; None when it cannot be read."""
+    if profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(procs.local_rank)
+        return int(free), f"GPU {procs.local_rank}"
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:  # a container's limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs.world) or 1)
+    return available // max(1, local), "this CPU's memory" + (f" (shared by {local} processes)" if local > 1 else "")
+
+
+def planned_trainable(model, profile: Profile) -> int:
+    """Return about how many parameters ``add_lora`` will train on ``model``: ``lora_r x (in + out)``
+    for each targeted linear layer, and the full matrix of each trained embedding (``embed_tokens``,
+    ``lm_head``)."""
+    targets, total = set(profile.target_modules), 0
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in targets:
+            continue
+        if leaf in ("embed_tokens", "lm_head"):
+            total += sum(p.numel() for p in module.parameters(recurse=False))
+        elif hasattr(module, "in_features") and hasattr(module, "out_features"):
+            total += profile.lora_r * (module.in_features + module.out_features)
+    return total
+
+
+def check_step_memory(procs: Processes, profile: Profile, model, micro_batch: int) -> None:
+    """Refuse (``helpers.errors.SettingsError``), before any text is tokenized, a micro-batch that
+    cannot fit this device's memory (:func:`helpers.errors.training_memory_estimate` on the plain
+    transformers path; unsloth computes the loss in chunks and offloads, so it is not estimated):
+    ``--max-seq-length 8192`` on the CPU used to grow to 15 GB with only a context warning."""
+    from helpers.errors import SettingsError, memory_refusal, training_memory_estimate
+
+    if profile.uses_unsloth or (found := available_memory(profile, procs)) is None:
+        return
+    available, where = found
+    if profile.device == "cpu":
+        from helpers.modeling import cpu_computes_bf16
+
+        half = bool(profile.cpu_bf16) and cpu_computes_bf16()
+    else:
+        half = profile.dtype not in ("float32", "fp32")
+    block_mask = profile.packing and profile.isolate_documents
+    estimate = training_memory_estimate(
+        model.config, micro_batch=micro_batch, seq_len=profile.max_seq_length, activation_bytes=2 if half else 4,
+        gradient_checkpointing=bool(profile.use_gradient_checkpointing), trainable=planned_trainable(model, profile),
+        block_mask=block_mask, attention_scores=block_mask and profile.device == "cpu")
+    procs.say(f"memory   : a micro-batch of {micro_batch} x {profile.max_seq_length} tokens needs about "
+              f"{estimate['total'] / 1e9:.1f} GB to train beside the model; {where} has {available / 1e9:.1f} GB available")
+    if (problem := memory_refusal(estimate, available, where, micro_batch=micro_batch,
+                                  seq_len=profile.max_seq_length)) is not None:
+        raise SettingsError(problem)
 
 
 MEMORY_STAGES: list[dict] = []  # this process's readings, in order (one process, as in the walkthrough)
@@ -632,14 +774,17 @@ def save_final_adapter(model, tokenizer, output_dir: Path, extra: dict) -> str |
     return None
 
 
-def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
+def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path,
+           repeat: int | None = None):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
     from helpers.lab.distributed import compare_runs
 
     model, tokenizer = trainer.model, trainer.processing_class
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
-    extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
+    repeat = args.repeat_data if repeat is None else repeat
+    extra = {"repeat_data": repeat, **({"repeat_data_asked": args.repeat_data} if repeat != args.repeat_data else {}),
+             "train_rows": len(rows),
              **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {})}
     unsaved = None if args.no_save else save_final_adapter(model, tokenizer, output_dir, extra)
     result = result_record(procs, profile, policy, trainer, measured, extra)
@@ -688,8 +833,12 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
-    model, tokenizer, rows, text = load_model_and_rows(procs, profile, args.repeat_data,
-                                                       policy["per_device_batch"] * procs.world)
+    from helpers.data import DataError
+
+    try:  # data that cannot make a step, a micro-batch that cannot fit: one line, before any training
+        model, tokenizer, rows, text, repeat = load_model_and_rows(procs, profile, args.repeat_data, policy)
+    except (DataError, SettingsError) as err:
+        raise SystemExit(f"train_cpt.py: {err}") from None
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
     procs.say(f"attention: {trainer.cpt_attention_route}")
     # what helpers.checkpoints tells a script user (not a notebook user) to do (issue 31, case 16)
@@ -701,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace",
                               load_finished=not args.fresh and unsaved_after(output_dir))
     if procs.main:
-        report(args, procs, profile, policy, trainer, measured, rows, output_dir)
+        report(args, procs, profile, policy, trainer, measured, rows, output_dir, repeat)
     procs.state.wait_for_everyone()
     procs.state.destroy_process_group()
     if measured["embeddings_check"] != "passed":
