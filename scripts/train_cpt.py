@@ -102,7 +102,7 @@ LIMITS = {
                                                  "fills memory"),
     "eval_stories": ("--eval-stories", 0, 100_000, "the held-out sets here are smaller"),
     "seed": ("--seed", 0, 2**32 - 1, "numpy and torch take seeds from 0 to 2**32 - 1"),
-    "save_steps": ("--save-steps", 1, 10_000_000, "at most --max-steps"),
+    "save_steps": ("--save-steps", 1, 10_000_000, "a larger one writes no checkpoint either"),
     "trace_step": ("--trace-step", 0, 10_000_000, "at most --max-steps"),
 }
 
@@ -111,7 +111,7 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
     """Return why the command line cannot train (empty when it can): every numeric argument outside
     its range (:data:`LIMITS`: sizes that would give no rows, no steps or no batch, which would end in
     a meaningless "final loss 0.0"; a seed numpy refuses deep inside; sizes that only fill memory), and
-    a ``--save-steps`` or ``--trace-step`` past ``--max-steps`` (no checkpoint, no trace would come)."""
+    a ``--trace-step`` past ``--max-steps`` (that step never comes, so nothing would be traced)."""
     problems = []
     if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
         problems.append(f"--max-seq-length {args.max_seq_length}: rows need at least {MIN_SEQ_LENGTH} tokens to "
@@ -132,13 +132,22 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
         if value is not None and value > highest:
             problems.append(f"{flag} {value}: at most {highest:,} ({why})")
     if args.max_steps is not None and args.max_steps >= 1:
-        if args.save_steps is not None and args.save_steps > args.max_steps:
-            problems.append(f"--save-steps {args.save_steps} with --max-steps {args.max_steps}: no checkpoint would be "
-                            f"written before the end, so a stopped run could not resume; use at most {args.max_steps}")
         if args.trace_step > args.max_steps:
             problems.append(f"--trace-step {args.trace_step} with --max-steps {args.max_steps}: that step never comes, "
                             f"so nothing would be traced; use a step from 3 to {args.max_steps}")
     return problems
+
+
+def settings_notes(args: argparse.Namespace) -> list[str]:
+    """Return what the command line will do that a user may not expect, said before the run starts:
+    a ``--save-steps`` past ``--max-steps`` writes no checkpoint (throughput runs want that), so a run
+    stopped before its end starts over."""
+    notes = []
+    if args.max_steps is not None and args.save_steps is not None and args.save_steps > args.max_steps:
+        notes.append(f"--save-steps {args.save_steps} with --max-steps {args.max_steps}: no checkpoint will be written, "
+                     "so a run stopped before its end starts over from step 0 (use --save-steps "
+                     f"{max(1, args.max_steps // 4)} to be able to resume).")
+    return notes
 
 
 def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
@@ -833,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
+    for note in settings_notes(args):
+        procs.say(f"NOTE     : {note}")
     from helpers.data import DataError
 
     try:  # data that cannot make a step, a micro-batch that cannot fit: one line, before any training

@@ -144,11 +144,14 @@ def test_own_every_numeric_argument_has_an_upper_bound(flags, message, capsys):
     assert message in _refused(flags, capsys)
 
 
-def test_own_save_steps_past_max_steps_is_refused(capsys):
-    """Own case: --save-steps 50 --max-steps 10 wrote no checkpoint before the end, so a run stopped at
-    step 9 started over from step 0, though the user had asked for checkpoints."""
-    err = _refused(["--max-steps", "10", "--save-steps", "50"], capsys)
-    assert "--save-steps 50 with --max-steps 10: no checkpoint would be written before the end" in err
+def test_own_save_steps_past_max_steps_is_said_before_the_run():
+    """Own case: --save-steps 50 --max-steps 10 wrote no checkpoint, so a run stopped at step 9 started
+    over from step 0 without a word (scale_out.sh means it, for throughput runs: said, not refused)."""
+    script = load_train_script()
+    notes = script.settings_notes(script.parse_args(["--tiny", "--max-steps", "10", "--save-steps", "50"]))
+    assert notes == ["--save-steps 50 with --max-steps 10: no checkpoint will be written, so a run stopped before "
+                     "its end starts over from step 0 (use --save-steps 2 to be able to resume)."]
+    assert script.settings_notes(script.parse_args(["--tiny", "--max-steps", "10", "--save-steps", "5"])) == []
 
 
 def test_own_trace_step_past_max_steps_is_refused(capsys):
@@ -161,6 +164,7 @@ def test_settings_that_fit_are_still_accepted():
     """Guard: the command lines of the tests and the docs still parse."""
     script = load_train_script()
     for flags in (["--max-steps", "6", "--save-steps", "2", "--eval-stories", "0"], ["--seed", "0"],
+                  ["--max-steps", "24", "--save-steps", "100000"],  # scripts/scale_out.sh: no checkpoint, on purpose
                   ["--seed", str(2**32 - 1)], ["--repeat-data", "100000"], ["--trace-step", "4", "--max-steps", "8"]):
         script.parse_args(["--tiny", *flags])
     assert Path(SCRIPT).is_file()
