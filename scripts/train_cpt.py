@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--result-json", type=Path, help="also write the RESULT object to this file (rank 0)")
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
                                              "scaling_efficiency and the per-step loss comparison")
+    add("--allow-overwrite", action="store_true", help="let --output-dir / --result-json point into the notebooks' "
+                                                       "outputs, at a saved folder or at a file that is not a RESULT")
     args = parser.parse_args(argv)
     for name in ("output_dir", "result_json", "baseline_result"):  # "--output-dir=~/runs": no shell expands it
         if getattr(args, name) is not None:
@@ -148,6 +150,85 @@ def settings_notes(args: argparse.Namespace) -> list[str]:
                      "so a run stopped before its end starts over from step 0 (use --save-steps "
                      f"{max(1, args.max_steps // 4)} to be able to resume).")
     return notes
+
+
+def notebook_owner(path: Path) -> str | None:
+    """Return what of the notebooks' outputs ``path`` would write into, or None: the outputs folder itself
+    or a file directly in it, a notebook's artifact (``02_dataset``, ``05_adapter``), anything named like
+    one (``05_result.json``), its manifests, the model cache, notebook 05's checkpoints or the executed
+    copies (``$CPT_OUTPUTS`` counts)."""
+    from helpers.support.paths import ARTIFACTS, outputs_location
+
+    outputs = outputs_location().resolve()
+    path = path.resolve()
+    if path == outputs:
+        return "the notebooks' outputs folder itself"
+    try:
+        inside = path.relative_to(outputs)
+    except ValueError:
+        return None
+    top = inside.parts[0]
+    for name, (artifact, notebook) in ARTIFACTS.items():
+        if top == artifact:
+            return f"notebook {notebook}'s {name} ({artifact})"
+    if top[:3].rstrip("_").isdigit() and top[2:3] == "_":
+        notebooks = sorted({nb for _, nb in ARTIFACTS.values() if nb.startswith(top[:3])})
+        return f"the results of notebook {notebooks[0] if notebooks else top[:2]} (a file named like its results)"
+    if top in ("manifests", "cache", "executed"):
+        return f"the notebooks' {top}/ folder"
+    if len(inside.parts) == 1 and not path.is_dir() and path.suffix:
+        return "the top of the notebooks' outputs folder, where their results live"
+    return None
+
+
+def saved_folder(path: Path) -> Path | None:
+    """Return the folder at or above ``path`` that records its own files (``files.sha256.json``: a saved
+    adapter, a checkpoint), or None: writing into it would make its record wrong."""
+    from helpers.support.files import FOLDER_MANIFEST
+
+    for folder in (path, *path.parents):
+        if (folder / FOLDER_MANIFEST).is_file():
+            return folder
+    return None
+
+
+def overwrite_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """Return why ``--output-dir`` or ``--result-json`` would overwrite something that is not this run's
+    (issue 40): a path into the notebooks' outputs (:func:`notebook_owner`; ``--result-json
+    outputs/05_result.json`` replaced notebook 05's result, which later notebooks then called cut off),
+    a folder that records its own files (:func:`saved_folder`), the ``--baseline-result`` itself, or an
+    existing file that is not a RESULT of this script. Empty with ``--allow-overwrite``."""
+    from helpers.support.paths import relative
+
+    if args.allow_overwrite:
+        return []
+    told = "or pass --allow-overwrite if you mean it"
+    problems = []
+    for flag, path in (("--output-dir", output_dir), ("--result-json", args.result_json)):
+        if path is None:
+            continue
+        if (owner := notebook_owner(path)) is not None:
+            problems.append(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: that is {owner}; this run would "
+                            "overwrite what a notebook wrote, and the later notebooks would find it changed. Give "
+                            "it a folder of its own (e.g. outputs/train_cpt, the default), "
+                            f"{told}.")
+        elif (folder := saved_folder(path)) is not None:
+            problems.append(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: that is inside {relative(folder)}, "
+                            "a saved folder that records the size and hash of its files (files.sha256.json); "
+                            f"writing there would make it fail its check. Name another place, {told}.")
+    result = args.result_json
+    if result is not None and args.baseline_result is not None and result.resolve() == args.baseline_result.resolve():
+        problems.append(f"--result-json {result}: it is the --baseline-result this run compares with; writing it "
+                        f"would replace the baseline by this run. Name another file, {told}.")
+    elif result is not None and result.is_file() and not any(p.startswith("--result-json") for p in problems):
+        try:
+            earlier = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and all(k in earlier for k in BASELINE_KEYS)):
+            problems.append(f"--result-json {result}: that file exists and is not the RESULT of a train_cpt.py run; "
+                            f"writing it would replace it. Name a new file (or an earlier RESULT), {told}.")
+    return problems
 
 
 def path_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
@@ -832,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.support.paths import project_root
 
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
-    if problems := path_problems(args, output_dir):
+    if problems := path_problems(args, output_dir) + overwrite_problems(args, output_dir):
         raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
     lock = lock_output_dir(output_dir)  # noqa: F841  (held until the process ends)
     if args.tiny:
