@@ -38,8 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/train_cpt.py` from a checkout without `pip install -e .`
 
-from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings  # noqa: E402
-from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
+try:
+    from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings
+    from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile
+except KeyboardInterrupt:  # Ctrl-C while Python imports the helpers: nothing started, nothing to save
+    print("train_cpt.py: stopped by Ctrl-C while starting; nothing was started or saved.", file=sys.stderr)
+    raise SystemExit(130) from None
 
 # --tiny: the CPU self-test of this script (tests/e2e/test_train_script.py): the CPU profile's settings
 # (fp32, plain transformers + PEFT, r=16) on the smoke profile's random Llama (built from a config,
@@ -896,7 +900,68 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
         raise SystemExit(1)
 
 
+STAGE = {"now": "starting", "output_dir": None}  # what main() is doing, for the message of a Ctrl-C
+
+
+def last_saved_checkpoint(checkpoints: Path) -> Path | None:
+    """Return the last ``checkpoint-N`` in ``checkpoints`` that holds its run record (written last, see
+    ``helpers.checkpoints``), or None; reads file names only, so it is quick at any moment."""
+    found = []
+    for folder in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else []:
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "run.json").is_file():
+            found.append((int(step), folder))
+    return max(found)[1] if found else None
+
+
+def stopped_message(stage: str, output_dir: Path | None, err: BaseException) -> str:
+    """Return the one line (two for an interrupted training) a Ctrl-C at ``stage`` ends with: where it
+    stopped, what of the run is saved (the last checkpoint, or nothing yet) and the command that goes on."""
+    from helpers.support.paths import relative
+
+    head = f"train_cpt.py: stopped by Ctrl-C while {stage}."
+    if type(err).__name__ == "TrainingInterrupted" and str(err):
+        return f"{head} {err}"
+    checkpoint = last_saved_checkpoint(output_dir / "checkpoints") if output_dir is not None else None
+    if checkpoint is None:
+        where = f" in {relative(output_dir / 'checkpoints')}" if output_dir is not None else ""
+        saved = f" Nothing of this run was saved yet (no checkpoint{where}); run the same command again to start it."
+    else:
+        step = checkpoint.name.removeprefix("checkpoint-")
+        saved = (f" The last checkpoint is {relative(checkpoint)} (step {step}); run the same command again to "
+                 "resume from it.")
+        if stage.startswith("saving"):
+            saved += " It saves the adapter and result.json from that checkpoint without training again."
+    return head + saved
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run :func:`main` and return its exit code; a Ctrl-C at any point ends quietly with exit code 130
+    and one message on stderr (rank 0 only) saying what was saved (:func:`stopped_message`), never a
+    bare ``KeyboardInterrupt`` traceback; an outputs or cache folder that cannot be made or written
+    (``CPT_OUTPUTS`` on a read-only mount, below a file) ends in its one-line message, exit code 1."""
+    from helpers.support.paths import OutputsNotAFolderError, OutputsNotWritableError
+
+    try:
+        return main(argv)
+    except (OutputsNotAFolderError, OutputsNotWritableError) as err:  # CPT_OUTPUTS read-only, below a file, ...
+        print(f"train_cpt.py: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as err:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                message = stopped_message(STAGE["now"], STAGE["output_dir"], err)
+            except Exception:  # noqa: BLE001  (the message must never fail the exit)
+                message = f"train_cpt.py: stopped by Ctrl-C while {STAGE['now']}."
+            print(message, file=sys.stderr, flush=True)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    STAGE.update(now="checking the settings", output_dir=None)
     args = parse_args(argv)
     try:  # a CPT_* switch or path that cannot work (CPT_PACKING=2, CPT_MODEL=missing/, CPT_PROFILE=typo)
         profile, reason = choose_profile(args)
@@ -916,6 +981,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems := path_problems(args, output_dir) + overwrite_problems(args, output_dir):
         raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
     lock = lock_output_dir(output_dir)  # noqa: F841  (held until the process ends)
+    STAGE.update(now="starting the processes", output_dir=output_dir)
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
@@ -927,10 +993,12 @@ def main(argv: list[str] | None = None) -> int:
         procs.say(f"NOTE     : {note}")
     from helpers.data import DataError
 
+    STAGE["now"] = "loading the model and the data"
     try:  # data that cannot make a step, a micro-batch that cannot fit: one line, before any training
         model, tokenizer, rows, text, repeat = load_model_and_rows(procs, profile, args.repeat_data, policy)
     except (DataError, SettingsError) as err:
         raise SystemExit(f"train_cpt.py: {err}") from None
+    STAGE["now"] = "building the trainer"
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
     procs.say(f"attention: {trainer.cpt_attention_route}")
     # what helpers.checkpoints tells a script user (not a notebook user) to do (issue 31, case 16)
@@ -938,9 +1006,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer.cpt_fresh_how = "run scripts/train_cpt.py again with --fresh"
     trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
+    STAGE["now"] = "training"
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace",
                               load_finished=not args.fresh and unsaved_after(output_dir))
+    STAGE["now"] = "saving the adapter and the result"
     if procs.main:
         report(args, procs, profile, policy, trainer, measured, rows, output_dir, repeat)
     procs.state.wait_for_everyone()
@@ -952,4 +1022,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

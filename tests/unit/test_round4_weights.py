@@ -162,7 +162,7 @@ def test_own_a_zero_filled_model_in_the_cache_is_built_again(tmp_path, word_toke
     assert "is damaged (model.safetensors: " in capsys.readouterr().out
 
 
-def test_own_a_real_model_with_zero_rows_at_the_end_of_its_vocabulary_is_not_refused(tmp_path, word_tokenizer,
+def test_guard_a_real_model_with_zero_rows_at_the_end_of_its_vocabulary_is_not_refused(tmp_path, word_tokenizer,
                                                                                        torch_one_thread):
     """Guard: models whose unused vocabulary rows are zero (Llama 3's reserved tokens, padded vocabularies)
     are whole; a few zero rows at the end of an embedding are not a zero-filled file."""
