@@ -219,14 +219,24 @@ def file_extension(name: str) -> str:
     return suffixes[-1]
 
 
-def _what_to_do(extension: str) -> str:
-    lower = extension.lower()
-    if lower.endswith(COMPRESSED_SUFFIXES):
-        return "decompress them into .txt files (e.g. gunzip -k FILE.txt.gz) if they hold text"
-    if lower in (".text", ".md", ".markdown", ".rst", ".csv", ".tsv", ".log", ".json", ".jsonl", ".html", ".xml",
-                 ".tex", ".org", ".asciidoc", ".adoc", ".srt", ".vtt", "(no extension)"):
-        return "rename them to .txt if they are plain text you want trained on"
-    return "convert them to plain .txt files if they hold text you want trained on"
+_TEXT_LIKE = (".text", ".md", ".markdown", ".rst", ".csv", ".tsv", ".log", ".json", ".jsonl", ".html", ".xml", ".tex",
+              ".org", ".asciidoc", ".adoc", ".srt", ".vtt", "(no extension)")
+
+
+def _what_to_do(extensions: list[str]) -> str:
+    """Return what to do with left-out files of these extensions, one clause per kind of file."""
+    compressed = [e for e in extensions if e.lower().endswith(COMPRESSED_SUFFIXES)]
+    textual = [e for e in extensions if e not in compressed and e.lower() in _TEXT_LIKE]
+    other = [e for e in extensions if e not in compressed and e not in textual]
+    clauses = []
+    if textual:
+        clauses.append(f"rename the {', '.join(textual)} files to .txt if they are plain text you want trained on")
+    if compressed:
+        clauses.append(f"decompress the {', '.join(compressed)} files into .txt files (e.g. gunzip -k FILE.txt.gz) if "
+                       "they hold text")
+    if other:
+        clauses.append(f"convert the {', '.join(other)} files to plain .txt files if they hold text you want trained on")
+    return "; ".join(clauses)
 
 
 def left_out_summary(other: list[str], limit: int = 3) -> str | None:
@@ -238,13 +248,13 @@ def left_out_summary(other: list[str], limit: int = 3) -> str | None:
     groups: dict[str, list[str]] = {}
     for name in other:
         groups.setdefault(file_extension(name), []).append(name)
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0].lower()))
     parts = []
-    for extension, names in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+    for extension, names in ordered:
         shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
         parts.append(f"{len(names)} {extension} ({shown})")
-    todo = "; ".join(dict.fromkeys(f"{ext}: {_what_to_do(ext)}" for ext in groups))
     return (f"Left out {len(other)} file(s) that are not .txt: {', '.join(parts)}. Only files ending in .txt are "
-            f"read; {todo}.")
+            f"read: {_what_to_do([extension for extension, _ in ordered])}.")
 
 
 def skipped_folders(folder: Path | str) -> list[str]:
