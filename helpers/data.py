@@ -807,6 +807,22 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     return rows, stats
 
 
+def text_for_unsloth(text_dataset, tokenizer):
+    """Return ``text_dataset`` (documents with EOS appended) for unsloth's trainer to tokenize and pack
+    itself, or None when a document holds a special-token string as text (:func:`special_token_text`):
+    unsloth tokenizes the text without ``split_special_tokens``, so ``<|im_end|>`` / ``</s>`` inside a
+    document would become control tokens (issue 40). With None, the caller trains on the rows
+    :func:`build_train_dataset` made instead (unsloth's branch without ``text_dataset``), and a printed
+    note says why."""
+    found = special_token_text(text_dataset, tokenizer)
+    if not found:
+        return text_dataset
+    print(f"NOTE: {', '.join(map(repr, found))} occur inside the documents as text; unsloth would tokenize them as "
+          "control tokens, so it trains on the packed rows tokenized here (documents in a row attend across their "
+          "EOS) instead of packing the text itself.")
+    return None
+
+
 def length_summary(lengths: list[int]) -> dict:
     """Return count, min, median, mean, p95 and max of a list of token counts."""
     if not lengths:

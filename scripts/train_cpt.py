@@ -439,7 +439,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, policy:
     ``helpers.errors.SettingsError`` when a micro-batch cannot fit the memory."""
     import datasets
 
-    from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset
+    from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset, text_for_unsloth
     from helpers.lab.distributed import load_on_local_device
     from helpers.modeling import load_model_and_tokenizer
     from helpers.session import seed_everything
@@ -459,10 +459,7 @@ def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, policy:
     if text is not None and stats.get("special_token_text"):
         # unsloth tokenizes the text itself, matching '<|im_end|>' / '</s>' inside a document as control
         # tokens (issue 40): train on the rows tokenized here instead, where they stay text
-        procs.say(f"NOTE     : {', '.join(map(repr, stats['special_token_text']))} occur inside the documents as "
-                  "text; unsloth would tokenize them as control tokens, so it trains on the packed rows tokenized "
-                  "here (documents in a row attend across their EOS) instead of packing the text itself.")
-        text = None
+        text = text_for_unsloth(text, tokenizer) if procs.main else None
     asked, repeat = repeat, useful_repeat(repeat, len(rows), profile, policy, procs.world)
     if repeat < asked:
         procs.say(f"NOTE     : --repeat-data {asked} would give {len(rows) * asked:,} rows, but {profile.max_steps} "

@@ -206,3 +206,18 @@ def test_own_utf16_with_a_byte_order_mark_is_told_its_encoding(tmp_path):
     with pytest.raises(DataError, match=r"notepad.txt is UTF-16LE text \(it starts with a UTF-16 byte-order mark\)"
                                         r".*iconv -f UTF-16 -t UTF-8"):
         load_text_folder(folder)
+
+
+def test_case01_the_unsloth_branch_trains_on_rows_when_documents_hold_special_strings(tokenizer, capsys):
+    """unsloth tokenizes the text it is handed itself (no split_special_tokens): given documents holding
+    '<|im_end|>' it gets None (train on the rows tokenized here, where the strings stay text) and a note;
+    ordinary documents are handed over as before."""
+    from datasets import Dataset
+
+    from helpers.data import append_eos, text_for_unsloth
+
+    plain = append_eos(Dataset.from_dict({"text": ["Once upon a time.", "The end."]}), tokenizer.eos_token)
+    assert text_for_unsloth(plain, tokenizer) is plain
+    chat = append_eos(Dataset.from_dict({"text": [CHAT_LOG, "The end."]}), tokenizer.eos_token)
+    assert text_for_unsloth(chat, tokenizer) is None
+    assert "unsloth would tokenize them as control tokens, so it trains on the packed rows" in capsys.readouterr().out
