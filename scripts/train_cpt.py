@@ -140,7 +140,7 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
     if args.max_steps is not None and args.max_steps >= 1:
         if args.trace_step > args.max_steps:
             problems.append(f"--trace-step {args.trace_step} with --max-steps {args.max_steps}: that step never comes, "
-                            f"so nothing would be traced; use a step from 3 to {args.max_steps}")
+                            f"so nothing would be traced; use a step of at most {args.max_steps}")
     return problems
 
 
