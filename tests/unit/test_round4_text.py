@@ -101,7 +101,7 @@ def test_case01_mistral_tokenizer_keeps_a_literal_end_of_text_as_text(torch_one_
     assert stats["special_token_text"] == {"</s>": 1, "[INST]": 1}
 
 
-def test_case01_documents_without_special_strings_tokenize_as_before(tokenizer):
+def test_guard_documents_without_special_strings_tokenize_as_before(tokenizer):
     """The fix must not move a single token of ordinary text: the sample tokenizes exactly as
     tokenizer(text + EOS, add_special_tokens=False) did, and each story ends in one EOS."""
     from datasets import Dataset
