@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .data import text_folder_files
-from .errors import check_adapter_folder, disk_full_explained
+from .errors import check_adapter_folder, check_model_weights_content, disk_full_explained
 from .profiles import Profile, select_profile
 from .support.files import (
     clean_stale_temp,
@@ -110,7 +110,9 @@ class CorruptArtifactError(OSError):
 
 def model_identity(profile: Profile) -> dict:
     """Return the model's id and what pins its weights: the package version of the embedded GGUF,
-    the hub revision found in the local cache, or None when it cannot be known offline."""
+    the hub revision found in the local cache, or None when it cannot be known offline. A local model
+    (``CPT_MODEL``) whose weights are zero-filled raises :class:`helpers.profiles.OwnModelError`
+    (:func:`helpers.errors.check_model_weights_content`)."""
     identity = {"id": profile.model_name, "revision": None}
     if profile.is_embedded_model:
 
@@ -122,7 +124,9 @@ def model_identity(profile: Profile) -> dict:
         identity["revision"] = f"random init, seed {profile.seed}"
     elif profile.is_local_path_model and Path(profile.model_name).exists():
         # a folder or .gguf file of the user's (CPT_MODEL): its path says nothing about its weights,
-        # so they are identified by their content (hashed once per size and modification time)
+        # so they are identified by their content (hashed once per size and modification time); weights
+        # that are present but zero-filled are refused first (issue 40: they load without a word)
+        check_model_weights_content(profile.model_name, profile.own_model)
         identity["revision"] = model_weights_fingerprint(profile.model_name)
     else:
         try:

@@ -138,21 +138,50 @@ def _recorder_callback(run: dict | None = None):
 
 
 def set_aside_run(output_dir: Path | str) -> Path | None:
-    """Move every ``checkpoint-*`` of ``output_dir`` into ``<output_dir>.previous`` (replacing what
-    was there), so that a new run starts in a clean folder; return that folder (None if nothing)."""
+    """Move every ``checkpoint-*`` of ``output_dir`` into ``<output_dir>.previous``, so that a new run
+    starts in a clean folder; return that folder (None if there was nothing to move).
+
+    Nothing is deleted: a ``.previous`` folder already there (the run set aside before, e.g. a killed
+    run's only checkpoint when ``--fresh`` runs twice) is first renamed ``<output_dir>.previous-<UTC time
+    of its newest file>`` (:func:`rotate_previous`). The printed message says where each went and how
+    to resume one."""
     output_dir = Path(output_dir)
     found = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
     if not found:
         return None
     previous = output_dir.with_name(output_dir.name + PREVIOUS_SUFFIX)
-    if previous.exists():
-        shutil.rmtree(previous)
+    kept = rotate_previous(previous)
     previous.mkdir(parents=True)
     for folder in found:
         os.replace(folder, previous / folder.name)
+    earlier = (f" The run set aside before it was kept, as {relative(kept)}." if kept is not None else "")
     print(f"Moved the {len(found)} checkpoint folder(s) of the previous run to {relative(previous)}: this run starts "
-          "from step 0 in a clean folder (delete them when you no longer need them).")
+          f"from step 0 in a clean folder.{earlier} To resume one of them later, move its checkpoint-* folders back "
+          f"into {relative(output_dir)} and resume with the settings it was made with (train_resumable(trainer), or "
+          "scripts/train_cpt.py without --fresh); delete them when you no longer need them.")
     return previous
+
+
+def rotate_previous(previous: Path) -> Path | None:
+    """Rename an existing ``<output_dir>.previous`` folder to ``<output_dir>.previous-<UTC time of its
+    newest file>`` (``-2``, ``-3`` … when that name is taken) and return the new path; None when there
+    is none (an empty one is removed). Used by :func:`set_aside_run`, which used to delete it."""
+    import datetime
+
+    if not previous.exists():
+        return None
+    files = [p for p in previous.rglob("*") if p.is_file()]
+    if not files:
+        shutil.rmtree(previous)
+        return None
+    newest = max(p.stat().st_mtime for p in files)
+    stamp = datetime.datetime.fromtimestamp(newest, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target, n = previous.with_name(f"{previous.name}-{stamp}"), 1
+    while target.exists():
+        n += 1
+        target = previous.with_name(f"{previous.name}-{stamp}-{n}")
+    os.replace(previous, target)
+    return target
 
 
 def repair_trainable_set(model, checkpoint: Path | str | None = None) -> list[str]:

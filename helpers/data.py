@@ -178,15 +178,19 @@ def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[
 
     Files: ``[(relative name, path)]``, sorted, every file whose name ends in ``.txt`` in any case
     (``A.TXT``, ``b.Txt``), in the folder and its subfolders. Left out (``{"hidden": [...],
-    "not_files": [...]}``): anything hidden or inside a hidden folder (``.ipynb_checkpoints/`` keeps
-    copies of your documents, ``.git/``), and ``.txt`` names that are not readable files (a folder
-    named ``x.txt``, a link to nothing), each with the reason.
+    "not_files": [...], "folders": [...], "other": [...]}``): anything hidden or inside a hidden folder
+    (``.ipynb_checkpoints/`` keeps copies of your documents, ``.git/``), ``.txt`` names that are not
+    readable files (a folder named ``x.txt``, a link to nothing), each with the reason, the subfolders
+    not read (:func:`skipped_folders`), and every other file that is not hidden (``notes.md``,
+    ``a.txt.gz``, ``b.TEXT``): :func:`left_out_summary` names them by extension.
     """
     folder = Path(folder)
-    files, hidden, not_files = [], [], []
+    files, hidden, not_files, other = [], [], [], []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if not path.name.lower().endswith(".txt"):
+            if not _is_hidden(rel) and (path.is_file() or (path.is_symlink() and not path.exists())):
+                other.append(str(rel))
             continue
         if _is_hidden(rel):
             hidden.append(str(rel))
@@ -198,7 +202,59 @@ def text_folder_files(folder: Path | str) -> tuple[list[tuple[str, Path]], dict[
             not_files.append(f"{rel} (a folder, not a file)")
         else:
             not_files.append(f"{rel} (not a regular file)")
-    return files, {"hidden": hidden, "not_files": not_files, "folders": skipped_folders(folder)}
+    return files, {"hidden": hidden, "not_files": not_files, "folders": skipped_folders(folder), "other": other}
+
+
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z", ".lz4")
+
+
+def file_extension(name: str) -> str:
+    """Return the extension a left-out file is counted under, as written: ``.md``, ``.TEXT``, and two
+    parts for a compressed file (``.txt.gz``); ``(no extension)`` for a name without one."""
+    suffixes = Path(name).suffixes
+    if not suffixes:
+        return "(no extension)"
+    if suffixes[-1].lower() in COMPRESSED_SUFFIXES and len(suffixes) >= 2:
+        return "".join(suffixes[-2:])
+    return suffixes[-1]
+
+
+_TEXT_LIKE = (".text", ".md", ".markdown", ".rst", ".csv", ".tsv", ".log", ".json", ".jsonl", ".html", ".xml", ".tex",
+              ".org", ".asciidoc", ".adoc", ".srt", ".vtt", "(no extension)")
+
+
+def _what_to_do(extensions: list[str]) -> str:
+    """Return what to do with left-out files of these extensions, one clause per kind of file."""
+    compressed = [e for e in extensions if e.lower().endswith(COMPRESSED_SUFFIXES)]
+    textual = [e for e in extensions if e not in compressed and e.lower() in _TEXT_LIKE]
+    other = [e for e in extensions if e not in compressed and e not in textual]
+    clauses = []
+    if textual:
+        clauses.append(f"rename the {', '.join(textual)} files to .txt if they are plain text you want trained on")
+    if compressed:
+        clauses.append(f"decompress the {', '.join(compressed)} files into .txt files (e.g. gunzip -k FILE.txt.gz) if "
+                       "they hold text")
+    if other:
+        clauses.append(f"convert the {', '.join(other)} files to plain .txt files if they hold text you want trained on")
+    return "; ".join(clauses)
+
+
+def left_out_summary(other: list[str], limit: int = 3) -> str | None:
+    """Return one sentence naming every non-``.txt`` file of a text folder by extension, with up to
+    ``limit`` names each and what to do (``Left out 3 files that are not .txt: 2 .md (a.md, b.md), 1
+    .txt.gz (c.txt.gz) …``), or None when there is none."""
+    if not other:
+        return None
+    groups: dict[str, list[str]] = {}
+    for name in other:
+        groups.setdefault(file_extension(name), []).append(name)
+    ordered = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0].lower()))
+    parts = []
+    for extension, names in ordered:
+        shown = ", ".join(names[:limit]) + (f", … {len(names) - limit} more" if len(names) > limit else "")
+        parts.append(f"{len(names)} {extension} ({shown})")
+    return (f"Left out {len(other)} file(s) that are not .txt: {', '.join(parts)}. Only files ending in .txt are "
+            f"read: {_what_to_do([extension for extension, _ in ordered])}.")
 
 
 def skipped_folders(folder: Path | str) -> list[str]:
@@ -251,15 +307,106 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+# the first bytes of file formats that are not text, and what each is (a binary file renamed .txt)
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", 0, "a PNG image"), (b"\xff\xd8\xff", 0, "a JPEG image"), (b"GIF8", 0, "a GIF image"),
+    (b"%PDF-", 0, "a PDF document"), (b"\x1f\x8b", 0, "a gzip archive"), (b"BZh", 0, "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", 0, "an xz archive"), (b"\x28\xb5\x2f\xfd", 0, "a zstd archive"),
+    (b"7z\xbc\xaf\x27\x1c", 0, "a 7-Zip archive"), (b"PK\x03\x04", 0, "a zip archive (or a .docx / .odt / .epub, which are zip archives)"),
+    (b"PK\x05\x06", 0, "an empty zip archive"), (b"\x7fELF", 0, "a program (ELF executable)"),
+    (b"SQLite format 3\x00", 0, "an SQLite database"), (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", 0, "an old Microsoft Office document (.doc / .xls)"),
+    (b"OggS", 0, "an Ogg audio file"), (b"ID3", 0, "an MP3 audio file"), (b"RIFF", 0, "a RIFF file (WAV audio or WebP image)"),
+    (b"ftyp", 4, "an MP4 / MOV video or audio file"), (b"\x00\x00\x01\x00", 0, "an icon (.ico)"),
+    (b"GGUF", 0, "a GGUF model file"), (b"\x93NUMPY", 0, "a numpy array (.npy)"),
+)
+
+
+def binary_kind(head: bytes) -> str | None:
+    """Return what a file is when its first bytes are those of a known binary format (``a PNG image``,
+    ``a gzip archive``, ``a PDF document`` ...), or None: such a file renamed ``.txt`` is not text."""
+    for magic, offset, kind in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return kind
+    return None
+
+
+_DECOMPRESS = {"a gzip archive": "gunzip", "a bzip2 archive": "bunzip2", "an xz archive": "unxz",
+               "a zstd archive": "unzstd"}
+
+
+def _not_text_message(name: str, kind: str) -> str:
+    if kind in _DECOMPRESS:
+        todo = (f"if it holds text, decompress it into a .txt file ({_DECOMPRESS[kind]} -c FILE > FILE.txt) and take "
+                "the archive out of the folder")
+    elif "PDF" in kind or "Office" in kind or "docx" in kind:
+        todo = "save its text as a plain .txt file (e.g. pdftotext FILE FILE.txt) and take this file out of the folder"
+    else:
+        todo = "take it out of the folder"
+    return (f"{name}: this is not text ({kind}), only named .txt; training on its bytes would teach the model noise. "
+            f"What to do: {todo}.")
+
+
+def _undecodable_message(name: str, raw: bytes, err: UnicodeDecodeError) -> str:
+    """Return what to tell a user whose ``.txt`` file is not UTF-8: where the first bad byte is, and
+    the ``iconv`` command for the encoding it most likely is in."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        order = "UTF-16LE" if raw.startswith(b"\xff\xfe") else "UTF-16BE"
+        return (f"{name} is {order} text (it starts with a UTF-16 byte-order mark), not UTF-8. Re-encode it: "
+                f"iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8.txt (and remove the original).")
+    line = raw[: err.start].count(b"\n") + 1
+    byte = raw[err.start : err.start + 1].hex()
+    try:
+        raw.decode("cp1252")
+        guess, source = "Latin-1 / Windows-1252 text (a Windows or older export)", "WINDOWS-1252"
+    except UnicodeDecodeError:
+        guess, source = "text in another encoding", "<its encoding>"
+    return (f"{name} is not valid UTF-8 (line {line}, byte {err.start}: 0x{byte}); it looks like {guess}. "
+            f"Re-encode it: iconv -f {source} -t UTF-8 FILE > FILE.utf8.txt (and remove the original).")
+
+
+# strings written like the control tokens of common tokenizers (<|im_end|>, </s>, [INST]): counted in
+# the folder summary; the tokenization keeps them text (tokenize, split_special_tokens=True)
+CONTROL_LIKE = re.compile(r"<\|[A-Za-z0-9_.:/-]{1,40}\|>|</?s>|<(?:unk|pad|eos|bos|mask|sep|cls)>|\[/?INST\]")
+
+
+def control_like_counts(documents: list[str]) -> dict[str, int]:
+    """Return ``{string: documents holding it}`` for the strings of :data:`CONTROL_LIKE` found in
+    ``documents`` (text written like a tokenizer's control token), most frequent first."""
+    counts: dict[str, int] = {}
+    for document in documents:
+        if "<" not in document and "[" not in document:
+            continue
+        for found in set(CONTROL_LIKE.findall(document)):
+            counts[found] = counts.get(found, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def describe_control_like(documents: list[str]) -> str | None:
+    """Return the folder summary's line about text written like control tokens (``2 of 3 documents
+    contain text written like a control token ('<|im_end|>' in 2, '</s>' in 1); trained as text …``),
+    or None when no document holds any."""
+    counts = control_like_counts(documents)
+    if not counts:
+        return None
+    holding = sum(1 for document in documents if CONTROL_LIKE.search(document))
+    shown = ", ".join(f"{string!r} in {count}" for string, count in counts.items())
+    return (f"{holding} of {len(documents)} documents contain text written like a control token ({shown}); "
+            "trained as text, not as control tokens: only the EOS appended to each document ends one.")
+
+
 def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, allow_any: bool | None = None):
     """Load every ``.txt`` file of a folder as raw-text documents; return a ``datasets.Dataset``.
 
     One document per file, or one per blank-line-separated paragraph when ``split_on_blank_lines``.
     Which files count: see :func:`text_folder_files` (any case of ``.txt``; hidden files and folders
     skipped). A UTF-8 byte-order mark at the start of a file is removed (it would be trained as a
-    character). Empty documents are dropped. The printed summary counts every file left out, and
-    names the ``.txt`` names that are not files. Refuses a folder inside a virtual environment or
-    holding the project (see :func:`check_text_folder_location`, ``allow_any``).
+    character). Empty documents are dropped. The printed summary counts every file left out and names
+    the other files by extension (:func:`left_out_summary`), names the ``.txt`` names that are not
+    files, and counts the documents holding text written like a control token (``<|im_end|>``,
+    ``</s>``: trained as text, see :func:`tokenize`). A ``.txt`` that is a binary file (a PNG, a gzip
+    archive: :func:`binary_kind`) or not UTF-8 raises :class:`DataError` saying what it is and what
+    to do. Refuses a folder inside a virtual environment or holding the project (see
+    :func:`check_text_folder_location`, ``allow_any``).
     """
 
     folder = Path(folder)
@@ -270,15 +417,21 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     if not files:
         hidden = f" ({len(skipped['hidden'])} hidden .txt files skipped)" if skipped["hidden"] else ""
         folders = f" Folders not read: {', '.join(skipped['folders'])}." if skipped.get("folders") else ""
-        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.{folders}")
+        other = f" {left_out_summary(skipped['other'])}" if skipped.get("other") else ""
+        raise DataError(f"No .txt files in {folder.name}{hidden}. Put your text in files ending in .txt.{folders}{other}")
     documents, empty, boms = [], 0, 0
     for name, file in files:
         try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{name} is not valid UTF-8; re-encode it (e.g. with iconv).") from None
+            raw = file.read_bytes()
         except OSError as err:
             raise DataError(f"{name} cannot be read ({err.strerror}); check its permissions.") from None
+        if (kind := binary_kind(raw[:16])) is not None:
+            raise DataError(_not_text_message(name, kind))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(_undecodable_message(name, raw, err)) from None
+        del raw
         if text.startswith(BOM):
             text, boms = text[1:], boms + 1
         if (problem := text_problem(text)) is not None:
@@ -296,10 +449,14 @@ def load_text_folder(folder: Path | str, split_on_blank_lines: bool = False, all
     if boms:
         notes.append(f"byte-order mark removed from {boms}")
     print(f"Loaded {len(documents)} documents from {len(files)} .txt files ({'; '.join(notes)}).")
+    if skipped.get("other"):
+        print(left_out_summary(skipped["other"]))
     if skipped["not_files"]:
         print(f"Skipped {len(skipped['not_files'])} .txt name(s) that are not files: {', '.join(skipped['not_files'])}.")
     if skipped.get("folders"):
         print(f"Skipped {len(skipped['folders'])} folder(s) whose files were not read: {', '.join(skipped['folders'])}.")
+    if (control := describe_control_like(documents)) is not None:
+        print(control)
     return _text_dataset(documents)
 
 
@@ -382,7 +539,7 @@ def splits_cleanly(tokenizer) -> bool:
     key = id(tokenizer)
     if key not in _splits_cleanly:
         def ids(text):
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
+            return encode_text(text, tokenizer)["input_ids"]
 
         clean = True
         for probe in _PROBES:
@@ -392,20 +549,29 @@ def splits_cleanly(tokenizer) -> bool:
     return _splits_cleanly[key]
 
 
-def _encode(texts: list[str], tokenizer) -> dict:
-    """Tokenize ``texts`` (no special tokens); a long text in pieces (:func:`text_pieces`), a few at
-    a time, joined into one numpy row, so that the memory used grows with the text, not with the
-    tokenizer's bookkeeping of one huge string (a 50 MB file took 7.6 GB)."""
+def encode_text(texts, tokenizer) -> dict:
+    """Return ``tokenizer(texts)`` for raw text: no special tokens added (no BOS), and a string that
+    spells a special token (``<|im_end|>``, ``</s>``, ``<|endoftext|>``) inside the text tokenized as
+    the ordinary characters it is (``split_special_tokens=True``), never as that control token: a chat
+    log, a scraped page or an article about tokenizers would otherwise put EOS and pad ids inside a
+    document (issue 40)."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)
+
+
+def _encode_bodies(texts: list[str], tokenizer) -> dict:
+    """Tokenize ``texts`` as raw text (:func:`encode_text`); a long text in pieces
+    (:func:`text_pieces`), a few at a time, joined into one numpy row, so that the memory used grows
+    with the text, not with the tokenizer's bookkeeping of one huge string (a 50 MB file took 7.6 GB)."""
     import numpy as np  # deferred: heavy
 
     if all(len(t) <= PIECE_CHARS for t in texts) or not splits_cleanly(tokenizer):
-        return tokenizer(texts, add_special_tokens=False)
+        return dict(encode_text(texts, tokenizer))
     out: dict[str, list] = {}
     for text in texts:
         pieces = text_pieces(text)
         parts: dict[str, list] = {}
         for first in range(0, len(pieces), PIECES_AT_ONCE):
-            encoded = tokenizer(pieces[first : first + PIECES_AT_ONCE], add_special_tokens=False)
+            encoded = encode_text(pieces[first : first + PIECES_AT_ONCE], tokenizer)
             for key, rows in encoded.items():
                 # the types Dataset.map stores Python ints in: int32 ids, int8 masks (the same features
                 # whether or not a batch held a long document)
@@ -416,11 +582,45 @@ def _encode(texts: list[str], tokenizer) -> dict:
     return out
 
 
+def split_eos(text: str, eos_token: str | None) -> tuple[str, bool]:
+    """Return ``(text without the EOS string that ends it, whether it ended in one)``: the EOS that
+    :func:`append_eos` (or notebook 02's ``add_eos``) appended; anything before it is the document."""
+    if eos_token and text.endswith(eos_token):
+        return text[: -len(eos_token)], True
+    return text, False
+
+
+def _encode(texts: list[str], tokenizer) -> dict:
+    """Tokenize documents that end in the tokenizer's EOS string (:func:`append_eos`): the text before
+    it as raw text (:func:`_encode_bodies`: special-token strings inside it stay text), then the EOS
+    id, so that each document holds exactly one EOS, its last token. A text without that ending is
+    tokenized whole as raw text, with no EOS added."""
+    import numpy as np  # deferred: heavy
+
+    eos_id = tokenizer.eos_token_id
+    split = [split_eos(text, tokenizer.eos_token) for text in texts]
+    out = _encode_bodies([body for body, _ in split], tokenizer)
+    if eos_id is None or not any(ended for _, ended in split):
+        return out
+    for key, rows in out.items():
+        value = eos_id if key == "input_ids" else 1 if key == "attention_mask" else 0
+        for i, (_, ended) in enumerate(split):
+            if ended:
+                row = rows[i]
+                rows[i] = (np.concatenate([row, np.asarray([value], dtype=row.dtype)]) if isinstance(row, np.ndarray)
+                           else [*row, value])
+    return out
+
+
 def tokenize(dataset, tokenizer):
     """Return the dataset tokenized (``input_ids``, ``attention_mask``), without truncation.
 
-    A document longer than :data:`PIECE_CHARS` characters is tokenized in pieces cut at newlines (the
-    same tokens, see :func:`text_pieces`; issue 31, case 17)."""
+    Each ``text`` is a document with the tokenizer's EOS string appended (:func:`append_eos`): that
+    last EOS becomes the EOS id, and everything before it is raw text, so a special-token string
+    inside a document (``<|im_end|>``, ``<|endoftext|>``, ``</s>``) is trained as the characters it
+    is, never as an EOS or pad token (:func:`encode_text`; issue 40). A document longer than
+    :data:`PIECE_CHARS` characters is tokenized in pieces cut at newlines (the same tokens, see
+    :func:`text_pieces`; issue 31, case 17)."""
     return dataset.map(
         lambda batch: _encode(batch["text"], tokenizer),
         batched=True,
@@ -428,6 +628,49 @@ def tokenize(dataset, tokenizer):
         remove_columns=dataset.column_names,
         desc="Tokenizing",
     )
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """Return the strings of the tokenizer's special tokens (EOS, pad, BOS, chat markers and every
+    added token marked special): the ones :func:`encode_text` keeps as text inside a document."""
+    found = list(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            found.append(str(token))
+    return sorted({s for s in found if s and s.strip()}, key=lambda s: (-len(s), s))
+
+
+def special_token_text(dataset_with_eos, tokenizer, batch_size: int = 256) -> dict[str, int]:
+    """Return ``{special-token string: documents holding it as text}`` for the documents of a dataset
+    with EOS appended (the appended EOS itself not counted), most frequent first; empty when none
+    does. Read in batches, so a big text folder is never held twice."""
+    strings = special_token_strings(tokenizer)
+    counts: dict[str, int] = {}
+    if not strings:
+        return counts
+    for start in range(0, dataset_with_eos.num_rows, batch_size):
+        for text in dataset_with_eos[start : start + batch_size]["text"]:
+            body, _ = split_eos(text or "", tokenizer.eos_token)
+            for string in strings:
+                if string in body:
+                    counts[string] = counts.get(string, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _role(tokenizer, string: str) -> str:
+    for attr, role in (("eos_token", "EOS"), ("pad_token", "pad token"), ("bos_token", "BOS"), ("unk_token", "unknown token")):
+        if getattr(tokenizer, attr, None) == string:
+            return f"this tokenizer's {role}"
+    return "a special token of this tokenizer"
+
+
+def describe_special_token_text(counts: dict[str, int], tokenizer) -> str:
+    """Return the note printed when documents hold special-token strings as text (``2 documents contain
+    '<|im_end|>' (this tokenizer's EOS) as text; trained as text …``)."""
+    shown = "; ".join(f"{count} document(s) contain {string!r} ({_role(tokenizer, string)}) as text"
+                      for string, count in counts.items())
+    return (f"{shown}: trained as text, not as control tokens, so only the EOS appended to each document ends "
+            "one (stats: special_token_text).")
 
 
 def _token_column(dataset, column: str = "input_ids"):
@@ -502,12 +745,18 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
     block, one-row-per-story truncates them; either way they are counted
     (``longer_than_max_seq_length``, and ``rows_truncated`` / ``tokens_truncated``) and a note is
     printed. Documents with no tokens at all (empty text) are left out, and a note counts them.
+    Special-token strings inside the documents (``<|im_end|>``, ``</s>``) are tokenized as text
+    (:func:`tokenize`); the documents holding them are counted (``special_token_text``, only when
+    there are any) and a note says so.
     """
     import numpy as np  # deferred: heavy
 
     check_training_settings(profile)
     if dataset_with_eos.num_rows == 0:
         raise DataError("No training text: the dataset has no rows (empty rows were dropped, and none was left).")
+    as_text = special_token_text(dataset_with_eos, tokenizer)
+    if as_text:
+        print(describe_special_token_text(as_text, tokenizer))
     tokenized = tokenize(dataset_with_eos, tokenizer)
     # all tokens in one numpy array, rows by offsets: Python lists of a 50 MB text's 12 M token ids
     # took gigabytes (issue 31, case 17); the rows below are the same as pack_blocks / truncate_rows give
@@ -526,6 +775,7 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
         "longer_than_max_seq_length": int((lengths > size).sum()),
         "packing": profile.packing,
         "max_seq_length": profile.max_seq_length,
+        **({"special_token_text": as_text} if as_text else {}),
     }
     long = stats["longer_than_max_seq_length"]
     if profile.packing:
@@ -555,6 +805,22 @@ def build_train_dataset(dataset_with_eos, tokenizer, profile: Profile):
                   f"tokens and were truncated ({lost} tokens cut from their ends; none dropped). Raise "
                   "max_seq_length or turn on packing to keep them whole.")
     return rows, stats
+
+
+def text_for_unsloth(text_dataset, tokenizer):
+    """Return ``text_dataset`` (documents with EOS appended) for unsloth's trainer to tokenize and pack
+    itself, or None when a document holds a special-token string as text (:func:`special_token_text`):
+    unsloth tokenizes the text without ``split_special_tokens``, so ``<|im_end|>`` / ``</s>`` inside a
+    document would become control tokens (issue 40). With None, the caller trains on the rows
+    :func:`build_train_dataset` made instead (unsloth's branch without ``text_dataset``), and a printed
+    note says why."""
+    found = special_token_text(text_dataset, tokenizer)
+    if not found:
+        return text_dataset
+    print(f"NOTE: {', '.join(map(repr, found))} occur inside the documents as text; unsloth would tokenize them as "
+          "control tokens, so it trains on the packed rows tokenized here (documents in a row attend across their "
+          "EOS) instead of packing the text itself.")
+    return None
 
 
 def length_summary(lengths: list[int]) -> dict:

@@ -28,9 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .profiles import CPU_SMOLLM2, PROFILE_ENV_VAR, Profile
-from .support.files import FOLDER_MANIFEST, file_problem, folder_manifest_problem
-from .support.paths import relative
+from .profiles import CPU_SMOLLM2, MODEL_ENV_VAR, PROFILE_ENV_VAR, OwnModelError, Profile
+from .support.files import FOLDER_MANIFEST, file_problem, folder_manifest_problem, zero_filled_problem
+from .support.paths import ARTIFACTS, outputs_location, relative
 
 OFFLINE_DEFAULT = f"{PROFILE_ENV_VAR}={CPU_SMOLLM2.name}"
 OFFLINE_HINT = (
@@ -371,13 +371,80 @@ def check_adapter_folder(folder: Path | str, profile: Profile | None = None) -> 
 
 
 def check_adapter_unchanged(folder: Path | str) -> None:
-    """Raise :class:`AdapterError` when an adapter folder saved with its own file list
-    (``files.sha256.json``: ``scripts/train_cpt.py``'s ``adapter/``) is no longer as it was saved: a
-    file missing, cut off or changed. A folder without that list passes."""
+    """Raise :class:`AdapterError` when an adapter folder is not as it was saved: with its own file list
+    (``files.sha256.json``: ``scripts/train_cpt.py``'s ``adapter/``, ``save_adapter(…, target)``) a file
+    missing, cut off or changed; and, with or without that list, weights that are zero-filled
+    (:func:`adapter_weights_problem`: the right size and header, zeros for content). A folder with
+    neither that list nor a notebook's manifest is checked by content only, and a printed note says so."""
     if (problem := folder_manifest_problem(folder)) is not None:
         raise AdapterError(f"The adapter in {relative(folder)} is not as it was saved: {problem} (its "
                            f"{FOLDER_MANIFEST} records each file's size and hash). Copy it again from where it was "
                            "saved, or train and save it again (scripts/train_cpt.py, or notebook 05).")
+    listed = (Path(folder) / FOLDER_MANIFEST).is_file() or has_artifact_manifest(folder)
+    if (problem := adapter_weights_problem(folder)) is not None:
+        unlisted = (f" It has no {FOLDER_MANIFEST} (the list of its files' sizes and hashes that save_adapter and "
+                    "scripts/train_cpt.py write), so its content was all there was to check." if not listed else "")
+        raise AdapterError(f"The adapter in {relative(folder)} is damaged: {problem}.{unlisted} A copy that stopped "
+                           "early and was padded with zeros leaves the size and the header right, so it would load "
+                           "and silently act as a half-trained adapter. Copy it again from where it was saved "
+                           "(with its files.sha256.json), or train and save it again.")
+    if not listed and any((Path(folder) / name).is_file() for name in ADAPTER_WEIGHTS):
+        print(f"Note: the adapter in {relative(folder)} has no {FOLDER_MANIFEST} (a list of its files' sizes and "
+              "hashes), so a file changed after saving cannot be told; its weights were checked by content "
+              "(none zero-filled). Copy the whole folder, files.sha256.json included, to keep that check.")
+
+
+def has_artifact_manifest(folder: Path | str) -> bool:
+    """True when ``folder`` is a notebook's artifact (``outputs/05_adapter``) with its manifest in
+    ``outputs/manifests/``, which :func:`helpers.artifacts.require` checks file by file."""
+    where = outputs_location()
+    try:
+        folder = Path(folder).resolve()
+        for name, (path, _) in ARTIFACTS.items():
+            if (where / path).resolve() == folder:
+                return (where / "manifests" / f"{name}.json").is_file()
+    except OSError:
+        return False
+    return False
+
+
+def adapter_weights_problem(folder: Path | str) -> str | None:
+    """Return what of an adapter's ``adapter_model.safetensors`` is zero-filled (a matrix entirely
+    zero, or its last quarter; LoRA B matrices only when others of them trained), or None."""
+    weights = Path(folder) / ADAPTER_WEIGHTS[0]
+    if not weights.is_file():
+        return None
+    problem = zero_filled_problem(weights)
+    return f"{weights.name}: {problem}" if problem else None
+
+
+def model_weights_content_problem(model_path: Path | str) -> tuple[str, str] | None:
+    """Return ``(file name, what is zero-filled)`` for the first ``*.safetensors`` file of a model folder
+    (or that file itself) whose weights are zero-filled (:func:`helpers.support.files.zero_filled_problem`),
+    or None. Cheap: per tensor only the bytes back from its end to its last non-zero byte are read."""
+    model_path = Path(model_path)
+    files = [model_path] if model_path.is_file() else sorted(model_path.glob("*.safetensors"))
+    for file in files:
+        if file.suffix.lower() == ".safetensors" and (problem := zero_filled_problem(file)) is not None:
+            return file.name, problem
+    return None
+
+
+def check_model_weights_content(model_path: Path | str, shown: str | None = None) -> None:
+    """Raise :class:`helpers.profiles.OwnModelError` when a local model's weights are present but
+    zero-filled (:func:`model_weights_content_problem`): the structural checks pass such a file (its
+    header and size are right), and the model then loads without a word and generates only EOS."""
+    found = model_weights_content_problem(model_path)
+    if found is None:
+        return
+    name, problem = found
+    shown = shown or Path(model_path).name
+    raise OwnModelError(
+        f"{MODEL_ENV_VAR}={shown!r}: its weights file {name} is zero-filled, not trained: {problem}. A copy or "
+        "download that stopped early and was padded with zeros (or a damaged disk) leaves the size and the header "
+        "right, so it would load without an error and generate nothing useful. Copy or download the weights "
+        f"again and compare a checksum with the source's (sha256sum {name}), or save the model there again with "
+        "model.save_pretrained(folder).")
 
 
 @contextmanager
@@ -457,3 +524,86 @@ def check_training_settings(profile: Profile) -> None:
     if problems:
         raise SettingsError(f"Profile {profile.name!r} cannot train with these settings:\n  - "
                             + "\n  - ".join(problems) + "\nChange them with profile.replace(...) or on the command line.")
+
+
+# --- memory a training step needs, estimated before any data is tokenized ---------------------------
+
+
+ATTENTION_LAYERS_AT_PEAK = 12  # measured: the CPU's attention over a 4-D mask holds about 12 layers' scores
+SUGGESTION_SHARE = 0.7  # a smaller setting is suggested only when its estimate fits this share of the memory
+
+
+def training_memory_estimate(config, *, micro_batch: int, seq_len: int, activation_bytes: int = 4,
+                             gradient_checkpointing: bool = False, trainable: int = 0,
+                             block_mask: bool = False, attention_scores: bool = False) -> dict:
+    """Return what one micro-batch of ``micro_batch`` rows of ``seq_len`` tokens needs to train on the
+    plain transformers path, in bytes, beside the loaded model: ``logits`` (the output over the
+    vocabulary in the compute dtype, its fp32 copy for the loss and their gradients: ``activation_bytes
+    + 8`` per entry), ``activations`` (what each decoder layer keeps for the backward pass: inputs of
+    the attention and MLP projections, about ``6 * hidden + 3 * intermediate`` values per token and
+    layer; with ``gradient_checkpointing`` only each layer's input plus one layer), ``mask`` (the
+    boolean block-diagonal mask of packed rows that keep documents apart, ``seq_len**2`` per row),
+    ``attention`` (with ``attention_scores``, the CPU's case: attention over such a mask materialises
+    ``heads x seq_len**2`` scores, about :data:`ATTENTION_LAYERS_AT_PEAK` layers of them at the peak),
+    ``optimizer`` (16 bytes per trainable parameter: its gradient and AdamW's two moments in fp32),
+    ``total``, ``tokens``, ``per_token`` (the part that grows with the tokens) and ``per_square`` (the
+    part that grows with ``micro_batch * seq_len**2``).
+
+    Measured on SmolLM2-135M on the CPU (bf16 autocast, no checkpointing, forward and backward, peak RSS
+    above the loaded model): 3.8 GiB for 4 x 512, 2 x 1024 and 1 x 2048 tokens, 10.0 GiB for 1 x 4096;
+    2 x 8192 was killed by the kernel at 24 GB. This estimate gives 2.2, 2.5, 2.9 and 7.6 GB (45.1 GB for
+    2 x 8192): it errs low, so what it refuses cannot fit."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab, hidden = int(text.vocab_size), int(text.hidden_size)
+    layers = int(text.num_hidden_layers)
+    heads = int(getattr(text, "num_attention_heads", None) or 1)
+    intermediate = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+    per_layer = activation_bytes * (6 * hidden + 3 * intermediate)
+    per_token_layers = (activation_bytes * hidden * layers + per_layer) if gradient_checkpointing else per_layer * layers
+    per_token = per_token_layers + vocab * (activation_bytes + 8)
+    per_square = (1 if block_mask else 0) + (heads * activation_bytes * ATTENTION_LAYERS_AT_PEAK if attention_scores else 0)
+    tokens, square = micro_batch * seq_len, micro_batch * seq_len * seq_len
+    estimate = {
+        "tokens": tokens,
+        "per_token": per_token,
+        "per_square": per_square,
+        "logits": tokens * vocab * (activation_bytes + 8),
+        "activations": tokens * per_token_layers,
+        "mask": square if block_mask else 0,
+        "attention": square * (per_square - (1 if block_mask else 0)),
+        "optimizer": 16 * trainable,
+    }
+    estimate["total"] = sum(estimate[k] for k in ("logits", "activations", "mask", "attention", "optimizer"))
+    return estimate
+
+
+def memory_refusal(estimate: dict, available: int, where: str, *, micro_batch: int, seq_len: int) -> str | None:
+    """Return why a training step of ``estimate`` (:func:`training_memory_estimate`) cannot fit the
+    ``available`` bytes of ``where`` ("this CPU's memory", "GPU 0"), with the numbers and the largest
+    ``--max-seq-length`` / ``--per-device-batch`` that would; None when it fits. The estimate errs low
+    (by up to a third, measured), so what it suggests must fit in :data:`SUGGESTION_SHARE` of the memory."""
+    if estimate["total"] <= available:
+        return None
+
+    def fits(batch: int, length: int) -> bool:
+        need = estimate["optimizer"] + batch * length * estimate["per_token"] + batch * length * length * estimate["per_square"]
+        return need <= SUGGESTION_SHARE * available
+
+    length = seq_len
+    while length > MIN_SEQ_LENGTH and not fits(micro_batch, length):
+        length //= 2
+    batch = micro_batch
+    while batch > 1 and not fits(batch, seq_len):
+        batch //= 2
+    gb = 1e9
+    parts = ", ".join(f"{name} {estimate[name] / gb:.1f} GB" for name in
+                      ("logits", "activations", "attention", "mask", "optimizer") if estimate[name])
+    options = []
+    if length >= MIN_SEQ_LENGTH and fits(micro_batch, length):
+        options.append(f"--max-seq-length to {length}")
+    if fits(batch, seq_len):
+        options.append(f"--per-device-batch to {batch} (and raise --grad-accum to keep the rows per step)")
+    todo = " or ".join(options) if options else "the model (a smaller one), or train on a GPU"
+    return (f"one micro-batch of {micro_batch} x {seq_len} tokens ({estimate['tokens']:,}) needs about "
+            f"{estimate['total'] / gb:.1f} GB to train ({parts}), but {where} has {available / gb:.1f} GB available. "
+            f"Lower {todo}; nothing was tokenized or trained.")

@@ -38,8 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `python scripts/train_cpt.py` from a checkout without `pip install -e .`
 
-from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings  # noqa: E402
-from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile  # noqa: E402
+try:
+    from helpers.errors import MIN_SEQ_LENGTH, SettingsError, check_training_settings
+    from helpers.profiles import CPU_SMOLLM2, GPU_SMOKE, PROFILE_ENV_VAR, PROFILES, Profile, select_profile
+except KeyboardInterrupt:  # Ctrl-C while Python imports the helpers: nothing started, nothing to save
+    print("train_cpt.py: stopped by Ctrl-C while starting; nothing was started or saved.", file=sys.stderr)
+    raise SystemExit(130) from None
 
 # --tiny: the CPU self-test of this script (tests/e2e/test_train_script.py): the CPU profile's settings
 # (fp32, plain transformers + PEFT, r=16) on the smoke profile's random Llama (built from a config,
@@ -83,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--result-json", type=Path, help="also write the RESULT object to this file (rank 0)")
     add("--baseline-result", type=Path, help="RESULT json of a one-GPU run with the same settings: adds speedup, "
                                              "scaling_efficiency and the per-step loss comparison")
+    add("--allow-overwrite", action="store_true", help="let --output-dir / --result-json point into the notebooks' "
+                                                       "outputs, at a saved folder or at a file that is not a RESULT")
     args = parser.parse_args(argv)
     for name in ("output_dir", "result_json", "baseline_result"):  # "--output-dir=~/runs": no shell expands it
         if getattr(args, name) is not None:
@@ -92,9 +98,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# the range of every numeric argument, checked at parse time (issue 40): (flag, lowest, highest, why the top)
+LIMITS = {
+    "max_steps": ("--max-steps", 1, 10_000_000, "use the epochs of the profile for longer runs"),
+    "max_seq_length": ("--max-seq-length", MIN_SEQ_LENGTH, 1 << 20, "no model here trains on longer rows"),
+    "per_device_batch": ("--per-device-batch", 1, 4096, "raise --grad-accum instead"),
+    "grad_accum": ("--grad-accum", 1, 100_000, "more rows a step than any data set here holds"),
+    "repeat_data": ("--repeat-data", 1, 100_000, "a run uses only the rows its steps take; repeating more only "
+                                                 "fills memory"),
+    "eval_stories": ("--eval-stories", 0, 100_000, "the held-out sets here are smaller"),
+    "seed": ("--seed", 0, 2**32 - 1, "numpy and torch take seeds from 0 to 2**32 - 1"),
+    "save_steps": ("--save-steps", 1, 10_000_000, "a larger one writes no checkpoint either"),
+    "trace_step": ("--trace-step", 0, 10_000_000, "at most --max-steps"),
+}
+
+
 def refused_settings(args: argparse.Namespace) -> list[str]:
-    """Return why the command line cannot train (empty when it can): sizes that would give no rows,
-    no steps or no batch, which would otherwise end in a meaningless "final loss 0.0"."""
+    """Return why the command line cannot train (empty when it can): every numeric argument outside
+    its range (:data:`LIMITS`: sizes that would give no rows, no steps or no batch, which would end in
+    a meaningless "final loss 0.0"; a seed numpy refuses deep inside; sizes that only fill memory), and
+    a ``--trace-step`` past ``--max-steps`` (that step never comes, so nothing would be traced)."""
     problems = []
     if args.max_seq_length is not None and args.max_seq_length < MIN_SEQ_LENGTH:
         problems.append(f"--max-seq-length {args.max_seq_length}: rows need at least {MIN_SEQ_LENGTH} tokens to "
@@ -108,6 +131,107 @@ def refused_settings(args: argparse.Namespace) -> list[str]:
             problems.append(f"{flag} {value}: must be at least 1")
     if args.eval_stories is not None and args.eval_stories < 0:
         problems.append(f"--eval-stories {args.eval_stories}: use 0 to skip the evaluation")
+    if args.seed is not None and args.seed < 0:
+        problems.append(f"--seed {args.seed}: use a seed from 0 to {2**32 - 1} (numpy and torch take no negative seed)")
+    for name, (flag, _, highest, why) in LIMITS.items():
+        value = getattr(args, name)
+        if value is not None and value > highest:
+            problems.append(f"{flag} {value}: at most {highest:,} ({why})")
+    if args.max_steps is not None and args.max_steps >= 1:
+        if args.trace_step > args.max_steps:
+            problems.append(f"--trace-step {args.trace_step} with --max-steps {args.max_steps}: that step never comes, "
+                            f"so nothing would be traced; use a step of at most {args.max_steps}")
+    return problems
+
+
+def settings_notes(args: argparse.Namespace) -> list[str]:
+    """Return what the command line will do that a user may not expect, said before the run starts:
+    a ``--save-steps`` past ``--max-steps`` writes no checkpoint (throughput runs want that), so a run
+    stopped before its end starts over."""
+    notes = []
+    if args.max_steps is not None and args.save_steps is not None and args.save_steps > args.max_steps:
+        notes.append(f"--save-steps {args.save_steps} with --max-steps {args.max_steps}: no checkpoint will be written, "
+                     "so a run stopped before its end starts over from step 0 (use --save-steps "
+                     f"{max(1, args.max_steps // 4)} to be able to resume).")
+    return notes
+
+
+def notebook_owner(path: Path) -> str | None:
+    """Return what of the notebooks' outputs ``path`` would write into, or None: the outputs folder itself
+    or a file directly in it, a notebook's artifact (``02_dataset``, ``05_adapter``), anything named like
+    one (``05_result.json``), its manifests, the model cache, notebook 05's checkpoints or the executed
+    copies (``$CPT_OUTPUTS`` counts)."""
+    from helpers.support.paths import ARTIFACTS, outputs_location
+
+    outputs = outputs_location().resolve()
+    path = path.resolve()
+    if path == outputs:
+        return "the notebooks' outputs folder itself"
+    try:
+        inside = path.relative_to(outputs)
+    except ValueError:
+        return None
+    top = inside.parts[0]
+    for name, (artifact, notebook) in ARTIFACTS.items():
+        if top == artifact:
+            return f"notebook {notebook}'s {name} ({artifact})"
+    if top[:3].rstrip("_").isdigit() and top[2:3] == "_":
+        notebooks = sorted({nb for _, nb in ARTIFACTS.values() if nb.startswith(top[:3])})
+        return f"the results of notebook {notebooks[0] if notebooks else top[:2]} (a file named like its results)"
+    if top in ("manifests", "cache", "executed"):
+        return f"the notebooks' {top}/ folder"
+    if len(inside.parts) == 1 and not path.is_dir() and path.suffix:
+        return "the top of the notebooks' outputs folder, where their results live"
+    return None
+
+
+def saved_folder(path: Path) -> Path | None:
+    """Return the folder at or above ``path`` that records its own files (``files.sha256.json``: a saved
+    adapter, a checkpoint), or None: writing into it would make its record wrong."""
+    from helpers.support.files import FOLDER_MANIFEST
+
+    for folder in (path, *path.parents):
+        if (folder / FOLDER_MANIFEST).is_file():
+            return folder
+    return None
+
+
+def overwrite_problems(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """Return why ``--output-dir`` or ``--result-json`` would overwrite something that is not this run's
+    (issue 40): a path into the notebooks' outputs (:func:`notebook_owner`; ``--result-json
+    outputs/05_result.json`` replaced notebook 05's result, which later notebooks then called cut off),
+    a folder that records its own files (:func:`saved_folder`), the ``--baseline-result`` itself, or an
+    existing file that is not a RESULT of this script. Empty with ``--allow-overwrite``."""
+    from helpers.support.paths import relative
+
+    if args.allow_overwrite:
+        return []
+    told = "or pass --allow-overwrite if you mean it"
+    problems = []
+    for flag, path in (("--output-dir", output_dir), ("--result-json", args.result_json)):
+        if path is None:
+            continue
+        if (owner := notebook_owner(path)) is not None:
+            problems.append(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: that is {owner}; this run would "
+                            "overwrite what a notebook wrote, and the later notebooks would find it changed. Give "
+                            "it a folder of its own (e.g. outputs/train_cpt, the default), "
+                            f"{told}.")
+        elif (folder := saved_folder(path)) is not None:
+            problems.append(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: that is inside {relative(folder)}, "
+                            "a saved folder that records the size and hash of its files (files.sha256.json); "
+                            f"writing there would make it fail its check. Name another place, {told}.")
+    result = args.result_json
+    if result is not None and args.baseline_result is not None and result.resolve() == args.baseline_result.resolve():
+        problems.append(f"--result-json {result}: it is the --baseline-result this run compares with; writing it "
+                        f"would replace the baseline by this run. Name another file, {told}.")
+    elif result is not None and result.is_file() and not any(p.startswith("--result-json") for p in problems):
+        try:
+            earlier = json.loads(result.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and all(k in earlier for k in BASELINE_KEYS)):
+            problems.append(f"--result-json {result}: that file exists and is not the RESULT of a train_cpt.py run; "
+                            f"writing it would replace it. Name a new file (or an earlier RESULT), {told}.")
     return problems
 
 
@@ -299,46 +423,162 @@ def describe_run(procs: Processes, profile: Profile, reason: str, policy: dict) 
 # --- model, data, trainer -----------------------------------------------------------------------
 
 
-def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, min_rows: int):
+def load_model_and_rows(procs: Processes, profile: Profile, repeat: int, policy: dict):
     """Load the model with LoRA and the training rows the notebooks' way; rank 0 first (it converts
     or builds the local model and fills the datasets cache, the others reuse them).
 
-    Returns ``(model, tokenizer, train_dataset, text_dataset)``: the tokenized rows, and the stories
-    with EOS that the unsloth branch packs itself (best-fit, each story attending only to itself)
-    when the profile packs; ``text_dataset`` is None otherwise. Raises ``helpers.data.DataError``
-    when the data gives fewer rows than one optimizer step needs (``min_rows``)."""
+    Before any text is tokenized, a micro-batch's memory is estimated against what this device has
+    (:func:`check_step_memory`); once the rows are known, ``repeat`` is cut to what the steps use
+    (:func:`useful_repeat`) and a step that would need more rows than the data gives is refused
+    (:func:`rows_problem`).
+
+    Returns ``(model, tokenizer, train_dataset, text_dataset, repeat)``: the tokenized rows, the
+    stories with EOS that the unsloth branch packs itself (best-fit, each story attending only to
+    itself) when the profile packs (``text_dataset`` is None otherwise), and the repeat that ran.
+    Raises ``helpers.data.DataError`` when the data gives fewer rows than one optimizer step needs,
+    ``helpers.errors.SettingsError`` when a micro-batch cannot fit the memory."""
     import datasets
 
-    from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset
+    from helpers.data import DataError, append_eos, build_train_dataset, load_raw_dataset, text_for_unsloth
     from helpers.lab.distributed import load_on_local_device
     from helpers.modeling import load_model_and_tokenizer
     from helpers.session import seed_everything
     from helpers.training import add_lora
 
     seed_everything(profile.seed)
+    with procs.state.main_process_first(), load_on_local_device(profile, procs.local_rank, procs.distributed):
+        model, tokenizer = load_model_and_tokenizer(profile)
+    # before any text is tokenized; on every rank, outside main_process_first (a refusal inside it would
+    # leave the other ranks waiting at its barrier)
+    check_step_memory(procs, profile, model, policy["per_device_batch"])
     with procs.state.main_process_first():
-        with load_on_local_device(profile, procs.local_rank, procs.distributed):
-            model, tokenizer = load_model_and_tokenizer(profile)
         raw, source = load_raw_dataset(profile, "train")
         with_eos = append_eos(raw, tokenizer.eos_token)
         rows, stats = build_train_dataset(with_eos, tokenizer, profile)
     text = with_eos if profile.uses_unsloth and profile.packing else None  # unsloth packs the text itself
+    if text is not None and stats.get("special_token_text"):
+        # unsloth tokenizes the text itself, matching '<|im_end|>' / '</s>' inside a document as control
+        # tokens (issue 40): train on the rows tokenized here instead, where they stay text
+        text = text_for_unsloth(text, tokenizer) if procs.main else None
+    asked, repeat = repeat, useful_repeat(repeat, len(rows), profile, policy, procs.world)
+    if repeat < asked:
+        procs.say(f"NOTE     : --repeat-data {asked} would give {len(rows) * asked:,} rows, but {profile.max_steps} "
+                  f"steps of {policy['global_batch']} rows use {profile.max_steps * policy['global_batch']:,}: "
+                  f"repeating {repeat} time(s) (recorded as repeat_data {repeat}, repeat_data_asked {asked}).")
     if repeat > 1:
         rows = datasets.concatenate_datasets([rows] * repeat)
         if text is not None:
             text = datasets.concatenate_datasets([text] * repeat)
-    if len(rows) < min_rows:
-        raise DataError(
-            f"The training data gives {len(rows)} row(s) of {profile.max_seq_length} tokens, fewer than the "
-            f"{min_rows} one optimizer step needs on every process. Lower --max-seq-length or the batch, add "
-            "text, or repeat the rows with --repeat-data.")
+    if (problem := rows_problem(len(rows), repeat, profile, policy, procs.world)) is not None:
+        raise DataError(problem)
     procs.say(f"data     : {source}: {stats['documents']} documents, {stats['tokens']} tokens -> "
               f"{stats['rows']} rows x {repeat} = {len(rows)} rows")
     note_memory("model loaded", procs.local_rank)
     seed_everything(profile.seed)  # the same adapter initialisation on every rank (DDP also broadcasts rank 0's)
     model = add_lora(model, profile)
     note_memory("LoRA added", procs.local_rank)
-    return model, tokenizer, rows, text
+    return model, tokenizer, rows, text, repeat
+
+
+def useful_repeat(repeat: int, rows: int, profile: Profile, policy: dict, world: int) -> int:
+    """Return the part of ``--repeat-data`` that the run can use: with ``max_steps`` set, the repeats
+    that give the rows its steps take (``max_steps * global batch``), at least 1; otherwise (the
+    epochs decide) ``repeat`` itself. ``--repeat-data 100000000`` used to concatenate every copy and
+    grow to gigabytes with no output."""
+    if profile.max_steps is None or profile.max_steps < 1 or rows < 1:
+        return repeat
+    needed = profile.max_steps * policy["per_device_batch"] * policy["grad_accum"] * world
+    return max(1, min(repeat, -(-needed // rows)))
+
+
+def rows_problem(rows: int, repeat: int, profile: Profile, policy: dict, world: int) -> str | None:
+    """Return why ``rows`` training rows cannot make one optimizer step as asked, or None: fewer rows
+    than one micro-batch on every process, or fewer than ``per-device batch x accumulation x
+    processes`` (the trainer would then take what there is and record the larger global batch, e.g.
+    ``global_batch 2000`` for steps of 14 rows)."""
+    per_device, accumulation = policy["per_device_batch"], policy["grad_accum"]
+    data = f"the training data gives {rows} row(s) of {profile.max_seq_length} tokens (x --repeat-data {repeat})"
+    if rows < per_device * world:
+        return (f"{data}, fewer than the {per_device * world} one optimizer step needs on every process. Lower "
+                "--max-seq-length or the batch, add text, or repeat the rows with --repeat-data.")
+    if rows < per_device * accumulation * world:
+        most = rows // (per_device * world) * world  # the one-GPU recipe's accumulation, split over the processes
+        return (f"--grad-accum {profile.gradient_accumulation_steps}: one optimizer step would take {per_device} row(s) x "
+                f"{accumulation} accumulation x {world} process(es) = {per_device * accumulation * world} rows, but "
+                f"{data}; each step would silently train on fewer rows than the global batch recorded. Use "
+                f"--grad-accum {most} or less, add text, or repeat the rows with --repeat-data.")
+    return None
+
+
+def available_memory(profile: Profile, procs: Processes) -> tuple[int, str] | None:
+    """Return ``(bytes available to this process, where)``: the free memory of this rank's GPU, or on
+    the CPU the kernel's ``MemAvailable`` (and a cgroup's limit, when lower) shared by this host's
+    processes; None when it cannot be read."""
+    if profile.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, _ = torch.cuda.mem_get_info(procs.local_rank)
+        return int(free), f"GPU {procs.local_rank}"
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:  # a container's limit (cgroup v2)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", procs.world) or 1)
+    return available // max(1, local), "this CPU's memory" + (f" (shared by {local} processes)" if local > 1 else "")
+
+
+def planned_trainable(model, profile: Profile) -> int:
+    """Return about how many parameters ``add_lora`` will train on ``model``: ``lora_r x (in + out)``
+    for each targeted linear layer, and the full matrix of each trained embedding (``embed_tokens``,
+    ``lm_head``)."""
+    targets, total = set(profile.target_modules), 0
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in targets:
+            continue
+        if leaf in ("embed_tokens", "lm_head"):
+            total += sum(p.numel() for p in module.parameters(recurse=False))
+        elif hasattr(module, "in_features") and hasattr(module, "out_features"):
+            total += profile.lora_r * (module.in_features + module.out_features)
+    return total
+
+
+def check_step_memory(procs: Processes, profile: Profile, model, micro_batch: int) -> None:
+    """Refuse (``helpers.errors.SettingsError``), before any text is tokenized, a micro-batch that
+    cannot fit this device's memory (:func:`helpers.errors.training_memory_estimate` on the plain
+    transformers path; unsloth computes the loss in chunks and offloads, so it is not estimated):
+    ``--max-seq-length 8192`` on the CPU used to grow to 15 GB with only a context warning."""
+    from helpers.errors import SettingsError, memory_refusal, training_memory_estimate
+
+    if profile.uses_unsloth or (found := available_memory(profile, procs)) is None:
+        return
+    available, where = found
+    if profile.device == "cpu":
+        from helpers.modeling import cpu_computes_bf16
+
+        half = bool(profile.cpu_bf16) and cpu_computes_bf16()
+    else:
+        half = profile.dtype not in ("float32", "fp32")
+    block_mask = profile.packing and profile.isolate_documents
+    estimate = training_memory_estimate(
+        model.config, micro_batch=micro_batch, seq_len=profile.max_seq_length, activation_bytes=2 if half else 4,
+        gradient_checkpointing=bool(profile.use_gradient_checkpointing), trainable=planned_trainable(model, profile),
+        block_mask=block_mask, attention_scores=block_mask and profile.device == "cpu")
+    procs.say(f"memory   : a micro-batch of {micro_batch} x {profile.max_seq_length} tokens needs about "
+              f"{estimate['total'] / 1e9:.1f} GB to train beside the model; {where} has {available / 1e9:.1f} GB available")
+    if (problem := memory_refusal(estimate, available, where, micro_batch=micro_batch,
+                                  seq_len=profile.max_seq_length)) is not None:
+        raise SettingsError(problem)
 
 
 MEMORY_STAGES: list[dict] = []  # this process's readings, in order (one process, as in the walkthrough)
@@ -625,14 +865,17 @@ def save_final_adapter(model, tokenizer, output_dir: Path, extra: dict) -> str |
     return None
 
 
-def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path):
+def report(args, procs: Processes, profile: Profile, policy: dict, trainer, measured: dict, rows, output_dir: Path,
+           repeat: int | None = None):
     """Rank 0: evaluate, save the adapter (``helpers.checkpoints.save_adapter``), compare with a
     baseline, write ``result.json`` and print the RESULT line."""
     from helpers.lab.distributed import compare_runs
 
     model, tokenizer = trainer.model, trainer.processing_class
     stories = profile.eval_stories if args.eval_stories is None else args.eval_stories
-    extra = {"repeat_data": args.repeat_data, "train_rows": len(rows),
+    repeat = args.repeat_data if repeat is None else repeat
+    extra = {"repeat_data": repeat, **({"repeat_data_asked": args.repeat_data} if repeat != args.repeat_data else {}),
+             "train_rows": len(rows),
              **(evaluate(model, tokenizer, profile, stories) if stories > 0 else {})}
     unsaved = None if args.no_save else save_final_adapter(model, tokenizer, output_dir, extra)
     result = result_record(procs, profile, policy, trainer, measured, extra)
@@ -654,10 +897,75 @@ def report(args, procs: Processes, profile: Profile, policy: dict, trainer, meas
         raise SystemExit(1)
 
 
+STAGE = {"now": "starting", "output_dir": None}  # what main() is doing, for the message of a Ctrl-C
+
+
+def last_saved_checkpoint(checkpoints: Path) -> Path | None:
+    """Return the last ``checkpoint-N`` in ``checkpoints`` that holds its run record (written last, see
+    ``helpers.checkpoints``), or None; reads file names only, so it is quick at any moment."""
+    found = []
+    for folder in checkpoints.glob("checkpoint-*") if checkpoints.is_dir() else []:
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "run.json").is_file():
+            found.append((int(step), folder))
+    return max(found)[1] if found else None
+
+
+def stopped_message(stage: str, output_dir: Path | None, err: BaseException) -> str:
+    """Return the one line (two for an interrupted training) a Ctrl-C at ``stage`` ends with: where it
+    stopped, what of the run is saved (the last checkpoint, or nothing yet) and the command that goes on."""
+    from helpers.support.paths import relative
+
+    head = f"train_cpt.py: stopped by Ctrl-C while {stage}."
+    if type(err).__name__ == "TrainingInterrupted" and str(err):
+        return f"{head} {err}"
+    checkpoint = last_saved_checkpoint(output_dir / "checkpoints") if output_dir is not None else None
+    if checkpoint is None:
+        where = f" in {relative(output_dir / 'checkpoints')}" if output_dir is not None else ""
+        saved = f" Nothing of this run was saved yet (no checkpoint{where}); run the same command again to start it."
+    else:
+        step = checkpoint.name.removeprefix("checkpoint-")
+        saved = (f" The last checkpoint is {relative(checkpoint)} (step {step}); run the same command again to "
+                 "resume from it.")
+        if stage.startswith("saving"):
+            saved += " It saves the adapter and result.json from that checkpoint without training again."
+    return head + saved
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run :func:`main` and return its exit code; a Ctrl-C at any point ends quietly with exit code 130
+    and one message on stderr (rank 0 only) saying what was saved (:func:`stopped_message`), never a
+    bare ``KeyboardInterrupt`` traceback; an outputs or cache folder that cannot be made or written
+    (``CPT_OUTPUTS`` on a read-only mount, below a file) ends in its one-line message, exit code 1."""
+    from helpers.support.paths import OutputsNotAFolderError, OutputsNotWritableError
+
+    try:
+        return main(argv)
+    except (OutputsNotAFolderError, OutputsNotWritableError) as err:  # CPT_OUTPUTS read-only, below a file, ...
+        print(f"train_cpt.py: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as err:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                message = stopped_message(STAGE["now"], STAGE["output_dir"], err)
+            except Exception:  # noqa: BLE001  (the message must never fail the exit)
+                message = f"train_cpt.py: stopped by Ctrl-C while {STAGE['now']}."
+            print(message, file=sys.stderr, flush=True)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    STAGE.update(now="checking the settings", output_dir=None)
     args = parse_args(argv)
     try:  # a CPT_* switch or path that cannot work (CPT_PACKING=2, CPT_MODEL=missing/, CPT_PROFILE=typo)
         profile, reason = choose_profile(args)
+        if profile.is_local_path_model:  # weights present but zero-filled load without a word (issue 40)
+            from helpers.errors import check_model_weights_content
+
+            check_model_weights_content(profile.model_name, profile.own_model)
     except (KeyError, ValueError, OSError) as err:
         raise SystemExit(f"train_cpt.py: {err.args[0] if isinstance(err, KeyError) else err}") from None
     try:  # the notebooks' rule for settings that cannot train, before any process or model starts
@@ -667,9 +975,10 @@ def main(argv: list[str] | None = None) -> int:
     from helpers.support.paths import project_root
 
     output_dir = args.output_dir if args.output_dir.is_absolute() else project_root() / args.output_dir
-    if problems := path_problems(args, output_dir):
+    if problems := path_problems(args, output_dir) + overwrite_problems(args, output_dir):
         raise SystemExit("train_cpt.py: " + "\ntrain_cpt.py: ".join(problems))
     lock = lock_output_dir(output_dir)  # noqa: F841  (held until the process ends)
+    STAGE.update(now="starting the processes", output_dir=output_dir)
     if args.tiny:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     procs = start_processes(profile)
@@ -677,8 +986,16 @@ def main(argv: list[str] | None = None) -> int:
 
     policy = batch_policy(profile.per_device_train_batch_size, profile.gradient_accumulation_steps, procs.world)
     describe_run(procs, profile, reason, policy)
-    model, tokenizer, rows, text = load_model_and_rows(procs, profile, args.repeat_data,
-                                                       policy["per_device_batch"] * procs.world)
+    for note in settings_notes(args):
+        procs.say(f"NOTE     : {note}")
+    from helpers.data import DataError
+
+    STAGE["now"] = "loading the model and the data"
+    try:  # data that cannot make a step, a micro-batch that cannot fit: one line, before any training
+        model, tokenizer, rows, text, repeat = load_model_and_rows(procs, profile, args.repeat_data, policy)
+    except (DataError, SettingsError) as err:
+        raise SystemExit(f"train_cpt.py: {err}") from None
+    STAGE["now"] = "building the trainer"
     trainer = build_trainer(profile, model, tokenizer, rows, policy, output_dir / "checkpoints", args.save_steps, text)
     procs.say(f"attention: {trainer.cpt_attention_route}")
     # what helpers.checkpoints tells a script user (not a notebook user) to do (issue 31, case 16)
@@ -686,11 +1003,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer.cpt_fresh_how = "run scripts/train_cpt.py again with --fresh"
     trainer.cpt_other_dir_how = "give this run another --output-dir"
     settle_checkpoints(procs, output_dir / "checkpoints")
+    STAGE["now"] = "training"
     measured = train_measured(procs, trainer, profile, args.check_sync, resume=not args.fresh,
                               trace_step=args.trace_step, trace_dir=output_dir / "step-trace",
                               load_finished=not args.fresh and unsaved_after(output_dir))
+    STAGE["now"] = "saving the adapter and the result"
     if procs.main:
-        report(args, procs, profile, policy, trainer, measured, rows, output_dir)
+        report(args, procs, profile, policy, trainer, measured, rows, output_dir, repeat)
     procs.state.wait_for_everyone()
     procs.state.destroy_process_group()
     if measured["embeddings_check"] != "passed":
@@ -700,4 +1019,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

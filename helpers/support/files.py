@@ -303,6 +303,28 @@ def token_sha256(dataset, column: str = "input_ids", batch_size: int = 1024) -> 
     return digest.hexdigest()
 
 
+def safetensors_header(path: Path | str) -> tuple[int, dict]:
+    """Return ``(header length, header)`` of a safetensors file: the JSON object that names each tensor's
+    dtype, shape and ``data_offsets`` (counted from the end of the header). Raises ``ValueError`` when
+    the file is too short or its header is not a JSON object (see :func:`safetensors_problem`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        raise ValueError(f"{size} bytes, too short for a safetensors file")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise ValueError(f"header length {header_len} does not fit in the file ({size} bytes): cut off or not "
+                             "safetensors")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError("its header is not valid JSON: cut off or not safetensors") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    return header_len, header
+
+
 def safetensors_problem(path: Path | str) -> str | None:
     """Return what is wrong with a safetensors file (cut off, no header, not safetensors), or None.
 
@@ -311,23 +333,115 @@ def safetensors_problem(path: Path | str) -> str | None:
     """
     path = Path(path)
     size = path.stat().st_size
-    if size < 8:
-        return f"{size} bytes, too short for a safetensors file"
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > size - 8 or header_len > 100_000_000:
-            return f"header length {header_len} does not fit in the file ({size} bytes): cut off or not safetensors"
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return "its header is not valid JSON: cut off or not safetensors"
-    if not isinstance(header, dict):
-        return "its header is not a JSON object"
+    try:
+        header_len, header = safetensors_header(path)
+    except ValueError as err:
+        return str(err)
     ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
     expected = 8 + header_len + (max(ends) if ends else 0)
     if expected != size:
         return f"{size} bytes where its header describes {expected}: {'cut off' if size < expected else 'extra bytes'}"
     return None
+
+
+# tensors whose correct start is all zeros: LoRA's B matrices (and A of an embedding's LoRA), so that a
+# fresh adapter changes nothing; zero is damage only when other tensors of theirs have trained
+ZERO_AT_START = re.compile(r"(?:^|\.)(?:lora_B|lora_embedding_A)(?:\.|$)")
+ZERO_TAIL_SHARE = 0.25  # a matrix whose last quarter (or more) is zero bytes is zero-filled, not trained
+MIN_CHECKED_ELEMENTS = 64  # smaller tensors (and vectors: biases, norms) may be zero by design
+
+
+def _trailing_zero_bytes(data, start: int, end: int, chunk: int = 1 << 20) -> int:
+    """Return how many bytes at the end of ``data[start:end]`` are zero, reading back from the end in
+    ``chunk``-byte blocks (a tensor that ends in a non-zero byte costs one small read)."""
+    import numpy as np  # deferred: heavy
+
+    position = end
+    while position > start:
+        low = max(start, position - chunk)
+        block = np.asarray(data[low:position])
+        if block[-64:].any():
+            block = block[-64:]
+            low = position - len(block)
+        nonzero = np.flatnonzero(block)
+        if nonzero.size:
+            return end - (low + int(nonzero[-1]) + 1)
+        position = low
+    return end - start
+
+
+def zero_filled_tensors(path: Path | str) -> dict:
+    """Return what of a safetensors file's weights is zero-filled, judged by content: ``{"tensors": n,
+    "entirely_zero": [names], "zero_tail": [(name, share of it zero)], "zero_share": share of all weight
+    bytes that are trailing zeros, "untrained_lora": True when every LoRA B matrix is zero}``.
+
+    Matrices (2 or more dimensions, :data:`MIN_CHECKED_ELEMENTS` or more entries) are checked; a
+    matrix entirely of zero bytes, or whose last :data:`ZERO_TAIL_SHARE` or more is (a copy that
+    stopped and was padded with zeros: the size and header stay right), is listed. Vectors (biases,
+    norms) may be zero by design and are not listed. LoRA B matrices start at zero
+    (:data:`ZERO_AT_START`): they are listed only when some of them trained and others are zero.
+    Reads the header and, per tensor, only the bytes back from its end to its last non-zero byte.
+    """
+    import math
+
+    import numpy as np  # deferred: heavy
+
+    path = Path(path)
+    header_len, header = safetensors_header(path)
+    tensors = [(name, info) for name, info in header.items() if name != "__metadata__" and isinstance(info, dict)]
+    found = {"tensors": len(tensors), "entirely_zero": [], "zero_tail": [], "zero_share": 0.0, "untrained_lora": False}
+    if not tensors or path.stat().st_size <= 8 + header_len:
+        return found
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    zero_bytes = total = 0
+    lora_start, lora_zero = 0, []
+    for name, info in sorted(tensors, key=lambda item: item[1]["data_offsets"][0]):
+        start, end = info["data_offsets"]
+        nbytes = end - start
+        numel = math.prod(info.get("shape") or [1])
+        if nbytes <= 0 or numel == 0:
+            continue
+        zero = _trailing_zero_bytes(data, start, end)
+        total += nbytes
+        if ZERO_AT_START.search(name):
+            lora_start += 1
+            if zero == nbytes:
+                lora_zero.append(name)
+            continue
+        zero_bytes += zero
+        if len(info.get("shape") or []) < 2 or numel < MIN_CHECKED_ELEMENTS:
+            continue
+        if zero == nbytes:
+            found["entirely_zero"].append(name)
+        elif zero >= ZERO_TAIL_SHARE * nbytes and zero // max(1, nbytes // numel) >= MIN_CHECKED_ELEMENTS:
+            found["zero_tail"].append((name, zero / nbytes))
+    if lora_zero and len(lora_zero) < lora_start:  # some B matrices trained, these did not: damage
+        found["entirely_zero"].extend(lora_zero)
+        zero_bytes += sum(header[name]["data_offsets"][1] - header[name]["data_offsets"][0] for name in lora_zero)
+    found["untrained_lora"] = bool(lora_start) and len(lora_zero) == lora_start
+    found["zero_share"] = zero_bytes / total if total else 0.0
+    del data
+    return found
+
+
+def zero_filled_problem(path: Path | str) -> str | None:
+    """Return what of a safetensors file's weights is zero-filled (:func:`zero_filled_tensors`), as one
+    phrase with the numbers and the first names, or None when no matrix is (or the file is not
+    readable safetensors: :func:`safetensors_problem` says why)."""
+    try:
+        found = zero_filled_tensors(path)
+    except (OSError, ValueError):
+        return None
+    whole, tail = found["entirely_zero"], found["zero_tail"]
+    if not whole and not tail:
+        return None
+    parts = []
+    if whole:
+        parts.append(f"{len(whole)} of its {found['tensors']} tensors are entirely zero (e.g. {', '.join(whole[:2])})")
+    if tail:
+        name, share = tail[0]
+        parts.append(f"{len(tail)} {'ends' if len(tail) == 1 else 'end'} in a zero-filled part (e.g. {name}: its last {share:.0%} is zero)")
+    return f"{' and '.join(parts)}; {found['zero_share']:.1%} of its weight bytes are zero-filled"
 
 
 def torch_archive_problem(path: Path | str) -> str | None:

