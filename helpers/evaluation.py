@@ -33,7 +33,8 @@ def text_losses(model, tokenizer, texts: list[str], max_tokens: int = 512, batch
 
     # max_tokens tokens fit in far fewer than 32 * max_tokens characters: cutting the text first keeps a long
     # document from being tokenized whole (and the tokenizer from warning about a length the model never sees)
-    encoded = [tokenizer(t[: 32 * max_tokens], add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    encoded = [tokenizer(t[: 32 * max_tokens], add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_tokens]
+               for t in texts]  # special-token strings in a text are scored as text
     if any(len(ids) < 2 for ids in encoded):
         raise ValueError("every text needs at least two tokens to be scored")
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import (
     adapter_errors_explained,
     check_adapter_unchanged,
+    check_model_weights_content,
     disk_full_explained,
     model_errors_explained,
 )
@@ -77,6 +78,7 @@ def resolve_model_source(profile: Profile) -> str:
         return str(gguf_model_dir(profile.model_name))
     if profile.is_local_path_model:
         check_model_folder(Path(profile.model_name), profile.own_model)
+        check_model_weights_content(Path(profile.model_name), profile.own_model)  # present but zero-filled
     return profile.model_name
 
 

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Iterable
 
-from .data import PackedRowsCollator
+from .data import PackedRowsCollator, text_for_unsloth
 from .modeling import cpu_computes_bf16, input_device  # notebook 05 imports cpu_computes_bf16 from here
 from .profiles import EMBEDDING_MODULES, LORA_PROJECTIONS, Profile
 from .support.varlen_attention import enable_torch_varlen_for_unsloth, unsloth_attention_route
@@ -515,6 +515,7 @@ def build_trainer(profile: Profile, model, tokenizer, train_dataset, output_dir:
         from unsloth import UnslothTrainer  # deferred: needs a GPU
 
         route = None
+        text_dataset = text_for_unsloth(text_dataset, tokenizer) if text_dataset is not None else None
         if text_dataset is not None:
             overrides = {"dataset_text_field": "text", "max_length": profile.max_seq_length,
                          "packing": profile.packing, **overrides}

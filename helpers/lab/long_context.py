@@ -21,7 +21,8 @@ def long_sequences(texts: list[str], tokenizer, length: int, count: int) -> list
     needed = length * count
     stream: list[int] = []
     for text in texts:
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        # special-token strings inside the text stay text; only the appended EOS ends a document
+        stream += tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
         if len(stream) >= needed:
             break
     if len(stream) < needed:

@@ -32,7 +32,11 @@
 # | 04 LoRA | adapters and trainable embeddings |
 # | 05 training | two learning rates, 8-bit Adam, the loss |
 # | 06 inference after training | the same story and perplexity, after |
-# | 07-10, *beyond the walkthrough* | forgetting, export, your own text, learning rate and rank |
+# | *beyond the walkthrough:* | |
+# | 07 learning and forgetting | what CPT costs outside its domain; new facts |
+# | 08 save merge export | the merged model, GGUF for llama.cpp |
+# | 09 your own text | a folder of `.txt` files; padding vs packing; longer context |
+# | 10 learning rate and rank | is 5e-5 small? which rank? |
 #
 # Each notebook runs in its own kernel and hands its results to the next through files in
 # `outputs/`: run 00-06 in order, then any of 07-10.

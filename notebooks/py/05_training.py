@@ -71,8 +71,9 @@ model.print_trainable_parameters()
 
 # %%
 from helpers.checkpoints import build_resumable_trainer, checkpoint_settings, record_checkpoints
+from helpers.data import text_for_unsloth
 
-if profile.uses_unsloth:
+if profile.uses_unsloth and text_for_unsloth(text_dataset, tokenizer) is not None:
     from unsloth import UnslothTrainer, UnslothTrainingArguments, is_bfloat16_supported
 
     from helpers.training import use_torch_varlen
@@ -105,7 +106,8 @@ if profile.uses_unsloth:
     )
     trainer.cpt_attention_route = use_torch_varlen() if profile.packing else None  # Going further
     record_checkpoints(trainer, profile, text_dataset)
-else:  # transformers.Trainer with the embedding learning rate, on 02's packed rows
+else:  # transformers.Trainer with the embedding learning rate, on 02's packed rows (or unsloth on them, when
+    # the text holds strings like "</s>" that unsloth's own tokenizing would turn into control tokens)
     trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset)
 
 # %% [markdown]
