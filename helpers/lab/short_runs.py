@@ -37,6 +37,7 @@ def small_model_profile(profile: Profile) -> Profile:
         model_name=model_name,
         device=profile.device,
         dtype="float32" if profile.device == "cpu" else "bfloat16",
+        cpu_bf16=profile.cpu_bf16,  # CPT_CPU_BF16=0 holds for the experiments too
     )
 
 

@@ -204,3 +204,14 @@ def test_recall_batches_prompts_of_different_lengths_as_one_by_one(tokenizer, to
     alone = [recall(model, tokenizer, [item], max_new_tokens=4)["rows"][0] for item in items]
     assert [r["completion"] for r in together["rows"]] == [r["completion"] for r in alone]
     assert tokenizer.padding_side == side  # left padding only for the batch
+
+
+def test_the_small_model_of_the_experiments_keeps_the_cpu_bf16_switch():
+    """CPT_CPU_BF16=0 (fp32 on the CPU, as on one without bf16 hardware) holds for notebooks 07-10's
+    experiments too: they had taken CPU_SMOLLM2's bf16 setting whatever the switch said."""
+    from helpers.lab.short_runs import small_model_profile
+    from helpers.profiles import select_profile
+
+    profile, _ = select_profile(env={"CPT_CPU_BF16": "0"}, cuda=False)
+    assert small_model_profile(profile).cpu_bf16 is False
+    assert small_model_profile(select_profile(env={}, cuda=False)[0]).cpu_bf16 is True
