@@ -72,11 +72,10 @@ model.print_trainable_parameters()
 # %%
 from helpers.checkpoints import build_resumable_trainer, checkpoint_settings, record_checkpoints
 from helpers.data import text_for_unsloth
+from helpers.training import use_torch_varlen
 
 if profile.uses_unsloth and text_for_unsloth(text_dataset, tokenizer) is not None:
     from unsloth import UnslothTrainer, UnslothTrainingArguments, is_bfloat16_supported
-
-    from helpers.training import use_torch_varlen
 
     trainer = UnslothTrainer(
         model=model,
@@ -106,8 +105,7 @@ if profile.uses_unsloth and text_for_unsloth(text_dataset, tokenizer) is not Non
     )
     trainer.cpt_attention_route = use_torch_varlen() if profile.packing else None  # Going further
     record_checkpoints(trainer, profile, text_dataset)
-else:  # transformers.Trainer with the embedding learning rate, on 02's packed rows (or unsloth on them, when
-    # the text holds strings like "</s>" that unsloth's own tokenizing would turn into control tokens)
+else:  # transformers.Trainer + the embedding learning rate on 02's rows (unsloth on them if the text holds "</s>")
     trainer = build_resumable_trainer(profile, model, tokenizer, train_dataset)
 
 # %% [markdown]
@@ -143,7 +141,7 @@ assert ("lm_head" in embedding_groups[0]["modules"]) == (not tied)  # untied: lm
 # holds), an analogue rather than the same quantity.
 
 # %%
-from helpers.memory import training_memory_end, training_memory_start
+from helpers.memory import format_snapshot, record_stage, training_memory_end, training_memory_start
 from helpers.training import snapshot_embeddings
 
 embeddings_before = snapshot_embeddings(model)  # to check afterwards that the embeddings moved
@@ -154,6 +152,7 @@ steps = trainer_stats.global_step
 print(f"{steps} optimizer steps in {trainer_stats.metrics['train_runtime']:.1f} s")
 print(f"peak {training_memory['peak_gib']:.3f} GiB, of which training {training_memory['training_gib']:.3f} GiB "
       f"({training_memory['measure']})")
+print(format_snapshot(record_stage("after training", "05")))  # the walkthrough's nvidia-smi reading after training
 assert training_memory["peak_gib"] >= training_memory["start_gib"]
 if training_memory["device"] == "cuda":
     assert training_memory["training_gib"] > 0, "the start reading already held a larger peak"
