@@ -184,6 +184,7 @@ assert next(r for r in memory_rows if r["figure"].startswith("memory used for tr
 
 # %%
 from helpers.artifacts import save_outputs
+from helpers.support.paths import relative
 
 result = {"profile": profile.name, "perplexity_before": in_before, "perplexity_after": in_after,
           "relative_drop": 1 - in_after / in_before, "perplexities": {"before": before_ppl, "after": after_ppl},
@@ -191,7 +192,8 @@ result = {"profile": profile.name, "perplexity_before": in_before, "perplexity_a
           "after_ending": story_ending(after_text, stories["after"][2]),
           "after_repeated_4grams": repeated_ngram_share(after_text),
           "train_runtime_s": train_result["metrics"]["train_runtime"]}
-save_outputs(profile, {"after": result})
+saved = save_outputs(profile, {"after": result})
+print(f"saved {relative(saved['after'])}")
 
 # %% [markdown]
 # ## Going further
