@@ -21,7 +21,7 @@
 # **Continued pre-training (CPT)** takes a model that is already pre-trained and trains it further,
 # with the same next-token objective, on raw text from a new domain. This series follows Unsloth's
 # "raw text training" notebook, *the walkthrough* (Mistral-7B v0.3 in 4-bit, LoRA on every projection
-# plus the embeddings, one epoch of TinyStories), then measures what it leaves open.
+# plus the embeddings, one epoch over 2,500 TinyStories), then measures what it leaves open.
 #
 # | notebook | what it does |
 # |---|---|
@@ -38,7 +38,7 @@
 # | 09 your own text | a folder of `.txt` files; padding vs packing; longer context |
 # | 10 learning rate and rank | is 5e-5 small? which rank? |
 #
-# Each notebook runs in its own kernel and hands its results to the next through files in
+# Each notebook runs in its own kernel and hands results on through files in
 # `outputs/`: run 00-06 in order, then any of 07-10.
 #
 # ## The first cell of every notebook
@@ -82,14 +82,16 @@ profile = start("00_setup")
 # %% [markdown]
 # ### How this run differs from the walkthrough
 #
-# `gpu-mistral7b` is the walkthrough's recipe with three measured changes. Each has a switch, and
-# `CPT_PROFILE=gpu-mistral7b-walkthrough` undoes all three. Quality is held-out perplexity of the real
-# SmolLM2 under the 7B recipe (three seeds, 600 stories); time and memory are the 7B model's epoch on
-# one GPU. `benchmarks/RESULTS.md` has the runs.
+# `gpu-mistral7b` is the walkthrough's recipe with three measured changes (the first one changes two
+# settings). Each has a switch, and `CPT_PROFILE=gpu-mistral7b-walkthrough` undoes all three. Quality is
+# held-out perplexity of the real SmolLM2 under the 7B recipe (three seeds, 600 stories); time and
+# memory are the 7B model's epoch on one GPU. `benchmarks/RESULTS.md` has the runs. Each term is
+# explained where the series meets it: packing in 02, perplexity in 03, gradient checkpointing and the
+# embedding copies in 04.
 #
 # | change | walkthrough → here | why | measured | switch back |
 # |---|---|---|---|---|
-# | rows | one padded story each, 2 x 8 a step → packed 2,048-token rows, 2 a step | same tokens per step, no padding | perplexity 6.401 → 6.362 | `CPT_PACKING=0` |
+# | rows | one padded story each, 2 x 8 a step → packed 2,048-token rows, 2 a step | about the same tokens per step, no padding | perplexity 6.401 → 6.362 | `CPT_PACKING=0` |
 # | embedding copies | bf16 → fp32 | bf16 rounds a 5e-6 update away | entries changed 1.1% → 100%; perplexity 6.372 → 6.363; +9 s, +1 GiB | `CPT_EMBEDDING_DTYPE=bfloat16` |
 # | gradient checkpointing | `"unsloth"` → `"auto"`: off where activations fit | recomputing costs time | epoch 63 → 44 s, peak 11 → 37 GiB (4 x 4 rows) | the walkthrough profile |
 #

@@ -52,7 +52,7 @@ profile = start("01_load_quantized_model")
 #   bf16 keeps the range of fp32 (32-bit floats), where fp16 overflows above 65,504.
 # * `max_seq_length=2048`: the longest sequence this run feeds the model (below).
 #
-# unsloth cannot even be imported without an NVIDIA GPU, so beside it stands the plain transformers
+# unsloth cannot even be imported without a GPU, so beside it stands the plain transformers
 # call that does the same, with a `BitsAndBytesConfig` for 4-bit. A CPU has no 4-bit kernels: there
 # SmolLM2-135M loads in fp32. Later notebooks load through `helpers.modeling.load_model_and_tokenizer`:
 # the same code, plus clear errors.
@@ -353,7 +353,7 @@ if profile.uses_unsloth:
     patched = changes(plain, probed["after from_pretrained"])
     assert patched, "unsloth replaced none of the probed functions"
 else:
-    print("skipped: unsloth cannot be imported without an NVIDIA GPU, so the before/after probe runs on "
+    print("skipped: unsloth cannot be imported without a GPU, so the before/after probe runs on "
           "the GPU profiles only.")
     spec = importlib.util.find_spec("unsloth")  # finds the package without importing it
     if spec is None:

@@ -73,7 +73,7 @@ print(dataset)
 # and learns that a story runs on into the next: it never learns to stop. So the walkthrough appends
 # the tokenizer's **end-of-sequence (EOS)** token, the one `generate` stops at, to every story: `</s>`
 # for Mistral, `<|im_end|>` for SmolLM2. Its `map` is batched: the function gets a list of stories at
-# a time. A blank row would become a lone EOS, so blank rows go first.
+# a time. A blank row would become a lone EOS, so blank rows are dropped first.
 
 # %%
 from transformers import AutoTokenizer
@@ -175,7 +175,8 @@ plt.show()
 #   (each token sees only the tokens before it) per story (notebook 05).
 #
 # Both default profiles pack: on the CPU, padding would cut every story longer than 256 tokens; on the
-# GPU, packing is faster. `CPT_PACKING=0` gives the walkthrough's padded rows. A block is not a story:
+# GPU, packing is faster. There unsloth hands the stories to TRL, which packs whole stories into rows of
+# up to 2,048 tokens by best fit instead of cutting one stream. `CPT_PACKING=0` gives the walkthrough's padded rows. A block is not a story:
 # it may hold the end of one and the start of the next.
 
 # %%
@@ -225,13 +226,14 @@ print(f"saved {len(train_dataset)} rows to {relative(artifact_path('dataset'))}"
 # ### Packing, measured
 #
 # The walkthrough's optimizer step is 2 rows × 8 gradient-accumulation steps (the gradients of 8
-# batches summed before one update): 16 padded stories, about 4,300 tokens with Mistral's tokenizer.
+# batches summed before one update): 16 padded stories, about 4,300 tokens with Mistral's tokenizer on
+# the shipped sample.
 # A 2,048-token packed row holds about 7.7 stories, so the packed GPU profile takes 2 rows a step:
 # about the same tokens and number of steps. Measured on the real SmolLM2 under the 7B recipe, three
 # seeds (benchmarks/RESULTS.md), in held-out perplexity (how surprised the model is by stories it never
 # trained on; lower is better): these packed rows reached 6.36, the padded rows 6.40; 16 packed rows a
 # step took 7.5× fewer steps and reached only 7.24. Letting each story attend to the one before it in
-# its row cost 4.5% in perplexity.
+# its row cost 4.5% in perplexity (the CPU recipe, three seeds).
 #
 # ### What does `dataset_num_proc` buy?
 #

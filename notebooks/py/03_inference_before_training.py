@@ -60,8 +60,8 @@ print(type(model).__name__, "on", model.device)
 # `generate` blocks until it finishes, it runs in a background `Thread` while our loop prints.
 #
 # The code is the walkthrough's, with its printing loop: the first chunk (which echoes the prompt) is
-# wrapped with `textwrap`, and after that a newline goes out before a chunk that would reach
-# `max_print_width`. We add two arguments: `do_sample=False` asks for **greedy decoding** (always the
+# wrapped with `textwrap`, after that a newline goes out before a chunk that would reach
+# `max_print_width`, and the count restarts when the model writes a newline itself. We add two arguments: `do_sample=False` asks for **greedy decoding** (always the
 # single most likely next token), so the text is reproducible, and `repetition_penalty`, which is 1 (no
 # penalty, the walkthrough's decoding) on the GPU profiles and 1.1 on the CPU default, where the small
 # model would otherwise loop (notebook 06 explains). The `chunks` list keeps the text for notebook 06.
@@ -97,13 +97,13 @@ for j, new_text in enumerate(text_streamer):
         line_length = len(new_text)
     else:
         print(new_text, end="")
-        line_length += len(new_text)
+        line_length = 0 if "\n" in new_text else line_length + len(new_text)  # the model's own newline
 thread.join()
 
 # %% [markdown]
 # Greedy decoding tends to **loop**: once a phrase has repeated, repeating it again becomes the most
-# likely continuation. The walkthrough's Mistral-7B did so before training, repeating one sentence 14
-# times. On the CPU default the repetition penalty prevents it; the cell measures this story: the share
+# likely continuation. The walkthrough's Mistral-7B did so before training: one sentence 13 times in
+# full, and a 14th cut off by the token limit. On the CPU default the repetition penalty prevents it; the cell measures this story: the share
 # of 4-word sequences that already occurred earlier in it, and its most frequent sentence.
 
 # %%
@@ -216,7 +216,7 @@ assert len(short.chunks) == len(short.token_ids) + 1, "one chunk per token, plus
 # different. The cell runs that loop on the same chunks, into a string, and measures it:
 #
 # * `textwrap.wrap` drops the first chunk's trailing space, so the prompt's last two words run
-#   together ("far faraway,"): the "characters lost";
+#   together ("far faraway,"): the one character lost;
 # * when the count restarts at 0, the chunk that crossed the width is not counted, so the next line
 #   can run past the width by up to one chunk;
 # * chunks carry their trailing space, so lines end in a space;
@@ -243,7 +243,7 @@ def original_wrap(chunks: list[str], max_print_width: int) -> str:
 printed = original_wrap(chunks, max_print_width)
 lines = printed.split("\n")
 too_long = [len(line) for line in lines if len(line) > max_print_width]
-lost = len("".join(chunks)) - len(printed.replace("\n", ""))
+lost = len("".join(chunks).replace("\n", "")) - len(printed.replace("\n", ""))  # newlines aside
 print(f"lines longer than {max_print_width}: {too_long}; lines ending in a space: "
       f"{sum(line.endswith(' ') for line in lines)} of {len(lines)}; characters lost: {lost}")
 assert lost > 0 and max(len(line) for line in lines) <= max_print_width + max(len(c) for c in chunks)

@@ -82,7 +82,7 @@ if profile.uses_unsloth and text_for_unsloth(text_dataset, tokenizer) is not Non
         processing_class=tokenizer,  # walkthrough: tokenizer = tokenizer
         train_dataset=text_dataset,  # the stories with EOS; unsloth tokenizes them
         args=UnslothTrainingArguments(
-            dataset_text_field="text",
+            dataset_text_field="text",  # walkthrough also: dataset_num_proc = 8 (notebook 02 measures it)
             max_length=profile.max_seq_length,  # walkthrough: max_seq_length = 2048
             packing=profile.packing,  # walkthrough: padded stories (notebook 00)
             per_device_train_batch_size=profile.per_device_train_batch_size,  # walkthrough: 2
@@ -179,15 +179,18 @@ assert lora_b.detach().abs().max() > 0, "LoRA B starts at zero: training must ha
 # ## Reading the loss
 #
 # The logged loss is the mean cross-entropy per predicted token, in nats, on each step's batch;
-# `exp(loss)` is that batch's perplexity. A good model starts low on simple English; near
-# `ln(vocabulary size)` would mean broken labels. Judge the trend: a fall over the first steps,
+# `exp(loss)` is that batch's perplexity. A good model starts low on simple English; a loss near
+# `ln(vocabulary size)` means guessing uniformly: weights that did not load, or labels that do not match. Judge the trend: a fall over the first steps,
 # flattening as the learning rate decays. A loss near 0 means the model sees its labels or memorises;
 # `nan` or a climb means the learning rate is too high.
 #
 # Why does the training loss sit above the held-out loss that notebook 06 measures? Each step's loss is
 # measured on rows the model has not trained on yet, by the model as it was before that step, and the
 # average over the run includes the early, untrained steps. The held-out number comes from the final
-# model. The cell scores 16 training rows again with the final model to show the difference.
+# model. The cell scores 16 training rows again with the final model to show the difference. What
+# remains of the gap is no sign of trouble: the CPU default's 12 steps memorise nothing, and a packed
+# row often starts in the middle of a story, cut off from its beginning, while each held-out story is
+# scored from its start.
 
 # %%
 import math
@@ -267,9 +270,10 @@ assert rows["embed_tokens"] <= rows["distinct_input_tokens"] < rows["vocabulary"
 assert rows["lm_head"] >= 0.99 * rows["vocabulary"]
 
 # %% [markdown]
-# A row of `embed_tokens` moves only when its token occurs; every row of `lm_head` moves at every step,
-# because the softmax pushes down every token that did not come next. So the small rate matters most
-# for `lm_head`. In SmolLM2's tied matrix every row therefore moves.
+# A row of `embed_tokens` gets a gradient only when its token occurs (Adam's momentum then keeps it
+# moving for some steps); every row of `lm_head` gets one at every step, because the softmax pushes down
+# every token that did not come next. So the small rate matters most for `lm_head`. In SmolLM2's tied
+# matrix every row therefore moves.
 #
 # ### Embedding copies in fp32, not bf16
 #

@@ -75,7 +75,7 @@ print(type(model).__name__, "with adapter", list(model.peft_config))
 
 # %% [markdown]
 # On the CPU, PEFT's `merge_adapter()` adds each LoRA product into its frozen weight, so a token takes
-# the base model's path instead of a detour through seven adapters per layer: about twice as fast.
+# the base model's path instead of a detour through seven adapters per layer, with fewer matrix products.
 # `unmerge_adapter()` undoes it. (A 4-bit base cannot hold the sum without new rounding, so the GPU
 # branch keeps the adapters apart.)
 
@@ -86,9 +86,10 @@ if not profile.uses_unsloth:
 # %% [markdown]
 # ## The same prompt, after training
 #
-# The walkthrough generates greedily: at every step the single most likely token. A 135M model loops
-# under greedy decoding, trained or not (Going further shows it), so the CPU profile adds a **repetition
-# penalty** of 1.1: every token already in the text becomes less likely (its score is divided by 1.1).
+# The walkthrough generates greedily: at every step the single most likely token. The trained 135M model
+# loops under greedy decoding (Going further shows it), so the CPU profile adds a **repetition penalty**
+# of 1.1: every token already in the text becomes less likely (a positive score is divided by 1.1, a
+# negative one multiplied by it).
 # Notebook 03 wrote the before-text the same way; the GPU profiles keep the walkthrough's plain greedy
 # decoding. Every training story ended in EOS (notebook 02), so the trained model should also *stop*.
 
@@ -240,13 +241,16 @@ assert {"model loaded", "LoRA added", "after training", "inference after trainin
 # The 7B recipe on one H200, Mistral-7B's architecture with random weights (time and memory are real,
 # text and loss are not), against the walkthrough's own run on an A100-40GB:
 #
-# | | walkthrough (A100) | padded 2 × 8, unsloth's checkpointing (H200) | packed 2 × 1, no checkpointing (H200) |
+# | | walkthrough (A100) | the walkthrough's settings, 2 × 8 stories (H200) | 2 packed rows a step, no checkpointing (H200) |
 # |---|---|---|---|
 # | optimizer steps | 156 | 157 | 167 |
 # | `train_runtime` | 536 s | 471.6 s | 61.4 s |
 # | peak reserved | 9.33 GB | 11.34 GiB | 24.02 GiB |
 #
-# The 7.7x shorter epoch comes from three changes at once, not from packing alone: packed rows without
-# padding, gradient checkpointing off, and a faster attention kernel; notebook 00's table separates
-# them. Quality was held: on the real SmolLM2 under this recipe, packed rows reached 6.362 against the
-# padded rows' 6.401.
+# Padding is not what the 7.7x removed: on the walkthrough's settings unsloth 2026.10 already switches
+# "padding-free" batching on by itself. Three changes were made together: one micro-batch of two full
+# 2,048-token rows per step instead of eight micro-batches of two short stories, gradient checkpointing
+# off, and torch's varlen attention kernel; only checkpointing was measured on its own (notebook 00).
+# Quality was held: on the real SmolLM2 under this recipe, packed rows reached 6.362 against the padded
+# rows' 6.401. The walkthrough's 156 steps and the 157 here are the same 2,500 / 16, rounded down there
+# and up here.
