@@ -176,8 +176,8 @@ plt.show()
 #
 # Both default profiles pack: on the CPU, padding would cut every story longer than 256 tokens; on the
 # GPU, packing is faster. There unsloth hands the stories to TRL, which packs whole stories into rows of
-# up to 2,048 tokens by best fit instead of cutting one stream. `CPT_PACKING=0` gives the walkthrough's padded rows. A block is not a story:
-# it may hold the end of one and the start of the next.
+# up to 2,048 tokens by best fit instead of cutting one stream. `CPT_PACKING=0` gives the walkthrough's
+# padded rows. A block is not a story: it may hold the end of one and the start of the next.
 
 # %%
 from helpers.data import pack_blocks, truncate_rows

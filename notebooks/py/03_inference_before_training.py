@@ -61,11 +61,12 @@ print(type(model).__name__, "on", model.device)
 #
 # The code is the walkthrough's, with its printing loop: the first chunk (which echoes the prompt) is
 # wrapped with `textwrap`, after that a newline goes out before a chunk that would reach
-# `max_print_width`, and the count restarts when the model writes a newline itself. We add two arguments: `do_sample=False` asks for **greedy decoding** (always the
-# single most likely next token), so the text is reproducible, and `repetition_penalty`, which is 1 (no
-# penalty, the walkthrough's decoding) on the GPU profiles and 1.1 on the CPU default, where the small
-# model would otherwise loop (notebook 06 explains). The `chunks` list keeps the text for notebook 06.
-# The limit is `profile.story_tokens` new tokens: 200 on the CPU, 384 on the 7B profile.
+# `max_print_width`, and the count restarts when the model writes a newline itself. We add two
+# arguments: `do_sample=False` asks for **greedy decoding** (always the single most likely next token),
+# so the text is reproducible, and `repetition_penalty`, which is 1 (no penalty, the walkthrough's
+# decoding) on the GPU profiles and 1.1 on the CPU default, where the small model would otherwise loop
+# (notebook 06 explains). The `chunks` list keeps the text for notebook 06. The limit is
+# `profile.story_tokens` new tokens: 200 on the CPU, 384 on the 7B profile.
 
 # %%
 import textwrap
@@ -103,8 +104,9 @@ thread.join()
 # %% [markdown]
 # Greedy decoding tends to **loop**: once a phrase has repeated, repeating it again becomes the most
 # likely continuation. The walkthrough's Mistral-7B did so before training: one sentence 13 times in
-# full, and a 14th cut off by the token limit. On the CPU default the repetition penalty prevents it; the cell measures this story: the share
-# of 4-word sequences that already occurred earlier in it, and its most frequent sentence.
+# full, and a 14th cut off by the token limit. On the CPU default the repetition penalty prevents it;
+# the cell measures this story: the share of 4-word sequences that already occurred earlier in it, and
+# its most frequent sentence.
 
 # %%
 from collections import Counter

@@ -180,9 +180,10 @@ assert lora_b.detach().abs().max() > 0, "LoRA B starts at zero: training must ha
 #
 # The logged loss is the mean cross-entropy per predicted token, in nats, on each step's batch;
 # `exp(loss)` is that batch's perplexity. A good model starts low on simple English; a loss near
-# `ln(vocabulary size)` means guessing uniformly: weights that did not load, or labels that do not match. Judge the trend: a fall over the first steps,
-# flattening as the learning rate decays. A loss near 0 means the model sees its labels or memorises;
-# `nan` or a climb means the learning rate is too high.
+# `ln(vocabulary size)` means guessing uniformly: weights that did not load, or labels that do not
+# match. Judge the trend: a fall over the first steps, flattening as the learning rate decays. A loss
+# near 0 means the model sees its labels or memorises; `nan` or a climb means the learning rate is too
+# high.
 #
 # Why does the training loss sit above the held-out loss that notebook 06 measures? Each step's loss is
 # measured on rows the model has not trained on yet, by the model as it was before that step, and the

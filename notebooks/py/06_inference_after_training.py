@@ -247,10 +247,9 @@ assert {"model loaded", "LoRA added", "after training", "inference after trainin
 # | `train_runtime` | 536 s | 471.6 s | 61.4 s |
 # | peak reserved | 9.33 GB | 11.34 GiB | 24.02 GiB |
 #
-# Padding is not what the 7.7x removed: on the walkthrough's settings unsloth 2026.10 already switches
-# "padding-free" batching on by itself. Three changes were made together: one micro-batch of two full
-# 2,048-token rows per step instead of eight micro-batches of two short stories, gradient checkpointing
-# off, and torch's varlen attention kernel; only checkpointing was measured on its own (notebook 00).
-# Quality was held: on the real SmolLM2 under this recipe, packed rows reached 6.362 against the padded
-# rows' 6.401. The walkthrough's 156 steps and the 157 here are the same 2,500 / 16, rounded down there
-# and up here.
+# unsloth 2026.10 already drops the padding on the walkthrough's settings ("padding-free" batching), so
+# the 7.7x comes from three changes made together: one micro-batch of two full 2,048-token rows per step
+# instead of eight of two short stories, gradient checkpointing off, and torch's varlen attention kernel
+# (notebook 00 measures checkpointing alone). Quality held: on the real SmolLM2 under this recipe,
+# packed rows reached 6.362 against the padded rows' 6.401. The 156 and 157 steps are both 2,500 / 16,
+# rounded down there and up here.
